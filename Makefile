@@ -1,0 +1,41 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv, install what is missing, then run.
+
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+# CPU build of torch, installed only when the venv has no torch at all, so a plain
+# `torch` requirement does not pull a multi-GB CUDA build. Users with a torch of
+# their own keep it: pyproject.toml does not pin torch. Override to taste, e.g.
+#   make test CPU_TORCH="torch --index-url <your CPU wheel index>"
+CPU_TORCH ?= torch==2.13.0
+STAMP  := $(VENV)/.jitterlab-installed
+
+.PHONY: install demo test lint bench clean
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VPY)
+	@$(VPY) -c "import torch" 2>/dev/null || { \
+	  echo "no torch in $(VENV): installing the CPU build ($(CPU_TORCH))"; \
+	  $(VPY) -m pip install -q $(CPU_TORCH); }
+	$(VPY) -m pip install -q -e '.[dev,mpi]'
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/jitterlab maxtable
+
+test: install
+	$(VPY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(VPY) benchmarks/bench_jitter_models.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

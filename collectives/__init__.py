@@ -1,0 +1,1 @@
+"""How ranks talk and how time is measured (backends, injectors, timing, workloads)."""

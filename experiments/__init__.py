@@ -1,0 +1,1 @@
+"""What a user drives: specs, sweeps, runner, reports and the CLI."""

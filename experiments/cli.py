@@ -1,0 +1,148 @@
+"""The ``jitterlab`` command line. Imports lazily: ``--help`` and the commands that need
+no torch never import it (scripts call this many times)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jitterlab",
+        description="Measure how tail latency in collective communication limits "
+                    "useful parallelism.")
+    p.add_argument("--version", action="version", version=f"jitterlab {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    m = sub.add_parser("maxtable", help="expected max of N delays per jitter model (µs)",
+                       description="Tabulate the max over N ranks of one collective's "
+                                   "injected delays, exactly, for each jitter schedule.")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None, help="a preset of [[jitter]] tables "
+                     "(default: jitter-zoo)")
+    src.add_argument("--spec", metavar="FILE", help="a TOML file with [[jitter]] tables")
+    src.add_argument("--jitter", action="append", metavar="SCHEDULE",
+                     help="a one-line schedule, e.g. 'lognormal(median=50us, sigma=0.8)'; "
+                          "repeatable")
+    m.add_argument("--n", type=_ints, default=None, metavar="N,N,...",
+                   help="world sizes (default: powers of 2 from 1 to 4096)")
+    m.add_argument("--stat", default="mean", choices=["mean", "p50", "p90", "p99", "p999"],
+                   help="statistic of the max (default: mean)")
+    m.add_argument("--seed", type=int, default=0, help="seed for straggler choice by count")
+    m.add_argument("--ranks-per-node", type=int, default=8,
+                   help="ranks per node for scope = node (default: 8)")
+    m.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+
+    d = sub.add_parser("describe", help="moments and quantiles of a distribution",
+                       description="Mean, std and quantiles of one delay, and the mean "
+                                   "and p99 of the max of N of them, in µs.")
+    d.add_argument("dist", help="e.g. 'lognormal(median=50us, sigma=0.8)'")
+    d.add_argument("--n", type=_ints, default=[8, 64, 1024], metavar="N,N,...")
+    d.add_argument("--json", metavar="FILE")
+    return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jitterlab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_json(path: str | None, payload: object) -> None:
+    if path:
+        from .atomic import write_text_atomic
+
+        write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+
+
+def _cmd_maxtable(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jitter_models import parse_schedule
+
+    from .maxtable import DEFAULT_NS, load_preset, load_toml, max_table, render_table
+    from jitter_models import schedules_from_toml
+
+    if args.jitter:
+        schedules = [parse_schedule(s) for s in args.jitter]
+    elif args.spec:
+        try:
+            text = Path(args.spec).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"spec: cannot read {args.spec!r} ({exc.strerror})") from None
+        schedules = schedules_from_toml(load_toml(text, f"spec {args.spec!r}"))
+    else:
+        schedules = schedules_from_toml(load_preset(args.preset or "jitter-zoo"))
+    if args.ranks_per_node < 1:
+        raise ValueError(f"ranks-per-node: must be >= 1, got {args.ranks_per_node}")
+    if args.seed < 0:
+        raise ValueError(f"seed: must be >= 0, got {args.seed}")
+    ns = args.n or list(DEFAULT_NS)
+    rows = max_table(schedules, ns, args.stat, seed=args.seed,
+                     ranks_per_node=args.ranks_per_node)
+    names = [s.name for s in schedules]
+    print(render_table(rows, names, [s.dist.mean() for s in schedules]))
+    print("\nmean: E[delay] of one ordinary rank. Each cell: the "
+          f"{'expected value' if args.stat == 'mean' else args.stat} of the max over the "
+          "N ranks' delays at one collective (exact, from the CDFs).")
+    _write_json(args.json, {"stat": args.stat, "unit": "us",
+                            "schedules": [s.to_table() for s in schedules], "rows": rows})
+    return 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from jitter_models import expected_max, format_us, max_quantile, parse
+
+    dist = parse(args.dist)
+    qs = [0.5, 0.9, 0.99, 0.999, 0.9999]
+    row = {"dist": str(dist), "mean_us": dist.mean() * 1e6, "std_us": dist.std() * 1e6}
+    for q in qs:
+        row[f"p{str(q * 100).rstrip('0').rstrip('.').replace('.', '')}_us"] = \
+            float(dist.ppf(q)) * 1e6
+    print(f"{dist}\n  one delay, µs:")
+    for k, v in row.items():
+        if k != "dist":
+            print(f"    {k[:-3]:>8} {format_us(v / 1e6)}")
+    print("  max of N delays, µs:")
+    print(f"    {'N':>8} {'E[max]':>12} {'p99':>12}")
+    row["max"] = []
+    for n in args.n:
+        e, p99 = expected_max(dist, n), float(max_quantile(dist, n, 0.99))
+        row["max"].append({"n": n, "mean_us": e * 1e6, "p99_us": p99 * 1e6})
+        print(f"    {n:>8} {format_us(e):>12} {format_us(p99):>12}")
+    _write_json(args.json, row)
+    return 0
+
+
+_COMMANDS = {"maxtable": _cmd_maxtable, "describe": _cmd_describe}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ValueError as exc:
+        print(f"jitterlab: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
