@@ -62,8 +62,9 @@ def log_cdf_max(groups: Groups, x: Any) -> np.ndarray:
     """log P(max <= x)."""
     x = np.asarray(x, dtype=np.float64)
     total = np.zeros(x.shape)
-    for d, c in groups:
-        total = total + c * np.asarray(d.logcdf(x), dtype=np.float64)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        for d, c in groups:
+            total = total + c * np.asarray(d.logcdf(x), dtype=np.float64)
     return total
 
 
@@ -104,8 +105,9 @@ def expected_max(dist: DistOrGroups, n: Any = None) -> float:
     # Below every group's 1e-12 quantile the integrand is within 1e-12 of 1: no knots
     # needed there (an empirical file can have a million atoms).
     floor = max(float(d.isf(-math.expm1(math.log(1e-12) / c))) for d, c in groups)
-    knots = knots[(knots > max(lo, floor)) & (knots < hi) & np.isfinite(knots)]
-    edges = np.unique(np.concatenate([[lo], knots, [hi] if math.isfinite(hi) else []]))
+    floor = max(lo, floor)
+    knots = knots[(knots > floor) & (knots < hi) & np.isfinite(knots)]
+    edges = np.unique(np.concatenate([[lo, floor], knots, [hi] if math.isfinite(hi) else []]))
     a, b = edges[:-1], edges[1:]
     use_log = a > 0
     ya, yb = np.log(np.where(use_log, a, 1.0)), np.log(np.where(use_log, b, 1.0))
