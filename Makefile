@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml | $(VPY)
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/jitterlab maxtable
+	$(VENV)/bin/jitterlab maxtable --json runs/demo/maxtable.json
+	@echo "rows written to runs/demo/maxtable.json"
 
 test: install
 	$(VPY) -m pytest -q -p no:cacheprovider

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,8 @@ def _ints(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
     return values
@@ -66,20 +68,30 @@ def _version() -> str:
         return "unknown"
 
 
+def _strict(value: object) -> object:
+    """Non-finite floats (an infinite E[max]) become null: strict JSON, readable by jq."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
 def _write_json(path: str | None, payload: object) -> None:
     if path:
         from .atomic import write_text_atomic
 
-        write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+        write_text_atomic(path, json.dumps(_strict(payload), indent=2, allow_nan=False) + "\n")
 
 
 def _cmd_maxtable(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jitter_models import parse_schedule
+    from jitter_models import parse_schedule, schedules_from_toml
 
     from .maxtable import DEFAULT_NS, load_preset, load_toml, max_table, render_table
-    from jitter_models import schedules_from_toml
 
     if args.jitter:
         schedules = [parse_schedule(s) for s in args.jitter]
@@ -112,11 +124,9 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     from jitter_models import expected_max, format_us, max_quantile, parse
 
     dist = parse(args.dist)
-    qs = [0.5, 0.9, 0.99, 0.999, 0.9999]
+    quantiles = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999, "p9999": 0.9999}
     row = {"dist": str(dist), "mean_us": dist.mean() * 1e6, "std_us": dist.std() * 1e6}
-    for q in qs:
-        row[f"p{str(q * 100).rstrip('0').rstrip('.').replace('.', '')}_us"] = \
-            float(dist.ppf(q)) * 1e6
+    row.update({f"{k}_us": float(dist.ppf(q)) * 1e6 for k, q in quantiles.items()})
     print(f"{dist}\n  one delay, µs:")
     for k, v in row.items():
         if k != "dist":

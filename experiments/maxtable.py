@@ -71,11 +71,12 @@ def render_table(rows: list[dict[str, Any]], names: Sequence[str], means_s: Sequ
     lines = [f"{'E[max]' if stat == 'mean' else stat + ' of max'} of N per-rank delays, "
              f"microseconds (µs): what one collective over N ranks waits for", head,
              "mean".rjust(8) + "".join(format_us(m).rjust(w) for m, w in zip(means_s, width))]
+
     by_n: dict[int, dict[str, float]] = {}
     for r in rows:
         by_n.setdefault(r["n"], {})[r["schedule"]] = r["value_us"]
     for n, vals in by_n.items():
-        cells = "".join(format_us(vals[name] / 1e6).rjust(w) for name, w in zip(names, width))
+        cells = "".join(format_us(vals[nm] / 1e6).rjust(w) for nm, w in zip(names, width))
         lines.append(str(n).rjust(8) + cells)
     return "\n".join(lines)
 

@@ -149,7 +149,8 @@ class Mixture(Distribution):
         mu = self.mean()
         if math.isinf(mu):
             return math.inf
-        var = sum(w * (d.std() ** 2 + (d.mean() - mu) ** 2) for w, d in zip(self._w, self._dists))
+        var = sum(w * (d.std() ** 2 + (d.mean() - mu) ** 2)
+                  for w, d in zip(self._w, self._dists))
         return float(math.sqrt(var))
 
     def support(self) -> tuple[float, float]:
@@ -379,8 +380,10 @@ class Clip(Distribution):
             pts = sorted({p for p in self.dist.breakpoints() if 0 < p < m}
                          | {float(v) for v in self.dist.ppf([0.01, 0.5, 0.99]) if 0 < v < m})
             kw = dict(points=pts or None, limit=500, epsabs=0.0, epsrel=1e-11)
-            m1 = integrate.quad(lambda x: float(self.dist.sf(x)), 0.0, m, **kw)[0] if m else 0.0
-            m2 = integrate.quad(lambda x: 2 * x * float(self.dist.sf(x)), 0.0, m, **kw)[0] if m else 0.0
+            m1 = m2 = 0.0
+            if m > 0:
+                m1 = integrate.quad(lambda x: float(self.dist.sf(x)), 0.0, m, **kw)[0]
+                m2 = integrate.quad(lambda x: 2 * x * float(self.dist.sf(x)), 0.0, m, **kw)[0]
             object.__setattr__(self, "_moments", (m1, m2))
         return self._moments
 

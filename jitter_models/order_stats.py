@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .composite import smallest_true
 from .distributions import Distribution, parse
 
 Groups = list[tuple[Distribution, int]]
-DistOrGroups = Union[Distribution, str, Sequence[tuple[Any, int]]]
+DistOrGroups = Distribution | str | Sequence[tuple[Any, int]]
 
 # Levels of the group max's CDF used as integration knots: a dense grid through the body,
 # then one knot per decade of the survival function down to 1e-300.

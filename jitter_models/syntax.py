@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 from .units import parse_duration
 
@@ -75,7 +75,7 @@ class Call:
     col: int
 
 
-Node = Union[Word, Text, Product, Call]
+Node = Word | Text | Product | Call
 
 _SPECIAL = "(),=*"
 

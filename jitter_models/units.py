@@ -13,7 +13,8 @@ from decimal import Decimal, InvalidOperation
 
 # Case-sensitive: "ms" is milli, "Ms" is an error. Both micro signs are accepted:
 # U+00B5 (MICRO SIGN) and U+03BC (GREEK SMALL LETTER MU).
-UNIT_EXPONENTS: dict[str, int] = {"ns": -9, "us": -6, "\u00b5s": -6, "\u03bcs": -6, "ms": -3, "s": 0}
+UNIT_EXPONENTS: dict[str, int] = {
+    "ns": -9, "us": -6, "\u00b5s": -6, "\u03bcs": -6, "ms": -3, "s": 0}
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _DURATION_RE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z\u00b5\u03bc]+)\s*$")

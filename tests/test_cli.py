@@ -110,3 +110,14 @@ def test_invalid_toml_names_the_file(tmp_path):
 def test_bad_world_size_list_is_an_argparse_error():
     res = run("maxtable", "--n", "1,0")
     assert res.returncode == 2 and "expected integers >= 1" in res.stderr
+
+
+def test_infinite_expected_max_is_inf_in_the_table_and_null_in_strict_json(tmp_path):
+    out_file = tmp_path / "rows.json"
+    res = run("maxtable", "--jitter", "pareto(alpha=1, scale=1us)", "--n", "1,2",
+              "--json", str(out_file))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-3].split() == ["1", "inf"]
+    text = out_file.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert [r["value_us"] for r in json.loads(text)["rows"]] == [None, None]

@@ -228,9 +228,10 @@ def brute_max(d, n, size, seed):
     return d.sample(np.random.default_rng(seed), (size, n)).max(axis=1)
 
 
-@pytest.mark.parametrize("spec", ["lognormal(median=50us, sigma=0.8)", "pareto(alpha=1.5, scale=5us)",
-                                  "normal(mean=30us, std=10us)",
-                                  "mixture(0.8*exponential(20us), 0.2*lognormal(median=300us, sigma=0.3))"])
+@pytest.mark.parametrize("spec", [
+    "lognormal(median=50us, sigma=0.8)", "pareto(alpha=1.5, scale=5us)",
+    "normal(mean=30us, std=10us)",
+    "mixture(0.8*exponential(20us), 0.2*lognormal(median=300us, sigma=0.3))"])
 @pytest.mark.parametrize("n", [2, 16, 256])
 def test_sample_max_matches_brute_force_continuous(spec, n):
     d = jm.parse(spec)
