@@ -229,9 +229,10 @@ class Schedule:
                              f"got {self.scope!r}")
         if not isinstance(self.temporal, Temporal):
             raise ValueError(f"jitter: temporal: not a temporal model: {self.temporal!r}")
-        if not isinstance(self.name, str) or any(c in self.name for c in ";\n"):
-            raise ValueError(f"jitter: name: must be text without ';' or newlines, "
-                             f"got {self.name!r}")
+        if (not isinstance(self.name, str) or any(c in self.name for c in ";\n")
+                or self.name != self.name.strip()):
+            raise ValueError(f"jitter: name: must be text without ';', newlines or "
+                             f"surrounding spaces, got {self.name!r}")
         if not self.name:
             object.__setattr__(self, "name", str(self.dist))
 
