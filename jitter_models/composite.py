@@ -88,13 +88,16 @@ class Mixture(Distribution):
             total = total + w * _arr(getattr(d, method)(x))
         return np.clip(total, 0.0, 1.0)
 
+    # Outside the support the answers are exact, whatever the weights' float sum is.
     def cdf(self, x: Any) -> Any:
         x = _arr(x)
-        return _out(np.where(x >= self.support()[1], 1.0, self._sum("cdf", x)))
+        lo, hi = self.support()
+        return _out(np.where(x >= hi, 1.0, np.where(x < lo, 0.0, self._sum("cdf", x))))
 
     def sf(self, x: Any) -> Any:
         x = _arr(x)
-        return _out(np.where(x >= self.support()[1], 0.0, self._sum("sf", x)))
+        lo, hi = self.support()
+        return _out(np.where(x >= hi, 0.0, np.where(x < lo, 1.0, self._sum("sf", x))))
 
     def logsf(self, x: Any) -> Any:
         x = _arr(x)
@@ -290,7 +293,7 @@ class Shifted(Distribution):
         xf = np.where(np.isfinite(x), x, 0.0)
         z = smallest_true(lambda y: y + o > xf, 0.0, np.inf)
         y = np.where(z > 0, np.nextafter(z, -np.inf), -1.0)
-        return np.where(np.isnan(x), np.nan, np.where(x == np.inf, np.inf, y))
+        return np.where(np.isfinite(x), y, x)  # +-inf and nan map to themselves
 
     def cdf(self, x: Any) -> Any:
         return self.dist.cdf(self._preimage(x))
@@ -361,11 +364,22 @@ class Clip(Distribution):
         x = _arr(x)
         return _out(np.where(x >= self.max_s, -np.inf, _arr(self.dist.logsf(x))))
 
+    def _up_to_atom(self, x: np.ndarray, pred: Callable) -> np.ndarray:
+        """A continuous base's quantile can land one float short of the atom at max while
+        its own cdf says the level is reached only at max: move it there."""
+        x = np.minimum(x, self.max_s)
+        nxt = np.nextafter(x, np.inf)
+        return np.where((nxt == self.max_s) & ~pred(x), self.max_s, x)
+
     def ppf(self, q: Any) -> Any:
-        return _out(np.minimum(_arr(self.dist.ppf(q)), self.max_s))
+        q = _arr(q)
+        x = self._up_to_atom(_arr(self.dist.ppf(q)), lambda v: _arr(self.cdf(v)) >= q)
+        return _out(x)
 
     def isf(self, q: Any) -> Any:
-        return _out(np.minimum(_arr(self.dist.isf(q)), self.max_s))
+        q = _arr(q)
+        x = self._up_to_atom(_arr(self.dist.isf(q)), lambda v: _arr(self.sf(v)) <= q)
+        return _out(x)
 
     def sample(self, rng: np.random.Generator, size: Any) -> np.ndarray:
         return np.minimum(self.dist.sample(rng, size), self.max_s)
