@@ -321,19 +321,22 @@ class Normal(Distribution):
             log_level = np.log(p) + special.log_ndtr(-self._a)
         return np.maximum(self.mean_s - self.std_s * special.ndtri_exp(log_level), 0.0)
 
-    def ppf(self, q: Any) -> Any:
+    def _quantile(self, q: Any, of_sf: bool) -> Any:
+        """ppf (or isf): each half from the side where it keeps relative precision, each
+        evaluated only where needed (the lower half's Newton steps cost the most)."""
         q = _arr(q)
         qq = np.clip(np.nan_to_num(q), 0.0, 1.0)
-        x = np.where(qq <= 0.5, self._lower(np.minimum(qq, 0.5)),
-                     self._upper(np.minimum(1.0 - qq, 0.5)))
+        x = np.empty(qq.shape)
+        low = (qq <= 0.5) != of_sf  # where the answer is in the lower half
+        x[low] = self._lower(qq[low] if not of_sf else 1.0 - qq[low])
+        x[~low] = self._upper(qq[~low] if of_sf else 1.0 - qq[~low])
         return _out(np.where((q >= 0) & (q <= 1), x, np.nan))
 
+    def ppf(self, q: Any) -> Any:
+        return self._quantile(q, of_sf=False)
+
     def isf(self, q: Any) -> Any:
-        q = _arr(q)
-        qq = np.clip(np.nan_to_num(q), 0.0, 1.0)
-        x = np.where(qq <= 0.5, self._upper(np.minimum(qq, 0.5)),
-                     self._lower(np.minimum(1.0 - qq, 0.5)))
-        return _out(np.where((q >= 0) & (q <= 1), x, np.nan))
+        return self._quantile(q, of_sf=True)
 
     def mean(self) -> float:
         a = self._a

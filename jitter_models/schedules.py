@@ -100,8 +100,11 @@ class AR1(Temporal):
         c = math.sqrt(1.0 - self.rho**2)
         z = signal.lfilter([c], [1.0, -self.rho], eps, zi=[self.rho * z_prev])[0]
         # Lower half through ppf, upper half through isf: both tails keep full precision.
-        return np.where(z < 0, dist.ppf(special.ndtr(np.minimum(z, 0))),
-                        dist.isf(special.ndtr(-np.maximum(z, 0))))
+        out = np.empty(length)
+        low = z < 0
+        out[low] = dist.ppf(special.ndtr(z[low]))
+        out[~low] = dist.isf(special.ndtr(-z[~low]))
+        return out
 
 
 @_register
