@@ -89,12 +89,12 @@ def _write_json(path: str | None, payload: object) -> None:
 def _cmd_maxtable(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jitter_models import parse_schedule, schedules_from_toml
+    from jitter_models import check_unique_names, parse_schedule, schedules_from_toml
 
     from .maxtable import DEFAULT_NS, load_preset, load_toml, max_table, render_table
 
     if args.jitter:
-        schedules = [parse_schedule(s) for s in args.jitter]
+        schedules = check_unique_names([parse_schedule(s) for s in args.jitter])
     elif args.spec:
         try:
             text = Path(args.spec).read_text(encoding="utf-8")
@@ -111,12 +111,14 @@ def _cmd_maxtable(args: argparse.Namespace) -> int:
     rows = max_table(schedules, ns, args.stat, seed=args.seed,
                      ranks_per_node=args.ranks_per_node)
     names = [s.name for s in schedules]
-    print(render_table(rows, names, [s.dist.mean() for s in schedules]))
-    print("\nmean: E[delay] of one ordinary rank. Each cell: the "
-          f"{'expected value' if args.stat == 'mean' else args.stat} of the max over the "
-          "N ranks' delays at one collective (exact, from the CDFs).")
+    # The file first: if it cannot be written, the run fails before printing a result.
     _write_json(args.json, {"stat": args.stat, "unit": "us",
                             "schedules": [s.to_table() for s in schedules], "rows": rows})
+    means = [s.temporal.marginal(s.dist).mean() for s in schedules]
+    print(render_table(rows, names, means))
+    print("\nmean: E[delay] of one ordinary (non-straggler) rank. Each cell: the "
+          f"{'expected value' if args.stat == 'mean' else args.stat} of the max over the "
+          "N ranks' delays at one collective (exact, from the CDFs).")
     return 0
 
 
@@ -125,20 +127,20 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
     dist = parse(args.dist)
     quantiles = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999, "p9999": 0.9999}
-    row = {"dist": str(dist), "mean_us": dist.mean() * 1e6, "std_us": dist.std() * 1e6}
+    row: dict = {"dist": str(dist), "mean_us": dist.mean() * 1e6, "std_us": dist.std() * 1e6}
     row.update({f"{k}_us": float(dist.ppf(q)) * 1e6 for k, q in quantiles.items()})
+    row["max"] = [{"n": n, "mean_us": expected_max(dist, n) * 1e6,
+                   "p99_us": float(max_quantile(dist, n, 0.99)) * 1e6} for n in args.n]
+    _write_json(args.json, row)  # before printing: a failed write shows no result
     print(f"{dist}\n  one delay, µs:")
     for k, v in row.items():
-        if k != "dist":
+        if k.endswith("_us"):
             print(f"    {k[:-3]:>8} {format_us(v / 1e6)}")
     print("  max of N delays, µs:")
     print(f"    {'N':>8} {'E[max]':>12} {'p99':>12}")
-    row["max"] = []
-    for n in args.n:
-        e, p99 = expected_max(dist, n), float(max_quantile(dist, n, 0.99))
-        row["max"].append({"n": n, "mean_us": e * 1e6, "p99_us": p99 * 1e6})
-        print(f"    {n:>8} {format_us(e):>12} {format_us(p99):>12}")
-    _write_json(args.json, row)
+    for m in row["max"]:
+        print(f"    {m['n']:>8} {format_us(m['mean_us'] / 1e6):>12} "
+              f"{format_us(m['p99_us'] / 1e6):>12}")
     return 0
 
 
@@ -151,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except ValueError as exc:
         print(f"jitterlab: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # e.g. --json into a folder that does not exist
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"jitterlab: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -26,6 +26,7 @@ from .schedules import (
     Bursty,
     Schedule,
     Stragglers,
+    check_unique_names,
     parse_schedule,
     parse_temporal,
     schedule_from_table,
@@ -35,7 +36,7 @@ from .units import format_duration, format_us, parse_duration
 
 __all__ = [
     "AR1", "IID", "Bursty", "Schedule", "Stragglers", "parse_schedule", "parse_temporal",
-    "schedule_from_table", "schedules_from_toml",
+    "schedule_from_table", "schedules_from_toml", "check_unique_names",
     "FAMILIES", "Clip", "Constant", "Distribution", "Empirical", "Exponential", "Gamma",
     "Lognormal", "Mixture", "Normal", "Pareto", "Shifted", "Uniform", "Weibull",
     "expected_max", "format_duration", "format_us", "max_quantile", "parse",

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import integrate
 from scipy.special import logsumexp
 
 from .distributions import Distribution, _arr, _hidden, _out, register
@@ -28,6 +27,12 @@ def smallest_true(pred: Callable[[np.ndarray], np.ndarray], lo: Any, hi: Any) ->
     """Elementwise smallest float x in [lo, hi] (both >= 0) with ``pred(x)``, for a pred
     that is monotone (False then True) and true at ``hi``. At most 64 rounds, exact."""
     lo, hi = np.broadcast_arrays(np.maximum(_arr(lo), 0.0), _arr(hi))
+    with np.errstate(over="ignore", under="ignore"):  # pred may probe huge x
+        return _bisect_bits(pred, lo, hi)
+
+
+def _bisect_bits(pred: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray
+                 ) -> np.ndarray:
     a = lo.astype(np.float64).view(np.int64).copy()
     b = hi.astype(np.float64).view(np.int64).copy()
     done = pred(lo)
@@ -133,13 +138,13 @@ class Mixture(Distribution):
         # Split each n over the components (a multinomial, drawn as successive binomials),
         # then the max of the components' maxima: exact, and O(1) in n.
         left = np.asarray(n, dtype=np.int64).copy()
-        p_left = 1.0
+        # P(component j | not one of the earlier ones): weight over the weight still left.
+        still = np.cumsum(self._w[::-1])[::-1]
         out = np.full(left.shape, -np.inf)
-        for j, (w, d) in enumerate(zip(self._w, self._dists)):
+        for j, d in enumerate(self._dists):
             last = j == len(self._w) - 1
-            count = left if last else rng.binomial(left, min(1.0, w / p_left))
+            count = left if last else rng.binomial(left, min(1.0, self._w[j] / still[j]))
             left = left - count
-            p_left -= w
             has = count > 0
             if has.any():
                 out[has] = np.maximum(out[has], d.sample_max(rng, count[has]))
@@ -162,6 +167,9 @@ class Mixture(Distribution):
 
     def breakpoints(self) -> list[float]:
         return sorted({b for d in self._dists for b in d.breakpoints()})
+
+    def landmarks(self) -> np.ndarray:
+        return np.concatenate([d.landmarks() for d in self._dists])
 
     @property
     def is_discrete(self) -> bool:
@@ -239,7 +247,7 @@ class Empirical(Distribution):
 def _read_samples(path: str) -> np.ndarray:
     where = f"empirical: file {path!r}"
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
         raise ValueError(f"{where}: cannot read it ({exc.strerror or exc})") from None
     exponent = None
@@ -329,6 +337,9 @@ class Shifted(Distribution):
     def breakpoints(self) -> list[float]:
         return [b + self.offset_s for b in self.dist.breakpoints()]
 
+    def landmarks(self) -> np.ndarray:
+        return self.dist.landmarks() + self.offset_s
+
     @property
     def is_discrete(self) -> bool:
         return self.dist.is_discrete
@@ -388,17 +399,13 @@ class Clip(Distribution):
         return np.minimum(self.dist.sample_max(rng, n), self.max_s)
 
     def _raw_moments(self) -> tuple[float, float]:
-        # E[Y] = int_0^max sf, E[Y^2] = int_0^max 2x sf, for Y = min(X, max) >= 0.
+        # E[Y] and E[Y^2] of Y = min(X, max), with the knotted integrator of order_stats
+        # (the max of one draw is the draw).
         if self._moments is None:
-            m = self.max_s
-            pts = sorted({p for p in self.dist.breakpoints() if 0 < p < m}
-                         | {float(v) for v in self.dist.ppf([0.01, 0.5, 0.99]) if 0 < v < m})
-            kw = dict(points=pts or None, limit=500, epsabs=0.0, epsrel=1e-11)
-            m1 = m2 = 0.0
-            if m > 0:
-                m1 = integrate.quad(lambda x: float(self.dist.sf(x)), 0.0, m, **kw)[0]
-                m2 = integrate.quad(lambda x: 2 * x * float(self.dist.sf(x)), 0.0, m, **kw)[0]
-            object.__setattr__(self, "_moments", (m1, m2))
+            from .order_stats import moment_of_max
+
+            moments = (moment_of_max([(self, 1)], 1), moment_of_max([(self, 1)], 2))
+            object.__setattr__(self, "_moments", moments)
         return self._moments
 
     def mean(self) -> float:
@@ -414,6 +421,10 @@ class Clip(Distribution):
 
     def breakpoints(self) -> list[float]:
         return sorted({b for b in self.dist.breakpoints() if b < self.max_s} | {self.max_s})
+
+    def landmarks(self) -> np.ndarray:
+        x = self.dist.landmarks()
+        return x[x < self.max_s]
 
     @property
     def is_discrete(self) -> bool:

@@ -29,6 +29,10 @@ def register(cls: type[Distribution]) -> type[Distribution]:
     return cls
 
 
+_LANDMARK_LEVELS = np.array([1e-6, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99,
+                             0.999, 1 - 1e-6])
+
+
 def _arr(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
@@ -82,6 +86,14 @@ class Distribution(ABC):
         """Where the CDF is not smooth: atoms and finite support ends."""
         lo, hi = self.support()
         return [v for v in (lo, hi) if math.isfinite(v)]
+
+    def landmarks(self) -> np.ndarray:
+        """Quantiles that mark the scale of every part of the law (for a mixture, of each
+        component), so integrals over x can place knots where the CDF rises."""
+        if self.is_discrete:
+            return np.empty(0)
+        x = np.asarray(self.ppf(_LANDMARK_LEVELS), dtype=np.float64)
+        return x[np.isfinite(x)]
 
     @property
     def is_discrete(self) -> bool:

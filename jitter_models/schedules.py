@@ -80,9 +80,10 @@ class IID(Temporal):
 @_register
 @dataclass(frozen=True, kw_only=True)
 class AR1(Temporal):
-    """Gaussian copula: a stationary latent AR(1) z_t = rho z_{t-1} + sqrt(1-rho^2) e_t
-    mapped through Phi and the distribution's inverse CDF, so the marginal is exactly the
-    distribution. ``rho`` is the lag-1 correlation of the latent normal, not of the delays."""
+    """Gaussian copula: a stationary latent AR(1) z_t = rho z_{t-1} + sqrt(1-rho^2) e_t over
+    the collectives of one stream (the flattened (step, site) sequence), mapped through Phi
+    and the distribution's inverse CDF, so the marginal is exactly the distribution.
+    ``rho`` is the lag-1 correlation of the latent normal, not of the delays."""
 
     kind: ClassVar[str] = "ar1"
     params: ClassVar[tuple[Param, ...]] = (Param("rho", "number"),)
@@ -110,18 +111,19 @@ class AR1(Temporal):
 @_register
 @dataclass(frozen=True, kw_only=True)
 class Bursty(Temporal):
-    """A stationary two-state Markov chain: calm steps draw from the schedule's
-    distribution, burst steps from ``burst`` instead. Calm -> burst with ``p_enter`` per
-    step, burst -> calm with ``p_exit``; the marginal is the mixture
-    pi*burst + (1-pi)*dist with pi = p_enter / (p_enter + p_exit)."""
+    """A stationary two-state Markov chain over the collectives of one stream (the
+    flattened (step, site) sequence): in the calm state a delay is drawn from the
+    schedule's distribution, in a burst from ``burst`` instead. Calm -> burst with
+    probability ``p_enter`` per collective, burst -> calm with ``p_exit``; the marginal is
+    the mixture pi*burst + (1-pi)*dist with pi = p_enter / (p_enter + p_exit)."""
 
     kind: ClassVar[str] = "bursty"
     params: ClassVar[tuple[Param, ...]] = (
         Param("p_enter", "number"), Param("p_exit", "number"), Param("burst", "dist"))
     p_enter: float
-    """Probability per site of entering a burst, in (0, 1]."""
+    """Probability per collective of entering a burst, in (0, 1]."""
     p_exit: float
-    """Probability per site of leaving a burst, in (0, 1]."""
+    """Probability per collective of leaving a burst, in (0, 1]."""
     burst: Distribution
     """The delay distribution inside a burst."""
 
@@ -149,8 +151,14 @@ class Bursty(Temporal):
             chunk[0::2] = rng.geometric(p_first, pairs)
             chunk[1::2] = rng.geometric(p_second, pairs)
             runs = np.concatenate([runs, chunk])
+        # Cut the last run short so the expansion costs `length`, however long the runs.
+        ends = np.cumsum(runs)
+        k = int(np.searchsorted(ends, length)) + 1 if length else 0
+        runs = runs[:k]
+        if k:
+            runs[-1] -= ends[k - 1] - length
         labels = np.resize(np.array([first, not first]), runs.size)
-        return np.repeat(labels, runs)[:length]
+        return np.repeat(labels, runs)
 
     def draw(self, dist: Distribution, rng: np.random.Generator, length: int) -> np.ndarray:
         burst = self.states(rng, length)
@@ -216,7 +224,7 @@ class Schedule:
     dist: Distribution
     """Delay distribution of ordinary ranks."""
     name: str = ""
-    """Label in reports; defaults to the distribution's text."""
+    """Label in reports; defaults to the schedule's one-line text."""
     scope: Scope = "rank"
     """rank: each rank draws its own; node: ranks of a node share; global: all share."""
     temporal: Temporal = field(default_factory=IID)
@@ -237,7 +245,7 @@ class Schedule:
             raise ValueError(f"jitter: name: must be text without ';', newlines or "
                              f"surrounding spaces, got {self.name!r}")
         if not self.name:
-            object.__setattr__(self, "name", str(self.dist))
+            object.__setattr__(self, "name", self._default_name())
 
     def delays(self, seed: int, rank: int, node: int, world_size: int, n_steps: int,
                n_sites: int) -> np.ndarray:
@@ -289,7 +297,17 @@ class Schedule:
             groups.append((self.temporal.marginal(self.stragglers.dist), len(chosen)))
         return groups
 
+    def _default_name(self) -> str:
+        return "; ".join(self._parts())
+
     def __str__(self) -> str:
+        parts = self._parts()
+        if self.name != self._default_name():
+            parts.append(f"name={self.name}")
+        return "; ".join(parts)
+
+    def _parts(self) -> list[str]:
+        """The one-line form's parts, all but the name."""
         parts = [str(self.dist)]
         if self.scope != "rank":
             parts.append(f"scope={self.scope}")
@@ -302,14 +320,14 @@ class Schedule:
             else:
                 parts.append(f"stragglers.count={s.count}")
             parts.append(f"stragglers.dist={s.dist}")
-        if self.name != str(self.dist):
-            parts.append(f"name={self.name}")
-        return "; ".join(parts)
+        return parts
 
     def to_table(self) -> dict[str, Any]:
         """The canonical TOML ``[[jitter]]`` table."""
         out: dict[str, Any] = {"name": self.name, "dist": str(self.dist), "scope": self.scope,
                                "temporal": str(self.temporal)}
+        if self.name == self._default_name():
+            del out["name"]  # implied; it holds the ';' an explicit name may not
         if self.stragglers is not None:
             s = self.stragglers
             key = {"ranks": list(s.ranks)} if s.ranks is not None else {"count": s.count}
@@ -377,12 +395,16 @@ def schedule_from_table(table: Mapping[str, Any]) -> Schedule:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, cur, quote = [], [], None
+    """Split at ``sep`` except inside a quoted string within parentheses (a file name in
+    ``empirical("a;b.txt")``); quotes at the top level (``name=bob's run``) are text."""
+    parts, cur, quote, depth = [], [], None, 0
     for ch in text:
         if quote:
             quote = None if ch == quote else quote
-        elif ch in "\"'":
+        elif ch in "\"'" and depth > 0:
             quote = ch
+        elif ch in "()":
+            depth = max(0, depth + (1 if ch == "(" else -1))
         elif ch == sep:
             parts.append("".join(cur))
             cur = []
@@ -445,14 +467,19 @@ def schedules_from_toml(doc: Mapping[str, Any]) -> list[Schedule]:
     items = doc.get("jitter")
     if not isinstance(items, list) or not items:
         raise ValueError("jitter: expected at least one [[jitter]] table")
-    out = [schedule_from_table(t) for t in items]
+    return check_unique_names([schedule_from_table(t) for t in items])
+
+
+def check_unique_names(schedules: list[Schedule]) -> list[Schedule]:
+    """``schedules`` unchanged, or a ValueError naming the first repeated name."""
     seen: set[str] = set()
-    for s in out:
+    for s in schedules:
         if s.name in seen:
             raise ValueError(f"jitter: name: {s.name!r} is used twice")
         seen.add(s.name)
-    return out
+    return schedules
 
 
 __all__ = ["AR1", "IID", "SCOPES", "Bursty", "Schedule", "Stragglers", "Temporal",
+           "check_unique_names",
            "parse_schedule", "parse_temporal", "schedule_from_table", "schedules_from_toml"]

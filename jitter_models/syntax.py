@@ -224,7 +224,10 @@ def _convert(family: str, param: Param, value: object, dist: DistBuilder) -> obj
     if param.kind == "dist":
         if isinstance(value, Word):
             raise ValueError(f"{family}: {field}: expected a distribution, got {value.text!r}")
-        return dist(value.text if isinstance(value, Text) else value)
+        try:
+            return dist(value.text if isinstance(value, Text) else value)
+        except ValueError as exc:  # the path to the nested field: "clip: dist: lognormal: ..."
+            raise ValueError(f"{family}: {field}: {exc}") from None
     raise AssertionError(param.kind)  # components are handled by the caller
 
 

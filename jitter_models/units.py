@@ -67,6 +67,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"invalid duration {value!r}: durations cannot be negative")
     if not math.isfinite(seconds):
         raise ValueError(f"invalid duration {value!r}: not a finite number of seconds")
+    if seconds == 0 and Decimal(number) != 0:
+        raise ValueError(f"invalid duration {value!r}: too small to represent (underflows to 0)")
     return abs(seconds)  # "-0us" -> 0.0
 
 
@@ -102,12 +104,16 @@ def format_duration(seconds: float) -> str:
 
 
 def format_us(seconds: float, digits: int = 2) -> str:
-    """Seconds as a plain number of microseconds for tables (``inf`` stays ``inf``)."""
+    """Seconds as a plain number of microseconds for tables (``inf`` stays ``inf``);
+    below 1 µs, three significant digits so nanosecond delays do not print as 0.00."""
     if math.isinf(seconds):
         return "inf"
     if math.isnan(seconds):
         return "nan"
-    return f"{seconds * 1e6:.{digits}f}"
+    us = seconds * 1e6
+    if 0 < abs(us) < 1:
+        return f"{us:.3g}"
+    return f"{us:.{digits}f}"
 
 
 def to_ns(seconds: float) -> int:

@@ -123,3 +123,29 @@ def test_infinite_expected_max_is_inf_in_the_table_and_null_in_strict_json(tmp_p
     text = out_file.read_text()
     assert "Infinity" not in text and "NaN" not in text
     assert [r["value_us"] for r in json.loads(text)["rows"]] == [None, None]
+
+
+def test_mean_row_is_the_mean_of_the_temporal_marginal(tmp_path):
+    # Bursts replace calm delays: the mean delay is 0.5*5us + 0.5*1ms, as at N = 1.
+    res = run("maxtable", "--n", "1", "--jitter",
+              "constant(5us); temporal=bursty(p_enter=0.5, p_exit=0.5, burst=constant(1ms))")
+    assert res.returncode == 0, res.stderr
+    cells = {ln.split()[0]: ln.split()[1:] for ln in res.stdout.splitlines()
+             if ln.split()[:1] in (["mean"], ["1"])}
+    assert cells == {"mean": ["502.50"], "1": ["502.50"]}
+
+
+def test_duplicate_names_and_an_unwritable_json_path_are_bad_input(tmp_path):
+    res = run("maxtable", "--jitter", "exponential(20us); name=a", "--jitter",
+              "constant(5us); name=a")
+    assert res.returncode == 2 and res.stderr.strip() == \
+        "jitterlab: error: jitter: name: 'a' is used twice"
+    res = run("maxtable", "--n", "1", "--json", str(tmp_path / "no" / "such" / "x.json"),
+              "--preset", "jitter-zoo")
+    assert res.returncode == 0  # parents are created
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    res = run("maxtable", "--n", "1", "--json", str(blocker / "x.json"))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "cannot write" in lines[0]
+    assert res.stdout == ""  # no table printed for a result that could not be saved

@@ -686,3 +686,30 @@ def test_atoms_invert_exactly(case, sample_file):
         lo_s, hi_s = float(d.sf(a)), float(d.sf(below(a)))
         levels = [lo_s, below(hi_s), (lo_s + hi_s) / 2]
         assert all(d.isf(s) == a for s in levels), (a, levels, [d.isf(s) for s in levels])
+
+
+# --- regressions found in review ---------------------------------------------------------
+
+
+def test_clip_moments_when_max_is_far_above_the_bulk():
+    # A linear-axis quadrature over [0, 1 s] once missed the 20 us bulk (19.80 for 20).
+    c = parse("clip(dist=exponential(20us), max=1s)")
+    assert c.mean() == pytest.approx(20e-6, rel=1e-9) and c.std() == pytest.approx(20e-6,
+                                                                                    rel=1e-9)
+    alpha, s, m = 3.0, 20e-6, 100.0  # E[min(X, m)] = a s/(a-1) - s^a m^(1-a)/(a-1)
+    c = parse("clip(dist=pareto(alpha=3, scale=20us), max=100s)")
+    assert c.mean() == pytest.approx(alpha * s / (alpha - 1) - s**alpha * m ** (1 - alpha)
+                                     / (alpha - 1), rel=1e-9)
+
+
+def test_nested_errors_name_the_path_to_the_field():
+    with pytest.raises(ValueError, match=r"^clip: dist: lognormal: sigma: must be > 0, got -1"):
+        parse("clip(dist=lognormal(median=5us, sigma=-1), max=1ms)")
+    with pytest.raises(ValueError, match=r"^clip: dist: expected a distribution spec .*got 5"):
+        parse({"family": "clip", "dist": 5, "max": "1ms"})
+
+
+def test_empirical_file_with_a_byte_order_mark(tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_bytes("\ufefflatency_us\n3\n1\n".encode())
+    assert parse(f'empirical("{f}")').ppf(1.0) == 3e-6

@@ -301,3 +301,52 @@ def test_groups_and_n_are_exclusive():
         jm.expected_max(d)
     with pytest.raises(ValueError, match="group count must be a positive integer, got 0"):
         jm.expected_max([(d, 0)])
+
+
+# --- regressions found in review ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 8, 1000])
+def test_expected_max_resolves_a_narrow_component_far_from_the_bulk(n):
+    # The normal's rise (20us wide at 2ms) once fell inside one wide integration piece.
+    d = jm.parse("mixture(0.99*constant(5us), 0.01*normal(mean=2ms, std=20us))")
+    w, mu, sd = mpmath.mpf("0.99"), mpmath.mpf("2e-3"), mpmath.mpf("2e-5")
+
+    def cdf(x):
+        return (w if x >= mpmath.mpf("5e-6") else 0) + (1 - w) * (
+            mpmath.ncdf((x - mu) / sd) - mpmath.ncdf(-mu / sd)) / mpmath.ncdf(mu / sd)
+
+    pts = [0, mpmath.mpf("5e-6"), mu - 10 * sd, mu - 2 * sd, mu, mu + 2 * sd, mu + 10 * sd,
+           mpmath.mpf("1e-2")]
+    exact = mp_expected_max(cdf, pts, n) + mp_expected_max(cdf, [pts[-1], 1], n)
+    assert rel_err(jm.expected_max(d, n), float(exact)) <= 1e-6
+
+
+def test_valid_heavy_tailed_input_raises_no_floating_point_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for spec in ["clip(dist=pareto(alpha=0.8, scale=7us), max=10ms)",
+                     "mixture(0.99*weibull(shape=2, scale=10us), "
+                     "0.01*pareto(alpha=1.5, scale=1ms))"]:
+            d = jm.parse(spec)
+            assert math.isfinite(jm.expected_max(d, 100))
+            assert math.isfinite(jm.max_quantile(d, 100, 0.99))
+
+
+def test_mixture_sample_max_with_weights_that_round_past_one():
+    # Successive conditional probabilities once went negative through rounding.
+    atoms = [jm.Constant(value_s=v * 1e-6) for v in (1, 2, 3, 4, 5)]
+    weights = (0.0509813184195821, 0.8884553912521895, 0.06056329032822846, 1e-18, 1e-18)
+    d = jm.Mixture(components=tuple(zip(weights, atoms)))
+    x = jm.sample_max(d, 50, np.random.default_rng(11), 20_000)
+    # P(max == 3us) = 1 - P(no 3us among 50) up to the 2e-18 of the two tiny atoms.
+    p3 = 1 - (1 - weights[2]) ** 50
+    assert stats.binomtest(int((x == 3e-6).sum()), x.size, p3).pvalue > ALPHA
+    assert set(np.unique(x)) <= {2e-6, 3e-6, 1e-6}
+
+
+def test_prob_max_exceeds_is_plus_zero_not_minus_zero():
+    p = jm.prob_max_exceeds(jm.parse("constant(5us)"), 3, 1.0)
+    assert p == 0.0 and math.copysign(1.0, p) == 1.0

@@ -467,12 +467,13 @@ def test_one_line_and_table_forms_agree():
                                "stragglers": {"ranks": [3], "dist": STRAGGLER}}
 
 
-def test_default_name_is_the_distribution_text():
+def test_default_name_is_the_one_line_text():
     s = parse_schedule("exponential(5us); scope=node")
-    assert s.name == "exponential(5us)" == str(s.dist)
+    assert s.name == "exponential(5us); scope=node" == str(s)
     assert Schedule(dist=BASE).name == LOGNORMAL
     assert "name=" not in str(s)
-    assert s.to_table()["name"] == "exponential(5us)"
+    assert "name" not in s.to_table()  # the default name is implied by the dist
+    assert schedule_from_table(s.to_table()).name == "exponential(5us); scope=node"
     assert s.scope == "node" and s.temporal == IID() and s.stragglers is None
 
 
@@ -642,7 +643,7 @@ def test_constructor_errors():
 @pytest.mark.parametrize("doc, message", [
     ({"jitter": [{"dist": "constant(5us)", "name": "a"}, {"dist": "constant(6us)", "name": "a"}]},
      "jitter: name: 'a' is used twice"),
-    ({"jitter": [{"dist": "constant(5us)"}, {"dist": "constant(5us)", "scope": "node"}]},
+    ({"jitter": [{"dist": "constant(5us)"}, {"dist": "constant(5us)"}]},
      "jitter: name: 'constant(5us)' is used twice"),  # default names collide too
     ({"jitter": []}, "jitter: expected at least one [[jitter]] table"),
     ({}, "jitter: expected at least one [[jitter]] table"),
@@ -679,3 +680,33 @@ def test_one_line_errors_from_the_table_rules():
         parse_schedule("exponential(5us); temporal=markov(p=1)")
     with raises("jitter: expected text or a table, got 5"):
         parse_schedule(5)
+
+
+def test_default_names_tell_schedules_with_the_same_dist_apart():
+    doc = {"jitter": [{"dist": "constant(5us)"}, {"dist": "constant(5us)", "scope": "node"}]}
+    assert [s.name for s in schedules_from_toml(doc)] == [
+        "constant(5us)", "constant(5us); scope=node"]
+
+
+# --- regressions found in review ---------------------------------------------------------
+
+
+def test_bursty_with_very_rare_bursts_costs_only_the_requested_length():
+    # Runs of ~1e10 collectives were once expanded in full before being cut (MemoryError).
+    s = parse_schedule("exponential(5us); "
+                       "temporal=bursty(p_enter=1e-10, p_exit=0.5, burst=constant(1ms))")
+    x = s.delays(0, 0, 0, 1, 2, 5)
+    assert x.shape == (2, 5) and np.all(x < 1e-3)  # P(any burst) ~ 1e-9 at this seed
+
+
+def test_quotes_in_a_name_are_text_at_the_top_level_of_the_one_line_form():
+    s = parse_schedule("exponential(5us); name=bob's run; scope=node")
+    assert (s.name, s.scope) == ("bob's run", "node")
+    assert parse_schedule(str(s)) == s
+
+
+def test_default_name_may_hold_a_semicolon_and_still_round_trip(tmp_path):
+    f = tmp_path / "a;b.txt"
+    f.write_text("latency_us\n1\n2\n")
+    s = parse_schedule(f'empirical("{f}")')
+    assert schedule_from_table(s.to_table()) == s and parse_schedule(str(s)) == s

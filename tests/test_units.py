@@ -84,8 +84,11 @@ def test_zero_needs_no_unit_and_is_positive_zero(zero):
     assert math.copysign(1.0, got) == 1.0
 
 
-def test_underflow_rounds_to_zero():
-    assert parse_duration("1e-400s") == 0.0
+def test_a_nonzero_duration_that_underflows_is_an_error():
+    # A nonzero duration must not silently become 0 (then e.g. "must be > 0, got 0.0").
+    with pytest.raises(ValueError, match=r"'1e-400s': too small to represent"):
+        parse_duration("1e-400s")
+    assert parse_duration("0e-400s") == 0.0
 
 
 # --- parsing: errors ------------------------------------------------------------------
