@@ -298,10 +298,16 @@ class Shifted(Distribution):
         """Largest y with fl(y + offset) <= x (-1 where none, inf at x = inf)."""
         x = _arr(x)
         o = self.offset_s
-        xf = np.where(np.isfinite(x), x, 0.0)
-        z = smallest_true(lambda y: y + o > xf, 0.0, np.inf)
-        y = np.where(z > 0, np.nextafter(z, -np.inf), -1.0)
-        return np.where(np.isfinite(x), y, x)  # +-inf and nan map to themselves
+        xf = np.atleast_1d(np.where(np.isfinite(x), x, 0.0))
+        y = xf - o
+        # Usually x - offset is the answer; bisect (64 rounds) only where it is not.
+        exact = (y >= 0) & (y + o <= xf) & (np.nextafter(y, np.inf) + o > xf)
+        if not exact.all():
+            rest = ~exact
+            xr = xf[rest]
+            z = smallest_true(lambda v: v + o > xr, 0.0, np.inf)
+            y[rest] = np.where(z > 0, np.nextafter(z, -np.inf), -1.0)
+        return np.where(np.isfinite(x), y.reshape(x.shape), x)  # +-inf, nan: themselves
 
     def cdf(self, x: Any) -> Any:
         return self.dist.cdf(self._preimage(x))
