@@ -305,53 +305,42 @@ def fail_list(**columns) -> str:
     return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(columns, r)) for r in list(rows)[:5])
 
 
+# (level function, its generalized inverse, "level reached at x" for a target level)
+SIDES = {
+    "ppf_of_cdf": ("cdf", "ppf", lambda level, q: level >= q, lambda level: level > 0),
+    "isf_of_sf": ("sf", "isf", lambda level, q: level <= q, lambda level: level < 1),
+}
+
+
 @cases(ALL)
-def test_ppf_is_generalized_inverse_of_cdf(case, sample_file):
+@pytest.mark.parametrize("side", SIDES)
+def test_quantiles_are_generalized_inverses(case, side, sample_file):
+    """ppf(q) is the smallest x with cdf(x) >= q; isf(q) the smallest x with sf(x) <= q.
+    So level(inverse(q)) reaches q, and inverse(level(x)) <= x."""
+    level_name, inverse_name, reached, invertible = SIDES[side]
     d = case.build(sample_file)
+    level, inverse = getattr(d, level_name), getattr(d, inverse_name)
     q = q_grid(d, case.exact)
     x = x_grid(d, q)
     k = slack(case)
 
-    p = np.asarray(d.ppf(q))
+    p = np.asarray(inverse(q))
     assert not np.isnan(p).any()
-    bad = np.asarray(d.cdf(p * k)) < q
-    problems = ["cdf(ppf(q)) < q at " + fail_list(q=q[bad], ppf=p[bad])] if bad.any() else []
+    bad = ~reached(np.asarray(level(p * k)), q)
+    problems = ([f"{level_name}({inverse_name}(q)) misses q at "
+                 + fail_list(q=q[bad], inverse=p[bad])] if bad.any() else [])
 
-    # ppf(0) is the bottom of the support, so only x with cdf(x) > 0 can satisfy
-    # ppf(cdf(x)) <= x. For scipy-backed families, cdf near 1 has only absolute precision
-    # (1e-16), which cannot pin down a tail x (their upper tail is checked with sf/isf),
-    # and a subnormal cdf has no relative precision at all.
-    c = np.asarray(d.cdf(x))
-    keep = c > 0 if case.exact else (c >= TINY) & (c <= 0.5)
-    xs, back = x[keep], np.asarray(d.ppf(c[keep]))
+    # The inverse at level 0 (cdf) or 1 (sf) is the bottom of the support, so only x
+    # above it can come back. For scipy-backed families, the level near 1 has only
+    # absolute precision (1e-16) and cannot pin down x (each tail is checked from the
+    # side where its level is small), and a subnormal level has no relative precision.
+    lv = np.asarray(level(x))
+    keep = invertible(lv) if case.exact else (lv >= TINY) & (lv <= 0.5)
+    xs, back = x[keep], np.asarray(inverse(lv[keep]))
     bad = back > xs * k
     if bad.any():
-        problems.append(f"ppf(cdf(x)) > x at {bad.sum()} points, e.g. "
-                        + fail_list(x=xs[bad], cdf=c[keep][bad], ppf=back[bad]))
-    assert not problems, "\n".join(problems)
-
-
-@cases(ALL)
-def test_isf_is_generalized_inverse_of_sf(case, sample_file):
-    d = case.build(sample_file)
-    q = q_grid(d, case.exact)
-    x = x_grid(d, q)
-    k = slack(case)
-
-    i = np.asarray(d.isf(q))
-    assert not np.isnan(i).any()
-    bad = np.asarray(d.sf(i * k)) > q
-    problems = ["sf(isf(q)) > q at " + fail_list(q=q[bad], isf=i[bad])] if bad.any() else []
-
-    # Mirror of the ppf test: isf(1) is the bottom of the support (so sf(x) < 1), and
-    # for scipy-backed families the lower half is checked with cdf/ppf.
-    s = np.asarray(d.sf(x))
-    keep = s < 1 if case.exact else (s >= TINY) & (s <= 0.5)
-    xs, back = x[keep], np.asarray(d.isf(s[keep]))
-    bad = back > xs * k
-    if bad.any():
-        problems.append(f"isf(sf(x)) > x at {bad.sum()} points, e.g. "
-                        + fail_list(x=xs[bad], sf=s[keep][bad], isf=back[bad]))
+        problems.append(f"{inverse_name}({level_name}(x)) > x at {bad.sum()} points, e.g. "
+                        + fail_list(x=xs[bad], level=lv[keep][bad], inverse=back[bad]))
     assert not problems, "\n".join(problems)
 
 
