@@ -3,7 +3,6 @@
 numpy and scipy only: this package imports without torch.
 """
 
-from . import composite as _composite  # noqa: F401  (registers the composite families)
 from .composite import Clip, Empirical, Mixture, Shifted
 from .distributions import (
     FAMILIES,
@@ -12,13 +11,13 @@ from .distributions import (
     Exponential,
     Gamma,
     Lognormal,
-    Normal,
     Pareto,
     Uniform,
     Weibull,
     parse,
     to_table,
 )
+from .normal import Normal
 from .order_stats import expected_max, max_quantile, prob_max_exceeds, sample_max
 from .schedules import (
     AR1,

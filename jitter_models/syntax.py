@@ -94,7 +94,7 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
         elif c in "\"'":
             j = text.find(c, i + 1)
             if j < 0:
-                raise SyntaxError_(text, i + 1, "unterminated string")
+                raise SpecSyntaxError(text, i + 1, "unterminated string")
             out.append(("str", text[i + 1 : j], i + 1))
             i = j + 1
         else:
@@ -107,7 +107,7 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
-class SyntaxError_(ValueError):
+class SpecSyntaxError(ValueError):
     """Malformed call text; the message carries the 1-based column."""
 
     def __init__(self, text: str, col: int, what: str):
@@ -127,7 +127,7 @@ class _Parser:
         tok = self.peek()
         if tok[0] != kind:
             found = "end of text" if tok[0] == "end" else repr(tok[1])
-            raise SyntaxError_(self.text, tok[2], f"expected {what}, found {found}")
+            raise SpecSyntaxError(self.text, tok[2], f"expected {what}, found {found}")
         self.i += 1
         return tok
 
@@ -161,7 +161,7 @@ class _Parser:
             return Text(tok[1], tok[2])
         if tok[0] != "word":
             found = "end of text" if tok[0] == "end" else repr(tok[1])
-            raise SyntaxError_(self.text, tok[2], f"expected a value, found {found}")
+            raise SpecSyntaxError(self.text, tok[2], f"expected a value, found {found}")
         nxt = self.peek(1)[0]
         if nxt == "(":
             return self.call()
