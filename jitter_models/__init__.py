@@ -20,24 +20,21 @@ from .distributions import (
 from .normal import Normal
 from .order_stats import expected_max, max_quantile, prob_max_exceeds, sample_max
 from .schedules import (
-    AR1,
-    IID,
-    Bursty,
     Schedule,
     Stragglers,
     check_unique_names,
     parse_schedule,
-    parse_temporal,
     schedule_from_table,
     schedules_from_toml,
 )
+from .temporal import AR1, IID, Bursty, Temporal, parse_temporal
 from .units import format_duration, format_us, parse_duration
 
 __all__ = [
-    "AR1", "IID", "Bursty", "Schedule", "Stragglers", "parse_schedule", "parse_temporal",
-    "schedule_from_table", "schedules_from_toml", "check_unique_names",
-    "FAMILIES", "Clip", "Constant", "Distribution", "Empirical", "Exponential", "Gamma",
-    "Lognormal", "Mixture", "Normal", "Pareto", "Shifted", "Uniform", "Weibull",
-    "expected_max", "format_duration", "format_us", "max_quantile", "parse",
-    "parse_duration", "prob_max_exceeds", "sample_max", "to_table",
+    "AR1", "FAMILIES", "IID", "Bursty", "Clip", "Constant", "Distribution", "Empirical",
+    "Exponential", "Gamma", "Lognormal", "Mixture", "Normal", "Pareto", "Schedule", "Shifted",
+    "Stragglers", "Temporal", "Uniform", "Weibull", "check_unique_names", "expected_max",
+    "format_duration", "format_us", "max_quantile", "parse", "parse_duration",
+    "parse_schedule", "parse_temporal", "prob_max_exceeds", "sample_max",
+    "schedule_from_table", "schedules_from_toml", "to_table",
 ]
