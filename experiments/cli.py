@@ -23,13 +23,21 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are bad input too: one line, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jitterlab",
         description="Measure how tail latency in collective communication limits "
                     "useful parallelism.")
     p.add_argument("--version", action="version", version=f"jitterlab {_version()}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                           parser_class=_Parser)
 
     m = sub.add_parser("maxtable", help="expected max of N delays per jitter model (µs)",
                        description="Tabulate the max over N ranks of one collective's "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .units import parse_duration
+from .units import UNIT_EXPONENTS, parse_duration
 
 Kind = Literal["duration", "number", "dist", "path", "components"]
 
@@ -166,6 +166,9 @@ class _Parser:
         if nxt == "(":
             return self.call()
         self.i += 1
+        if nxt == "word" and self.peek()[1] in UNIT_EXPONENTS:  # "50 us", as in TOML
+            self.i += 1
+            return Word(f"{tok[1]} {self.toks[self.i - 1][1]}", tok[2])
         if nxt == "*":
             self.i += 1
             return Product(Word(tok[1], tok[2]), self.call())

@@ -107,9 +107,15 @@ def test_invalid_toml_names_the_file(tmp_path):
     assert res.returncode == 2 and "not valid TOML" in res.stderr and "bad.toml" in res.stderr
 
 
-def test_bad_world_size_list_is_an_argparse_error():
-    res = run("maxtable", "--n", "1,0")
-    assert res.returncode == 2 and "expected integers >= 1" in res.stderr
+@pytest.mark.parametrize("args,message", [
+    (["maxtable", "--n", "1,0"], "argument --n: expected integers >= 1, got '1,0'"),
+    (["maxtable", "--stat", "p42"], "argument --stat: invalid choice: 'p42'"),
+    (["bogus"], "invalid choice: 'bogus'"),
+])
+def test_usage_mistakes_are_one_line_exit_2(args, message):
+    res = run(*args)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0]
 
 
 def test_infinite_expected_max_is_inf_in_the_table_and_null_in_strict_json(tmp_path):

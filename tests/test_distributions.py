@@ -702,3 +702,9 @@ def test_empirical_file_with_a_byte_order_mark(tmp_path):
     f = tmp_path / "bom.txt"
     f.write_bytes("\ufefflatency_us\n3\n1\n".encode())
     assert parse(f'empirical("{f}")').ppf(1.0) == 3e-6
+
+
+def test_a_space_between_number_and_unit_is_accepted_as_in_toml():
+    assert parse("constant(50 us)") == parse({"family": "constant", "value": "50 us"}) \
+        == Constant(value_s=50e-6)
+    assert parse("lognormal(median = 50 µs, sigma=1)").median_s == 50e-6
