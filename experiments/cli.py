@@ -30,6 +30,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
+
+
+def _colls(text: str) -> tuple[str, ...]:
+    names = COLLECTIVES if text == "all" else tuple(t.strip() for t in text.split(","))
+    bad = [n for n in names if n not in COLLECTIVES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown collective {bad[0] if bad else text!r} "
+                                         f"(known: {', '.join(COLLECTIVES)}, all)")
+    return names
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="jitterlab",
@@ -57,6 +69,38 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--ranks-per-node", type=int, default=8,
                    help="ranks per node for scope = node (default: 8)")
     m.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+
+    b = sub.add_parser("bench", help="time collectives on real processes (nccl-tests style)",
+                       description="Time a collective over sizes on real ranks, with "
+                                   "optional injected jitter; per-iteration values are the "
+                                   "max over ranks.")
+    b.add_argument("-b", "--min-bytes", default="1K", help="smallest size S (K, M, G suffixes;"
+                   " default 1K)")
+    b.add_argument("-e", "--max-bytes", default="64K", help="largest size S (default 64K)")
+    b.add_argument("-f", "--step-factor", type=int, default=4, help="size multiplier (default 4)")
+    b.add_argument("-o", "--redop", default="sum", choices=["sum", "prod", "max", "min", "avg"])
+    b.add_argument("-d", "--dtype", default="float32",
+                   choices=["float32", "float64", "float16", "bfloat16", "int32", "int64"])
+    b.add_argument("-n", "--iters", type=int, default=100, help="timed iterations per size")
+    b.add_argument("-w", "--warmup", type=int, default=10, help="untimed iterations per size")
+    b.add_argument("-c", "--check", action="store_true", help="verify results (#wrong)")
+    b.add_argument("--coll", default="all_reduce", type=_colls, metavar="COLL[,COLL]",
+                   help="all_reduce, all_gather, reduce_scatter, broadcast, all_to_all, "
+                        "a comma-separated list, or all (default all_reduce)")
+    b.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl", "mpi"])
+    b.add_argument("--launcher", default="local", choices=["local", "torchrun", "mpirun", "srun"])
+    b.add_argument("--nproc", type=int, default=1, help="number of ranks (default 1)")
+    b.add_argument("--jitter", metavar="SCHEDULE", help="one-line jitter schedule injected "
+                   "before each iteration, e.g. 'exponential(20us)'")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--timeout", type=float, default=300.0, help="seconds before a rank that "
+                   "waits is a failure (default 300)")
+    b.add_argument("--out", metavar="DIR", help="run directory (default runs/bench/<time>)")
+    b.add_argument("--json", metavar="FILE")
+    b.add_argument("--csv", metavar="FILE")
+
+    w = sub.add_parser("worker", help="run one rank of a plan (started by a launcher)")
+    w.add_argument("plan", help="PLAN.json written by the parent")
 
     d = sub.add_parser("describe", help="moments and quantiles of a distribution",
                        description="Mean, std and quantiles of one delay, and the mean "
@@ -152,7 +196,36 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"maxtable": _cmd_maxtable, "describe": _cmd_describe}
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from collectives.ops import size_sweep
+    from jitter_models import parse_schedule
+    from launch.plan import Plan
+    from launch.runner import launch_argv
+
+    from .bench import default_out_dir, render_result, run_bench, write_outputs
+
+    if args.jitter:
+        parse_schedule(args.jitter)  # bad input fails here, before any process starts
+    launch_argv(args.launcher, args.nproc, ["check"])
+    plan = Plan(workload="microbench", out_dir=args.out or default_out_dir(),
+                backend=args.backend, seed=args.seed, jitter=args.jitter, colls=args.coll,
+                sizes=tuple(size_sweep(args.min_bytes, args.max_bytes, args.step_factor)),
+                dtype=args.dtype, redop=args.redop, iters=args.iters, warmup=args.warmup,
+                check=args.check, timeout_s=args.timeout)
+    result = run_bench(plan, launcher=args.launcher, nproc=args.nproc)
+    write_outputs(result, args.json, args.csv)
+    print(render_result(result))
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from launch.worker import run
+
+    return run(args.plan)
+
+
+_COMMANDS = {"maxtable": _cmd_maxtable, "describe": _cmd_describe, "bench": _cmd_bench,
+             "worker": _cmd_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"jitterlab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as exc:  # a run that failed (launch.runner.RunFailed and kin)
+        print(f"jitterlab: run failed: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # e.g. --json into a folder that does not exist
         where = f" {exc.filename!r}" if exc.filename else ""
         print(f"jitterlab: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)

@@ -1,0 +1,73 @@
+"""``jitterlab bench``: run the collective benchmark on real processes and tabulate it.
+
+The parent writes a Plan into the run directory, starts the ranks through the chosen
+launcher (each in ``jitterlab worker``), waits within the timeout, then merges every
+rank's records file into one row per size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from collectives import microbench
+from collectives.timing import read_rank_file
+from launch.plan import Plan
+from launch.runner import run_plan
+
+from .atomic import write_text_atomic
+
+ROW_KEYS = ("coll", "size_bytes", "min_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
+            "mean_us", "algbw_gbps", "busbw_gbps", "skew_us", "wrong")
+
+
+def default_out_dir() -> str:
+    return str(Path("runs") / "bench" / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+
+
+def run_bench(plan: Plan, *, launcher: str, nproc: int) -> dict[str, Any]:
+    """Run ``plan`` on ``nproc`` ranks; the rows and the run's metadata."""
+    out = Path(plan.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path = out / "plan.json"
+    write_text_atomic(plan_path, plan.to_json() + "\n")
+    run_plan(plan_path, launcher=launcher, nproc=nproc, timeout_s=plan.timeout_s)
+    tables, metas = [], []
+    for rank in range(nproc):
+        columns, meta = read_rank_file(plan.rank_file(rank))
+        tables.append(columns)
+        metas.append(meta)
+    same_clock = all(m.get("clock_offset_ns") == 0 for m in metas)
+    rows = microbench.summarize(tables, colls=plan.colls, world_size=nproc,
+                                same_clock=same_clock, wrong=[m["wrong"] for m in metas])
+    return {"rows": rows, "world_size": nproc, "launcher": launcher,
+            "backend": metas[0]["backend"], "device": metas[0]["device"],
+            "hosts": sorted({m["hostname"] for m in metas}), "plan": plan.as_dict(),
+            "definition": "per-iteration time = max over ranks of (t_done - t_start), "
+                          "after an untimed barrier; percentiles nearest-rank"}
+
+
+def render_result(result: dict[str, Any]) -> str:
+    plan = result["plan"]
+    head = (f"# {','.join(plan['colls'])} {plan['dtype']} redop={plan['redop']}  world size "
+            f"{result['world_size']} ({result['launcher']}, {result['backend']} on "
+            f"{result['device']}, hosts: {', '.join(result['hosts'])})  iters "
+            f"{plan['iters']} warmup {plan['warmup']}  jitter: {plan['jitter'] or 'none'}")
+    note = ("# time per iteration = max over ranks of (t_done - t_start), start after an "
+            "untimed barrier; percentiles nearest-rank; bandwidths from the mean")
+    return "\n".join([head, note, microbench.render(result["rows"])])
+
+
+def write_outputs(result: dict[str, Any], json_path: str | None, csv_path: str | None) -> None:
+    if json_path:
+        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+    if csv_path:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(ROW_KEYS), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(result["rows"])
+        write_text_atomic(csv_path, buf.getvalue())

@@ -1,0 +1,260 @@
+"""Command lines that start the ranks: torchrun, mpirun (Open MPI or MPICH), srun, sbatch.
+
+Pure functions from arguments to an argv list (a bash script's text for sbatch); nothing
+here runs a process, so every flag is tested exactly. `worker_argv` is the command each
+rank runs (e.g. ["jitterlab", "worker", "plan.json"]). Flag spellings are those accepted by
+torchrun (torch 2.x), Open MPI 5's mpirun, MPICH's Hydra mpiexec and Slurm's srun/sbatch.
+
+Two defaults depend on the machine and so are decided apart, by `running_as_root()` and
+`needs_oversubscribe()`, and passed in as plain booleans.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
+
+Rendezvous = Literal["standalone", "static", "c10d"]
+RENDEZVOUS: tuple[str, ...] = get_args(Rendezvous)
+MpiFlavour = Literal["openmpi", "mpich"]
+MPI_FLAVOURS: tuple[str, ...] = get_args(MpiFlavour)
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Slurm --time: min, min:sec, h:min:sec, d-h, d-h:min, d-h:min:sec.
+_SLURM_TIME = re.compile(r"[0-9]+(:[0-9]{1,2}){0,2}|[0-9]+-[0-9]{1,2}(:[0-9]{1,2}){0,2}")
+
+
+def _count(name: str, value: object, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _word(name: str, value: object) -> str:
+    """A non-empty string without whitespace: one argv element, one #SBATCH value."""
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"{name} must be a non-empty string without whitespace, "
+                         f"got {value!r}")
+    return value
+
+
+def _text(name: str, value: object) -> str:
+    """A non-empty string: one argv element (a path may hold spaces)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _strings(name: str, value: object, *, non_empty: bool) -> list[str]:
+    # A bare string is a sequence of characters: almost always a caller's mistake here.
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(
+            isinstance(item, str) for item in value):
+        raise ValueError(f"{name} must be a sequence of strings, got {value!r}")
+    if non_empty and not value:
+        raise ValueError(f"{name} must not be empty")
+    return list(value)
+
+
+def _worker(worker_argv: object) -> list[str]:
+    argv = _strings("worker_argv", worker_argv, non_empty=True)
+    if not argv[0]:
+        raise ValueError(f"worker_argv[0] (the program) must not be empty, got {argv!r}")
+    return argv
+
+
+def _port(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{name} must be an integer in [1, 65535], got {value!r}")
+    return value
+
+
+def _unused(rdzv: str, **given: object) -> None:
+    """Reject options the chosen rendezvous ignores: torchrun would drop them silently."""
+    for name, value in given.items():
+        if value is not None:
+            raise ValueError(f"{name}={value!r} is not used with rdzv={rdzv!r}")
+
+
+def torchrun_cmd(worker_argv: Sequence[str], *, nproc_per_node: int, nnodes: int = 1,
+                 node_rank: int = 0, master_addr: str | None = None,
+                 master_port: int | None = None, rdzv: Rendezvous = "standalone",
+                 rdzv_endpoint: str | None = None, rdzv_id: str | None = None,
+                 python: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """torchrun starting `nproc_per_node` copies of `worker_argv` on this node.
+
+    rdzv="standalone": one node, torchrun picks a free port (nnodes must be 1).
+    rdzv="static": run once per node with its `node_rank`; rank 0's node listens on
+    `master_addr`:`master_port`. rdzv="c10d": every node runs the same command;
+    `rdzv_endpoint` ("host:port") and `rdzv_id` name the rendezvous, ranks are assigned by
+    it. `python`: run torchrun as `python -m torch.distributed.run` with that interpreter.
+    `extra`: more torchrun flags. The worker is a console script, so it follows
+    --no-python (torchrun would otherwise run it with python).
+    """
+    argv = _worker(worker_argv)
+    per_node = _count("nproc_per_node", nproc_per_node)
+    _count("nnodes", nnodes)
+    _count("node_rank", node_rank, low=0)
+    extra = _strings("extra", extra, non_empty=False)
+    if rdzv not in RENDEZVOUS:
+        raise ValueError(f"rdzv={rdzv!r} is not one of {', '.join(RENDEZVOUS)}")
+    if rdzv != "static" and node_rank != 0:
+        raise ValueError(f"node_rank={node_rank} is only used with rdzv='static'")
+    if python is None:
+        head = ["torchrun"]
+    else:
+        head = [_text("python", python), "-m", "torch.distributed.run"]
+
+    if rdzv == "standalone":
+        if nnodes != 1:
+            raise ValueError(f"rdzv='standalone' runs on one node, got nnodes={nnodes}")
+        _unused(rdzv, master_addr=master_addr, master_port=master_port,
+                rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
+        rendezvous = ["--standalone", "--nnodes", "1"]
+    elif rdzv == "static":
+        if master_addr is None or master_port is None:
+            raise ValueError(f"rdzv='static' needs master_addr and master_port, got "
+                             f"master_addr={master_addr!r}, master_port={master_port!r}")
+        if node_rank >= nnodes:
+            raise ValueError(f"node_rank={node_rank} is not < nnodes={nnodes}")
+        _unused(rdzv, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
+        # Explicit backend: torchrun would otherwise take PET_RDZV_BACKEND from the env.
+        rendezvous = ["--nnodes", str(nnodes), "--rdzv-backend", "static",
+                      "--node-rank", str(node_rank),
+                      "--master-addr", _word("master_addr", master_addr),
+                      "--master-port", str(_port("master_port", master_port))]
+    else:
+        if rdzv_endpoint is None or rdzv_id is None:
+            raise ValueError(f"rdzv='c10d' needs rdzv_endpoint and rdzv_id, got "
+                             f"rdzv_endpoint={rdzv_endpoint!r}, rdzv_id={rdzv_id!r}")
+        _unused(rdzv, master_addr=master_addr, master_port=master_port)
+        rendezvous = ["--nnodes", str(nnodes), "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", _word("rdzv_endpoint", rdzv_endpoint),
+                      "--rdzv-id", _word("rdzv_id", rdzv_id)]
+    return [*head, *rendezvous, "--nproc-per-node", str(per_node), *extra,
+            "--no-python", *argv]
+
+
+def running_as_root() -> bool:
+    """Default for mpirun_cmd's `as_root`: Open MPI refuses to run as root without
+    --allow-run-as-root (containers often run as root)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def needs_oversubscribe(np: int, cores: int | None = None) -> bool:
+    """Default for mpirun_cmd's `oversubscribe`: np > cores, cores defaulting to
+    os.cpu_count(). Open MPI counts physical cores as slots, so on machines with several
+    hardware threads per core pass the physical core count as `cores`."""
+    _count("np", np)
+    if cores is None:
+        cores = os.cpu_count() or 1
+    return np > _count("cores", cores)
+
+
+def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "openmpi",
+               hostfile: str | os.PathLike[str] | None = None,
+               hosts: Sequence[str] | None = None, map_by: str | None = None,
+               as_root: bool = False, oversubscribe: bool = False,
+               env: Mapping[str, str] | None = None, mpirun: str = "mpirun") -> list[str]:
+    """`mpirun` starting `np` ranks of `worker_argv`, for Open MPI or MPICH (Hydra).
+
+    `hostfile` or `hosts` (not both) say where; ["a:4", "b:4"] gives slot counts. Hydra
+    places one rank per listed host in turn unless counts are given, and RunContext
+    derives the node index assuming block mapping, so give counts with MPICH.
+    `map_by`: Open MPI --map-by, Hydra -map-by. `as_root` (--allow-run-as-root) and
+    `oversubscribe` (--oversubscribe) exist only in Open MPI; Hydra needs neither, so they
+    are ignored for MPICH. `env`: variables set on every rank (Open MPI -x NAME=VALUE,
+    Hydra -genv NAME VALUE).
+    """
+    argv = _worker(worker_argv)
+    _count("np", np)
+    if flavour not in MPI_FLAVOURS:
+        raise ValueError(f"flavour={flavour!r} is not one of {', '.join(MPI_FLAVOURS)}")
+    if hostfile is not None and hosts is not None:
+        raise ValueError(f"give hostfile or hosts, not both (hostfile={hostfile!r}, "
+                         f"hosts={hosts!r})")
+    for name, flag in (("as_root", as_root), ("oversubscribe", oversubscribe)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
+    openmpi = flavour == "openmpi"
+
+    cmd = [_text("mpirun", mpirun), "-np" if openmpi else "-n", str(np)]
+    if openmpi and as_root:
+        cmd.append("--allow-run-as-root")
+    if openmpi and oversubscribe:
+        cmd.append("--oversubscribe")
+    if hostfile is not None:
+        path = os.fspath(hostfile) if isinstance(hostfile, os.PathLike) else hostfile
+        cmd += ["--hostfile" if openmpi else "-f", _text("hostfile", path)]
+    if hosts is not None:
+        names = _strings("hosts", hosts, non_empty=True)
+        for host in names:
+            if "," in host:
+                raise ValueError(f"hosts: one host per item, got {host!r}")
+            _word("hosts item", host)
+        cmd += ["--host" if openmpi else "-hosts", ",".join(names)]
+    if map_by is not None:
+        cmd += ["--map-by" if openmpi else "-map-by", _word("map_by", map_by)]
+    for name, value in (env or {}).items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"env: {name!r} is not an environment variable name")
+        if not isinstance(value, str):
+            raise ValueError(f"env: {name}={value!r} is not a string")
+        cmd += ["-x", f"{name}={value}"] if openmpi else ["-genv", name, value]
+    return [*cmd, *argv]
+
+
+def srun_cmd(worker_argv: Sequence[str], *, ntasks: int, nodes: int | None = None,
+             ntasks_per_node: int | None = None, gpus_per_task: int | None = None,
+             cpu_bind: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """`srun` starting `ntasks` ranks of `worker_argv` inside a Slurm allocation.
+    `extra`: more srun flags (e.g. "--kill-on-bad-exit=1")."""
+    argv = _worker(worker_argv)
+    cmd = ["srun", f"--ntasks={_count('ntasks', ntasks)}"]
+    if nodes is not None:
+        if _count("nodes", nodes) > ntasks:
+            raise ValueError(f"nodes={nodes} exceeds ntasks={ntasks}: a node would "
+                             f"have no task")
+        cmd.append(f"--nodes={nodes}")
+    if ntasks_per_node is not None:
+        _count("ntasks_per_node", ntasks_per_node)
+        if nodes is not None and nodes * ntasks_per_node < ntasks:
+            raise ValueError(f"ntasks={ntasks} exceeds nodes={nodes} x "
+                             f"ntasks_per_node={ntasks_per_node}")
+        cmd.append(f"--ntasks-per-node={ntasks_per_node}")
+    if gpus_per_task is not None:
+        cmd.append(f"--gpus-per-task={_count('gpus_per_task', gpus_per_task)}")
+    if cpu_bind is not None:
+        cmd.append(f"--cpu-bind={_word('cpu_bind', cpu_bind)}")
+    return [*cmd, *_strings("extra", extra, non_empty=False), *argv]
+
+
+def sbatch_script(worker_argv: Sequence[str], *, job_name: str, nodes: int,
+                  ntasks_per_node: int, time_limit: str = "00:30:00",
+                  partition: str | None = None, gpus_per_node: int | None = None,
+                  output: str | None = None, setup_lines: Sequence[str] = ()) -> str:
+    """A batch script for `sbatch`: #SBATCH lines, `set -e` (a failed setup line stops the
+    job instead of running the worker in the wrong environment), `setup_lines` as given,
+    then one srun line starting nodes x ntasks_per_node ranks, quoted with shlex.join."""
+    _count("nodes", nodes)
+    _count("ntasks_per_node", ntasks_per_node)
+    if not isinstance(time_limit, str) or not _SLURM_TIME.fullmatch(time_limit):
+        raise ValueError(f"time_limit={time_limit!r} is not a Slurm time such as "
+                         f"'00:30:00', '90' or '1-12:00:00'")
+    lines = ["#!/bin/bash",
+             f"#SBATCH --job-name={_word('job_name', job_name)}",
+             f"#SBATCH --nodes={nodes}",
+             f"#SBATCH --ntasks-per-node={ntasks_per_node}",
+             f"#SBATCH --time={time_limit}"]
+    if partition is not None:
+        lines.append(f"#SBATCH --partition={_word('partition', partition)}")
+    if gpus_per_node is not None:
+        lines.append(f"#SBATCH --gpus-per-node={_count('gpus_per_node', gpus_per_node)}")
+    if output is not None:
+        lines.append(f"#SBATCH --output={_word('output', output)}")
+    setup = _strings("setup_lines", setup_lines, non_empty=False)
+    srun = srun_cmd(worker_argv, ntasks=nodes * ntasks_per_node, nodes=nodes,
+                    ntasks_per_node=ntasks_per_node)
+    return "\n".join([*lines, "", "set -e", *setup, shlex.join(srun)]) + "\n"

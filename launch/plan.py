@@ -1,0 +1,103 @@
+"""The Plan: everything a worker needs, written as JSON before the ranks start.
+
+Every rank reads the same file and derives everything else (its delays from the seed,
+its buffers, its output file name) with no communication beyond the collectives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+BACKENDS = ("auto", "gloo", "nccl", "mpi")
+WORKLOADS = ("microbench",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """One point's instructions for every rank."""
+
+    workload: Literal["microbench"]
+    """What to run."""
+    out_dir: str
+    """Where each rank writes rank-NNNNN.parquet."""
+    backend: Literal["auto", "gloo", "nccl", "mpi"] = "auto"
+    """auto: nccl with CUDA, else gloo; mpi only on request."""
+    seed: int = 0
+    """Seed of the jitter schedule (and of the check inputs)."""
+    jitter: str | None = None
+    """One-line jitter schedule injected before each collective; None: no delay."""
+    injector: Literal["host", "none"] = "host"
+    """How delays are applied (host: sleep then spin on CLOCK_MONOTONIC)."""
+    colls: tuple[str, ...] = ("all_reduce",)
+    """The collectives to time, each over every size (microbench)."""
+    sizes: tuple[int, ...] = (1024,)
+    """Operation sizes S in bytes, nccl-tests semantics (microbench)."""
+    dtype: str = "float32"
+    """Element type."""
+    redop: str = "sum"
+    """Reduction for all_reduce / reduce_scatter."""
+    root: int = 0
+    """Root rank for broadcast."""
+    iters: int = 20
+    """Timed iterations per size."""
+    warmup: int = 5
+    """Untimed iterations per size before timing."""
+    check: bool = False
+    """Verify results in an extra untimed iteration with fresh, exactly checkable inputs."""
+    timeout_s: float = 300.0
+    """Init and collective timeout: a rank that waits longer fails the run."""
+
+    def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"workload: unknown {self.workload!r} (known: {', '.join(WORKLOADS)})")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: unknown {self.backend!r} (known: {', '.join(BACKENDS)})")
+        if self.injector not in ("host", "none"):
+            raise ValueError(f"injector: must be host or none, got {self.injector!r}")
+        for name, low in (("seed", 0), ("root", 0), ("iters", 1), ("warmup", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")
+        object.__setattr__(self, "sizes", tuple(self.sizes))
+        object.__setattr__(self, "colls", tuple(self.colls))
+        if not self.colls:
+            raise ValueError("colls: needs at least one collective")
+        if not self.sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                                 for s in self.sizes):
+            raise ValueError(f"sizes: must be positive integers, got {self.sizes!r}")
+        if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s)
+                and self.timeout_s > 0):
+            raise ValueError(f"timeout_s: must be > 0, got {self.timeout_s!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"plan: unknown field {unknown[0]!r}")
+        for key in ("sizes", "colls"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"plan: cannot read {str(path)!r} ({exc.strerror})") from None
+        return cls.from_json(text)
+
+    def rank_file(self, rank: int) -> Path:
+        return Path(self.out_dir) / f"rank-{rank:05d}.parquet"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
