@@ -13,7 +13,11 @@ Timed buffers start at zero, so in-place iterations cannot overflow whatever the
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +32,29 @@ from .ops import get_op
 from .timing import Records, now_ns
 
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A deliberate failure for tests: ``rank`` exits (as if killed) or hangs when it
+    reaches timed collective number ``at``. Text form: ``exit@RANK:AT``, ``hang@RANK:AT``."""
+
+    kind: str
+    rank: int
+    at: int
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        m = re.fullmatch(r"(exit|hang)@(\d+):(\d+)", text.strip())
+        if m is None:
+            raise ValueError(f"fault: expected exit@RANK:N or hang@RANK:N, got {text!r}")
+        return cls(m.group(1), int(m.group(2)), int(m.group(3)))
+
+    def trigger(self) -> None:
+        if self.kind == "exit":
+            os._exit(3)  # no cleanup, no records: as abrupt as a crash
+        while True:
+            time.sleep(3600)
 
 
 def _runner(backend: Backend, coll: str, inp: Any, out: Any, redop: str, root: int
@@ -56,9 +83,16 @@ def cases(colls: Sequence[str], sizes: Sequence[int]) -> list[tuple[int, str, in
 
 def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: str,
         redop: str, root: int, iters: int, warmup: int, check: bool, seed: int,
-        schedule: Schedule | None, injector: Injector, node: int) -> tuple[Records, list[int]]:
+        schedule: Schedule | None, injector: Injector, node: int,
+        progress: np.ndarray | None = None, fault: Fault | None = None
+        ) -> tuple[Records, list[int]]:
     """Time every collective at every size on this rank. Returns the records and, per
-    case (see :func:`cases`), the number of wrong elements (-1 where not checked)."""
+    case (see :func:`cases`), the number of wrong elements (-1 where not checked).
+
+    ``progress``: a one-element int64 array (a memory-mapped slot) that receives the index
+    of each timed collective this rank reaches, stored after the injected delay and before
+    ``t_arrive`` is read, so the collective's time does not include it. ``fault``: make
+    this rank exit or hang on reaching a collective (to test failure handling)."""
     n, rank = backend.world_size, backend.rank
     esize = elem_size(dtype)
     todo = cases(colls, sizes)
@@ -69,6 +103,8 @@ def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: 
         delays_ns = np.zeros((iters, len(todo)), dtype=np.int64)
     records = Records(iters * len(todo))
     wrong: list[int] = []
+    mark = progress if progress is not None else np.zeros(1, dtype=np.int64)
+    fault_at = fault.at if fault is not None and fault.rank == rank else -1
     for site, (k, coll, size) in enumerate(todo):
         op = get_op(coll)
         send_count, recv_count = op.counts(size, esize, n)
@@ -83,8 +119,12 @@ def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: 
         for it in range(iters):
             backend.barrier()
             d = column[it]
+            g = site * iters + it
+            if g == fault_at:
+                fault.trigger()  # type: ignore[union-attr]
             t0 = now_ns()
             injector.inject(t0, d)
+            mark[0] = g
             t1 = now_ns()
             step()
             backend.synchronize()

@@ -49,7 +49,11 @@ class Plan:
     check: bool = False
     """Verify results in an extra untimed iteration with fresh, exactly checkable inputs."""
     timeout_s: float = 300.0
-    """Init and collective timeout: a rank that waits longer fails the run."""
+    """Init and collective timeout: a run with no rank making progress for this long
+    fails, naming the rank that stopped."""
+    fault: str | None = None
+    """Testing aid: ``exit@RANK:N`` or ``hang@RANK:N`` makes RANK exit or hang on
+    reaching timed collective N, to exercise failure handling."""
 
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:
@@ -72,6 +76,14 @@ class Plan:
         if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s)
                 and self.timeout_s > 0):
             raise ValueError(f"timeout_s: must be > 0, got {self.timeout_s!r}")
+
+        if self.backend == "mpi" and self.dtype == "bfloat16":
+            raise ValueError("dtype: MPI has no bfloat16 type; use float16 or float32 with "
+                             "backend mpi, or a torch backend for bfloat16")
+        if self.fault is not None:
+            from collectives.microbench import Fault
+
+            Fault.parse(self.fault)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

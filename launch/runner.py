@@ -1,8 +1,9 @@
 """Start a Plan's ranks through a launcher, wait within a timeout, and say what failed.
 
 The launcher runs in its own process group (session), so a timeout can stop every rank
-it started. Failures name the ranks that left no records file, with the tail of the
-launcher's log (every rank's output goes there).
+it started. Failures name the rank that fell behind on the progress board (see
+``progress.py``), then what the ranks reported, or the tail of the launcher's log (every
+rank's output goes there).
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 from .commands import mpirun_cmd, needs_oversubscribe, running_as_root, srun_cmd, torchrun_cmd
 from .plan import Plan
+from .progress import READY, create_board, describe_stall, read_board
+from .worker import error_file
 
 LAUNCHERS = ("local", "torchrun", "mpirun", "srun")
-_GRACE_S = 30.0  # start-up and teardown on top of the plan's own timeout
+_POLL_S = 0.2
+_START_GRACE_S = 30.0  # process start-up and imports, before a rank can first report
 
 
 class RunFailed(RuntimeError):
@@ -62,19 +69,31 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
 
 
 def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: float) -> None:
-    """Run the plan's ranks; raise RunFailed unless every rank wrote its records file."""
+    """Run the plan's ranks; raise RunFailed unless every rank wrote its records file.
+
+    A watchdog reads the progress board: when no rank's mark has moved for ``timeout_s``
+    (start-up included), the run is stopped and the rank that fell behind is named."""
     plan = Plan.load(plan_path)
     argv = launch_argv(launcher, nproc, worker_argv(plan_path))
+    create_board(plan.out_dir, nproc)
     log_path = Path(plan.out_dir) / "launcher.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout_s + _GRACE_S)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise RunFailed(_explain(plan, nproc, log_path,
-                                     f"timed out after {timeout_s + _GRACE_S:.0f} s")) from None
+        last, moved = read_board(plan.out_dir), time.monotonic()
+        while True:
+            try:
+                rc = proc.wait(timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            marks = read_board(plan.out_dir)
+            if not np.array_equal(marks, last):
+                last, moved = marks, time.monotonic()
+            elif time.monotonic() - moved > timeout_s + _START_GRACE_S * (marks.min() < READY):
+                _kill_group(proc)
+                raise RunFailed(_explain(plan, nproc, log_path,
+                                         f"no progress for {timeout_s:g} s")) from None
     missing = [r for r in range(nproc) if not plan.rank_file(r).exists()]
     if rc != 0 or missing:
         raise RunFailed(_explain(plan, nproc, log_path, f"{launcher} exited with code {rc}"))
@@ -94,10 +113,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _explain(plan: Plan, nproc: int, log_path: Path, what: str) -> str:
-    missing = [r for r in range(nproc) if not plan.rank_file(r).exists()]
-    ranks = f"ranks without a records file: {missing}" if missing else "all ranks wrote records"
-    tail = _tail(log_path)
-    return f"{what}; {ranks}; log {log_path}" + (f": {tail}" if tail else "")
+    """One line: what happened, which rank fell behind (the culprit: the others' errors
+    are usually timeouts or broken connections caused by it), what ranks reported."""
+    errors = []
+    for r in range(nproc):
+        path = error_file(plan.out_dir, r)
+        if path.exists():
+            text = path.read_text(errors="replace").strip()
+            errors.append(f"rank {r} reported {text[:200]}{'...' if len(text) > 200 else ''}")
+    parts = [what, describe_stall(read_board(plan.out_dir)), *errors]
+    if not errors:
+        tail = _tail(log_path)
+        parts.append(f"log {log_path}" + (f": {tail}" if tail else ""))
+    return "; ".join(parts)
 
 
 def _tail(path: Path, lines: int = 3) -> str:

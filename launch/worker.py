@@ -1,10 +1,13 @@
 """The worker every rank runs: ``jitterlab worker PLAN.json``.
 
 It runs through the installed console script, not ``python -m launch.worker``, so a
-``launch/`` folder in the user's working directory cannot shadow this package.
+``launch/`` folder in the user's working directory cannot shadow this package. A rank that
+fails leaves ``errors/rank-NNNNN.txt`` (one line) for the parent to report.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from collectives import microbench
 from collectives.inject import make_injector
@@ -14,20 +17,41 @@ from jitter_models import parse_schedule
 from .bootstrap import bootstrap, shutdown
 from .context import RunContext
 from .plan import Plan
+from .progress import DONE, READY, rank_mark
+
+
+def error_file(out_dir: str, rank: int) -> Path:
+    return Path(out_dir) / "errors" / f"rank-{rank:05d}.txt"
 
 
 def run(plan_path: str) -> int:
     """Run ``plan_path`` on this rank and write its records file; 0 on success."""
     plan = Plan.load(plan_path)
+    ctx = RunContext.detect()
+    try:
+        return _run(plan, ctx)
+    except BaseException as exc:
+        if not isinstance(exc, SystemExit):
+            path = error_file(plan.out_dir, ctx.rank)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{type(exc).__name__}: {exc}\n".replace("\n", " ").strip() + "\n")
+        raise
+
+
+def _run(plan: Plan, ctx: RunContext) -> int:
     schedule = parse_schedule(plan.jitter) if plan.jitter else None
     injector = make_injector(plan.injector if schedule is not None else "none")
-    ctx = RunContext.detect()
+    fault = microbench.Fault.parse(plan.fault) if plan.fault else None
+    mark = rank_mark(plan.out_dir, ctx.rank)
     backend = bootstrap(plan.backend, ctx, plan.timeout_s)
     try:
+        if mark is not None:
+            mark[0] = READY
         records, wrong = microbench.run(
             backend, colls=plan.colls, sizes=plan.sizes, dtype=plan.dtype, redop=plan.redop,
             root=plan.root, iters=plan.iters, warmup=plan.warmup, check=plan.check,
-            seed=plan.seed, schedule=schedule, injector=injector, node=ctx.node)
+            seed=plan.seed, schedule=schedule, injector=injector, node=ctx.node,
+            progress=mark, fault=fault)
         hostnames = backend.all_gather_object(ctx.hostname)
         offset = same_host_offsets(hostnames)[ctx.rank]
         metadata = {
@@ -38,6 +62,8 @@ def run(plan_path: str) -> int:
             "clock_offset_uncertainty_ns": offset.uncertainty_ns, "wrong": wrong,
         }
         write_rank_file(plan.rank_file(ctx.rank), records.table(), metadata)
+        if mark is not None:
+            mark[0] = DONE
         backend.barrier()  # nobody leaves (and tears the group down) before all have written
     finally:
         shutdown(backend)
