@@ -53,7 +53,7 @@ class HostInjector(Injector):
 
     name: ClassVar[str] = "host"
 
-    def __init__(self, sleep_margin_ns: int = 200_000):
+    def __init__(self, sleep_margin_ns: int = 500_000):
         if sleep_margin_ns < 0:
             raise ValueError(f"sleep_margin_ns: must be >= 0, got {sleep_margin_ns}")
         self.sleep_margin_ns = sleep_margin_ns

@@ -99,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE")
     b.add_argument("--csv", metavar="FILE")
 
+    c = sub.add_parser("calibrate", help="injected delay fidelity (requested vs achieved)",
+                       description="Inject constants of 1, 10, 100 and 1000 µs and one "
+                                   "lognormal on this process and compare the achieved "
+                                   "delay, as a rank records it, with the request.")
+    c.add_argument("--injector", default="host", choices=["host", "none"])
+    c.add_argument("--samples", type=int, default=1000, help="delays per row (default 1000)")
+    c.add_argument("--json", metavar="FILE")
+
     w = sub.add_parser("worker", help="run one rank of a plan (started by a launcher)")
     w.add_argument("plan", help="PLAN.json written by the parent")
 
@@ -218,6 +226,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from collectives.calibrate import calibrate, render
+
+    rows = calibrate(args.injector, samples=args.samples)
+    _write_json(args.json, {"injector": args.injector, "rows": rows})
+    print(f"injector {args.injector}: requested vs achieved delay (t_arrive - t_start), µs")
+    print(render(rows))
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from launch.worker import run
 
@@ -225,7 +243,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"maxtable": _cmd_maxtable, "describe": _cmd_describe, "bench": _cmd_bench,
-             "worker": _cmd_worker}
+             "calibrate": _cmd_calibrate, "worker": _cmd_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

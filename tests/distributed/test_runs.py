@@ -1,0 +1,134 @@
+"""Real multi-process runs: torchrun + gloo, mpirun + MPI (2 and 4 ranks), mpirun + gloo
+(MPI shares the rendezvous), and a single local rank. Each launch exercises every
+collective with the exact-result check, and the records are checked for consistency.
+
+World sizes above the 2 cores here measure the scheduler, so these tests assert
+correctness and record structure, not speed; the one timing assertion (delays are never
+early) holds however loaded the machine is.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from collectives.timing import read_rank_file
+from experiments.bench import run_bench
+from launch.plan import Plan
+from launch.runner import RunFailed
+
+ALL = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
+JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
+
+
+def plan(tmp_path: Path, **kw) -> Plan:
+    base = dict(workload="microbench", out_dir=str(tmp_path / "run"), colls=ALL,
+                sizes=(64, 4096), iters=8, warmup=2, check=True, timeout_s=60,
+                jitter="exponential(20us)", seed=3)
+    return Plan(**{**base, **kw})
+
+
+def assert_consistent(p: Plan, nproc: int) -> None:
+    """Every rank's records: one row per (iteration, case), monotone times, delays as
+    asked (never early: the injector waits for an absolute deadline)."""
+    for rank in range(nproc):
+        cols, meta = read_rank_file(p.rank_file(rank))
+        assert meta["rank"] == rank and meta["world_size"] == nproc
+        assert len(cols["step"]) == p.iters * len(p.colls) * len(p.sizes)
+        assert np.all(cols["t_start_ns"] <= cols["t_arrive_ns"])
+        assert np.all(cols["t_arrive_ns"] <= cols["t_done_ns"])
+        assert np.array_equal(cols["delay_ns"], cols["t_arrive_ns"] - cols["t_start_ns"])
+        assert np.all(cols["delay_ns"] >= cols["delay_req_ns"])
+        assert cols["delay_req_ns"].max() > 0  # the schedule asked for delays
+
+
+@pytest.mark.parametrize("launcher,backend,nproc", [
+    ("torchrun", "gloo", 2),
+    ("mpirun", "mpi", 2),
+    ("mpirun", "mpi", 4),   # oversubscribed: 2 cores here
+    ("mpirun", "gloo", 2),  # rank 0's address and port reach the others over MPI
+    ("local", "mpi", 1),
+    ("local", "gloo", 1),
+])
+def test_every_collective_is_correct_and_recorded(tmp_path, launcher, backend, nproc):
+    p = plan(tmp_path, backend=backend)
+    result = run_bench(p, launcher=launcher, nproc=nproc)
+    rows = result["rows"]
+    assert [(r["coll"], r["size_bytes"]) for r in rows] == [
+        (c, s) for c in ALL for s in (64, 4096)]
+    assert all(r["wrong"] == 0 for r in rows), rows
+    assert result["backend"] == backend and result["world_size"] == nproc
+    for r in rows:
+        assert r["min_us"] <= r["p50_us"] <= r["p90_us"] <= r["p99_us"] <= r["max_us"]
+        assert r["skew_us"] is not None  # one host: clocks are comparable
+    assert_consistent(p, nproc)
+
+
+def test_bfloat16_is_exact_over_gloo(tmp_path):
+    p = plan(tmp_path, backend="gloo", dtype="bfloat16", colls=("all_reduce", "all_gather"),
+             redop="sum")
+    rows = run_bench(p, launcher="torchrun", nproc=2)["rows"]
+    assert [r["wrong"] for r in rows] == [0, 0, 0, 0]
+
+
+def test_the_same_delays_reach_a_rank_at_every_world_size(tmp_path):
+    # Paired comparisons: rank 0 is asked for the same delays at N = 1 and N = 2.
+    asked = []
+    for nproc, launcher in ((1, "local"), (2, "mpirun")):
+        p = plan(tmp_path / str(nproc), backend="mpi", colls=("all_reduce",), check=False)
+        run_bench(p, launcher=launcher, nproc=nproc)
+        asked.append(read_rank_file(p.rank_file(0))[0]["delay_req_ns"])
+    assert np.array_equal(asked[0], asked[1])
+
+
+@pytest.mark.parametrize("launcher,backend", [("mpirun", "mpi"), ("torchrun", "gloo")])
+@pytest.mark.parametrize("kind", ["exit", "hang"])
+def test_a_rank_that_dies_or_hangs_is_named_within_the_timeout(tmp_path, launcher, backend,
+                                                                kind):
+    p = plan(tmp_path, backend=backend, colls=("all_reduce",), sizes=(64,), iters=20,
+             check=False, timeout_s=3, fault=f"{kind}@1:5")
+    t0 = time.monotonic()
+    with pytest.raises(RunFailed, match=r"rank 1 stopped at collective #4 \(others reached "
+                                        r"#5\)"):
+        run_bench(p, launcher=launcher, nproc=2)
+    # The timeout is 3 s of no progress, plus start-up and teardown.
+    assert time.monotonic() - t0 < 30
+
+
+def test_cli_bench_writes_json_and_csv_with_the_nccl_tests_keys(tmp_path):
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    res = subprocess.run(
+        [JITTERLAB, "bench", "--launcher", "mpirun", "--nproc", "2", "--backend", "mpi",
+         "-b", "1K", "-e", "4K", "-f", "4", "-n", "5", "-w", "1", "-c", "--jitter",
+         "constant(10us)", "--out", str(tmp_path / "run"), "--json", str(out_json),
+         "--csv", str(out_csv)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out_json.read_text())
+    keys = {"size_bytes", "min_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
+            "mean_us", "algbw_gbps", "busbw_gbps", "skew_us", "wrong"}
+    assert [r["size_bytes"] for r in doc["rows"]] == [1024, 4096]
+    assert all(keys <= set(r) for r in doc["rows"])
+    assert all(r["p50_us"] >= 10 for r in doc["rows"])  # every iteration waits >= 10 us
+    # busbw = algbw * 2(n-1)/n for all_reduce at n = 2: equal.
+    assert all(r["busbw_gbps"] == pytest.approx(r["algbw_gbps"]) for r in doc["rows"])
+    with open(out_csv) as f:
+        assert [int(r["size_bytes"]) for r in csv.DictReader(f)] == [1024, 4096]
+    assert "size_B" in res.stdout and "busbw_GB/s" in res.stdout
+
+
+def test_cli_rejects_bad_input_before_starting_any_process(tmp_path):
+    res = subprocess.run([JITTERLAB, "bench", "--backend", "mpi", "-d", "bfloat16",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("jitterlab: error: dtype: MPI has no bfloat16 type; use "
+                                  "float16 or float32 with backend mpi, or a torch backend "
+                                  "for bfloat16")
+    assert not (tmp_path / "run").exists()
