@@ -37,6 +37,8 @@ lint: install
 
 bench: install
 	$(VPY) benchmarks/bench_jitter_models.py
+	$(VPY) benchmarks/bench_inject.py
+	$(VPY) benchmarks/bench_harness.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

