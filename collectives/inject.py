@@ -5,8 +5,8 @@ overhead is absorbed rather than added. Fidelity is measured from the caller's s
 ``t_arrive - t_start`` as the workload records it, not the injector's own clock.
 
 Host delays are right for CPU backends only: on a GPU the host runs ahead of the stream,
-so a host-side wait is hidden behind queued kernels. GPU runs need a delay enqueued on the
-stream before the collective (a CUDA injector, not built yet).
+so a host-side wait is hidden behind queued kernels. GPU runs take ``cuda``
+(``cuda_inject.py``): a delay enqueued on the stream before the collective.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ class HostInjector(Injector):
             pass
 
 
-def make_injector(name: str) -> Injector:
+def make_injector(name: str, device: str = "cpu") -> Injector:
     if name == "cuda":
-        raise ValueError("injector: 'cuda' is not available yet; GPU runs cannot inject "
-                         "delays on the stream in this version (use 'none')")
+        from .cuda_inject import CudaInjector  # GPU machines only
+
+        return CudaInjector("cuda" if device == "cpu" else device)
     if name not in INJECTORS:
-        raise ValueError(f"injector: unknown {name!r} (known: {', '.join(sorted(INJECTORS))})")
+        known = ", ".join(sorted([*INJECTORS, "cuda"]))
+        raise ValueError(f"injector: unknown {name!r} (known: {known})")
     return INJECTORS[name]()

@@ -57,6 +57,24 @@ class Fault:
             time.sleep(3600)
 
 
+class EventTimer:
+    """CUDA events around the delay and the collective, read after the synchronize that
+    ends each iteration. Times are anchored to the host clock at ``t_start`` (read just
+    before the start event is enqueued on an idle stream), so they carry the launch
+    latency between the two as their uncertainty; ``benchmarks/gpu_check.py`` measures it."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.start, self.arrive, self.done = (torch.cuda.Event(enable_timing=True)
+                                              for _ in range(3))
+
+    def host_times(self, t0_ns: int) -> tuple[int, int]:
+        """(t_arrive_ns, t_done_ns) on the host clock, from the start event at ``t0_ns``."""
+        return (t0_ns + round(self.start.elapsed_time(self.arrive) * 1e6),
+                t0_ns + round(self.start.elapsed_time(self.done) * 1e6))
+
+
 def _runner(backend: Backend, coll: str, inp: Any, out: Any, redop: str, root: int
             ) -> Callable[[], None]:
     return {
@@ -116,19 +134,31 @@ def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: 
             step()
         backend.synchronize()
         column = delays_ns[:, site].tolist()  # Python ints: nothing to convert in the loop
+        events = EventTimer() if backend.device.startswith("cuda") else None
         for it in range(iters):
             backend.barrier()
             d = column[it]
             g = site * iters + it
             if g == fault_at:
                 fault.trigger()  # type: ignore[union-attr]
-            t0 = now_ns()
-            injector.inject(t0, d)
-            mark[0] = g
-            t1 = now_ns()
-            step()
-            backend.synchronize()
-            t2 = now_ns()
+            if events is None:
+                t0 = now_ns()
+                injector.inject(t0, d)
+                mark[0] = g
+                t1 = now_ns()
+                step()
+                backend.synchronize()
+                t2 = now_ns()
+            else:  # the GPU's own clock: the host returns before the stream has waited
+                t0 = now_ns()
+                events.start.record()
+                injector.inject(t0, d)
+                mark[0] = g
+                events.arrive.record()
+                step()
+                events.done.record()
+                backend.synchronize()
+                t1, t2 = events.host_times(t0)
             records.add(it, site, k, nbytes, d, t0, t1, t2)
         wrong.append(_check(backend, op, coll, send_count, recv_count, dtype, redop, root,
                             seed) if check else -1)

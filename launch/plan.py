@@ -30,8 +30,9 @@ class Plan:
     """Seed of the jitter schedule (and of the check inputs)."""
     jitter: str | None = None
     """One-line jitter schedule injected before each collective; None: no delay."""
-    injector: Literal["host", "none"] = "host"
-    """How delays are applied (host: sleep then spin on CLOCK_MONOTONIC)."""
+    injector: Literal["auto", "host", "cuda", "none"] = "auto"
+    """How delays are applied: host (sleep, then spin on CLOCK_MONOTONIC), cuda (a
+    kernel on the stream), auto (cuda for GPU buffers, else host)."""
     colls: tuple[str, ...] = ("all_reduce",)
     """The collectives to time, each over every size (microbench)."""
     sizes: tuple[int, ...] = (1024,)
@@ -60,8 +61,9 @@ class Plan:
             raise ValueError(f"workload: unknown {self.workload!r} (known: {', '.join(WORKLOADS)})")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: unknown {self.backend!r} (known: {', '.join(BACKENDS)})")
-        if self.injector not in ("host", "none"):
-            raise ValueError(f"injector: must be host or none, got {self.injector!r}")
+        if self.injector not in ("auto", "host", "cuda", "none"):
+            raise ValueError(f"injector: must be auto, host, cuda or none, got "
+                             f"{self.injector!r}")
         for name, low in (("seed", 0), ("root", 0), ("iters", 1), ("warmup", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:

@@ -40,11 +40,14 @@ def run(plan_path: str) -> int:
 
 def _run(plan: Plan, ctx: RunContext) -> int:
     schedule = parse_schedule(plan.jitter) if plan.jitter else None
-    injector = make_injector(plan.injector if schedule is not None else "none")
     fault = microbench.Fault.parse(plan.fault) if plan.fault else None
     mark = rank_mark(plan.out_dir, ctx.rank)
     backend = bootstrap(plan.backend, ctx, plan.timeout_s)
     try:
+        name = plan.injector if schedule is not None else "none"
+        if name == "auto":
+            name = "cuda" if backend.device.startswith("cuda") else "host"
+        injector = make_injector(name, backend.device)
         if mark is not None:
             mark[0] = READY
         records, wrong = microbench.run(

@@ -25,10 +25,25 @@ def test_auto_picks_gloo_and_nccl_without_cuda_is_a_clear_error():
         bootstrap("nccl", SINGLE, timeout_s=5)
 
 
-def test_stream_delays_are_refused_rather_than_faked_on_the_host():
+@pytest.mark.skipif(CUDA, reason="checks the CPU-only behaviour")
+def test_stream_delays_need_a_gpu_and_are_not_faked_on_the_host():
     # A host delay is hidden when the host runs ahead of the GPU stream.
-    with pytest.raises(ValueError, match=r"injector: 'cuda' is not available yet"):
+    with pytest.raises(ValueError, match=r"injector: 'cuda' needs a CUDA device, and this "
+                                         r"process sees none"):
         make_injector("cuda")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none here; CI never has one)")
+def test_cuda_injector_delays_the_stream_not_the_host():
+    inj = make_injector("cuda")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    inj.inject(0, 1000)  # compile and warm
+    torch.cuda.synchronize()
+    start.record()
+    inj.inject(0, 500_000)
+    end.record()
+    torch.cuda.synchronize()
+    assert 490 <= start.elapsed_time(end) * 1e3 <= 600
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none here; CI never has one)")
