@@ -45,9 +45,16 @@ def injector_fidelity(torch, reps: int) -> None:
     from jitter_models.percentiles import nearest_rank
 
     inj = make_injector("cuda")
+    print(f"calibrated: {inj.cycles_per_us:.1f} SM cycles per µs")
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    inj.inject(0, 1000)
-    torch.cuda.synchronize()
+    floor = []
+    for _ in range(reps):
+        s.record()
+        e.record()
+        torch.cuda.synchronize()
+        floor.append(s.elapsed_time(e) * 1e3)
+    print(f"floor: two events with nothing between, p50 {np.median(floor):.2f} µs "
+          "(included in every error below)")
     print(f"{'requested_us':>13}{'median_abs_err_us':>19}{'p99_abs_err_us':>16}"
           f"{'mean_err_us':>13}")
     for us in (10, 100, 1000):
@@ -61,6 +68,7 @@ def injector_fidelity(torch, reps: int) -> None:
         a = np.abs(errs)
         print(f"{us:>13}{np.median(a):>19.3f}{nearest_rank(a, 99):>16.3f}"
               f"{np.mean(errs):>13.3f}")
+    print(f"re-check: {inj.recheck():.1f} SM cycles per µs")
 
 
 def nccl_through_harness(quick: bool) -> None:

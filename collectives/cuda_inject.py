@@ -1,61 +1,78 @@
-"""A delay on the GPU stream: a one-thread kernel that spins on the global nanosecond timer
-until the delay it reads from a device tensor has passed.
+"""A delay on the GPU stream: ``torch.cuda._sleep(cycles)``, calibrated after warm-up.
 
-Why this design: ``torch.cuda._sleep(cycles)`` counts SM cycles, and the SM clock moves
-(an H200 idled at 345 MHz and ran at 1980 MHz), so it needs calibration after warm-up and
-re-checking; ``%globaltimer`` counts nanoseconds whatever the clock, and a delay read from
-device memory can change between replays of a captured CUDA graph. The kernel is written
-in Triton (which ships with CUDA builds of torch); importing this module needs neither.
+``_sleep`` launches a one-thread kernel that spins for a number of SM clock cycles, from a
+native (fast) launch. The SM clock moves (an H200 idled at 345 MHz and ran at 1980 MHz),
+so the injector warms the GPU, measures cycles per microsecond with CUDA events on a long
+sleep, and can re-check at the end of a run (``recheck``). Measured on an H200
+(``benchmarks/gpu_injector_probe.py``): this adds nothing measurable beyond the ~6.6 µs
+between two events on an idle stream, while a Triton kernel spinning on ``%globaltimer``
+(which would not depend on the clock and could read its delay from device memory inside
+a CUDA graph) paid 6 to 17 µs more in its Python launch. Under graph capture the cycle
+count is frozen into the graph: re-capture after changing delays.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import statistics
+import time
+from typing import ClassVar
 
 from .inject import Injector
 
-_KERNEL: Any = None
-
-
-def _kernel() -> Any:
-    """Compile-on-first-use: Triton is imported only on GPU machines."""
-    global _KERNEL
-    if _KERNEL is None:
-        import triton
-        import triton.language as tl
-
-        @triton.jit
-        def spin(delay_ptr):
-            d = tl.load(delay_ptr)
-            t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,l", [d],
-                                           dtype=tl.int64, is_pure=False, pack=1)
-            t = t0
-            while t - t0 < d:
-                t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,l", [d],
-                                              dtype=tl.int64, is_pure=False, pack=1)
-
-        _KERNEL = spin
-    return _KERNEL
+_CALIBRATION_CYCLES = 20_000_000  # about 10 ms at 2 GHz: long next to the event floor
 
 
 class CudaInjector(Injector):
-    """Enqueue the delay on the current stream, before the collective (host returns at
-    once: the stream, not the host, waits)."""
+    """Enqueue the delay on the current stream, before the collective (the host returns
+    at once: the stream, not the host, waits)."""
 
     name: ClassVar[str] = "cuda"
 
-    def __init__(self, device: str = "cuda"):
+    def __init__(self, device: str = "cuda", warm_s: float = 0.5):
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError("injector: 'cuda' needs a CUDA device, and this process sees "
                              "none (use 'host' with CPU backends)")
         self._torch = torch
-        self._delay = torch.zeros(1, dtype=torch.int64, device=device)
-        self._spin = _kernel()
+        self.device = device
+        _warm(torch, device, warm_s)
+        self.cycles_per_us = self.measure_cycles_per_us()
+
+    def measure_cycles_per_us(self, reps: int = 3) -> float:
+        torch = self._torch
+        with torch.cuda.device(self.device):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            spans = []
+            for _ in range(reps):
+                s.record()
+                torch.cuda._sleep(_CALIBRATION_CYCLES)
+                e.record()
+                e.synchronize()
+                spans.append(s.elapsed_time(e) * 1e3)
+        return _CALIBRATION_CYCLES / statistics.median(spans)
+
+    def recheck(self) -> float:
+        """Cycles per µs now, to compare with the calibration (the clock may have moved)."""
+        return self.measure_cycles_per_us()
 
     def inject(self, t_start_ns: int, delay_ns: int) -> None:
-        if delay_ns <= 0:
-            return
-        self._delay.fill_(delay_ns)  # stream-ordered: the kernel below reads this value
-        self._spin[(1,)](self._delay)
+        if delay_ns > 0:
+            self._torch.cuda._sleep(cycles_for(delay_ns, self.cycles_per_us))
+
+
+def cycles_for(delay_ns: int, cycles_per_us: float) -> int:
+    """SM cycles to spin for ``delay_ns`` at ``cycles_per_us`` (rounded to nearest)."""
+    if cycles_per_us <= 0:
+        raise ValueError(f"cycles_per_us: must be > 0, got {cycles_per_us!r}")
+    return max(0, round(delay_ns * cycles_per_us / 1000))
+
+
+def _warm(torch, device: str, seconds: float) -> None:
+    """Matrix products until ``seconds`` pass: the SM clock leaves its idle state."""
+    if seconds <= 0:
+        return
+    a = torch.randn(4096, 4096, device=device, dtype=torch.float16)
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        (a @ a).sum().item()
