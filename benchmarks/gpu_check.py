@@ -45,7 +45,6 @@ def injector_fidelity(torch, reps: int) -> None:
     from jitter_models.percentiles import nearest_rank
 
     inj = make_injector("cuda")
-    print(f"calibrated: {inj.cycles_per_us:.1f} SM cycles per µs")
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     floor = []
     for _ in range(reps):
@@ -68,7 +67,6 @@ def injector_fidelity(torch, reps: int) -> None:
         a = np.abs(errs)
         print(f"{us:>13}{np.median(a):>19.3f}{nearest_rank(a, 99):>16.3f}"
               f"{np.mean(errs):>13.3f}")
-    print(f"re-check: {inj.recheck():.1f} SM cycles per µs")
 
 
 def nccl_through_harness(quick: bool) -> None:

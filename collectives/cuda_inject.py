@@ -1,25 +1,45 @@
-"""A delay on the GPU stream: ``torch.cuda._sleep(cycles)``, calibrated after warm-up.
+"""A delay on the GPU stream: a one-thread kernel that spins on the global nanosecond
+timer (``%globaltimer``) for the requested time.
 
-``_sleep`` launches a one-thread kernel that spins for a number of SM clock cycles, from a
-native (fast) launch. The SM clock moves (an H200 idled at 345 MHz and ran at 1980 MHz),
-so the injector warms the GPU, measures cycles per microsecond with CUDA events on a long
-sleep, and can re-check at the end of a run (``recheck``). Measured on an H200
-(``benchmarks/gpu_injector_probe.py``): this adds nothing measurable beyond the ~6.6 µs
-between two events on an idle stream, while a Triton kernel spinning on ``%globaltimer``
-(which would not depend on the clock and could read its delay from device memory inside
-a CUDA graph) paid 6 to 17 µs more in its Python launch. Under graph capture the cycle
-count is frozen into the graph: re-capture after changing delays.
+Why this design (measured on an H200 with ``benchmarks/gpu_injector_probe.py`` and
+``benchmarks/gpu_check.py``): ``torch.cuda._sleep(cycles)`` launches faster, but counts SM
+cycles, and the SM clock moves with load and power (calibrated at 1695 cycles/µs right
+after heavy matrix products, 1971 a few seconds later: a 1 ms request slept 0.88 ms).
+``%globaltimer`` ticks every 32 ns whatever the clock. The kernel (Triton, which ships
+with CUDA builds of torch) takes the delay as an argument: one launch, which costs about
+6 µs more than ``_sleep``'s when the stream is idle, and nothing when the host runs ahead
+of the stream, as it does in real decode steps. Under CUDA graph capture the argument is
+frozen into the graph: re-capture after changing delays.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .inject import Injector
 
-_CALIBRATION_CYCLES = 20_000_000  # about 10 ms at 2 GHz: long next to the event floor
+_KERNEL: Any = None
+
+
+def _kernel() -> Any:
+    """Compile-on-first-use: Triton is imported only on GPU machines."""
+    global _KERNEL
+    if _KERNEL is None:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def spin(d):
+            # The asm takes d only because Triton wants an operand; it reads the timer.
+            t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,l", [d],
+                                           dtype=tl.int64, is_pure=False, pack=1)
+            t = t0
+            while t - t0 < d:
+                t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,l", [d],
+                                              dtype=tl.int64, is_pure=False, pack=1)
+
+        _KERNEL = spin
+    return _KERNEL
 
 
 class CudaInjector(Injector):
@@ -28,51 +48,18 @@ class CudaInjector(Injector):
 
     name: ClassVar[str] = "cuda"
 
-    def __init__(self, device: str = "cuda", warm_s: float = 0.5):
+    def __init__(self, device: str = "cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError("injector: 'cuda' needs a CUDA device, and this process sees "
                              "none (use 'host' with CPU backends)")
-        self._torch = torch
         self.device = device
-        _warm(torch, device, warm_s)
-        self.cycles_per_us = self.measure_cycles_per_us()
-
-    def measure_cycles_per_us(self, reps: int = 3) -> float:
-        torch = self._torch
-        with torch.cuda.device(self.device):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            spans = []
-            for _ in range(reps):
-                s.record()
-                torch.cuda._sleep(_CALIBRATION_CYCLES)
-                e.record()
-                e.synchronize()
-                spans.append(s.elapsed_time(e) * 1e3)
-        return _CALIBRATION_CYCLES / statistics.median(spans)
-
-    def recheck(self) -> float:
-        """Cycles per µs now, to compare with the calibration (the clock may have moved)."""
-        return self.measure_cycles_per_us()
+        self._spin = _kernel()
+        with torch.cuda.device(device):
+            self._spin[(1,)](1000)  # compile now, not inside the first timed iteration
+            torch.cuda.synchronize()
 
     def inject(self, t_start_ns: int, delay_ns: int) -> None:
         if delay_ns > 0:
-            self._torch.cuda._sleep(cycles_for(delay_ns, self.cycles_per_us))
-
-
-def cycles_for(delay_ns: int, cycles_per_us: float) -> int:
-    """SM cycles to spin for ``delay_ns`` at ``cycles_per_us`` (rounded to nearest)."""
-    if cycles_per_us <= 0:
-        raise ValueError(f"cycles_per_us: must be > 0, got {cycles_per_us!r}")
-    return max(0, round(delay_ns * cycles_per_us / 1000))
-
-
-def _warm(torch, device: str, seconds: float) -> None:
-    """Matrix products until ``seconds`` pass: the SM clock leaves its idle state."""
-    if seconds <= 0:
-        return
-    a = torch.randn(4096, 4096, device=device, dtype=torch.float16)
-    t = time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        (a @ a).sum().item()
+            self._spin[(1,)](delay_ns)
