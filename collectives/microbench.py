@@ -178,11 +178,11 @@ def _check(backend: Backend, op: Any, coll: str, send_count: int, recv_count: in
 
 
 def summarize(tables: Sequence[dict[str, np.ndarray]], *, colls: Sequence[str],
-              world_size: int, same_clock: bool, wrong: Sequence[Sequence[int]]
-              ) -> list[dict[str, Any]]:
+              world_size: int, offsets_ns: Sequence[int | None],
+              wrong: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
     """One row per (collective, size) from every rank's records (``tables[rank]``).
-    ``same_clock``: all ranks' clocks are comparable (one host), so arrival skew can be
-    computed."""
+    ``offsets_ns[rank]``: that rank's clock offset to rank 0 (0 on rank 0's host), used
+    to align arrivals for the skew; None where unknown (then no skew is reported)."""
     sites = np.unique(tables[0]["site"])
     rows = []
     for site in sites:
@@ -201,8 +201,8 @@ def summarize(tables: Sequence[dict[str, np.ndarray]], *, colls: Sequence[str],
         row["max_us"], row["mean_us"] = float(dur.max()), mean_us
         row["algbw_gbps"] = nbytes / (mean_us * 1e-6) / 1e9
         row["busbw_gbps"] = row["algbw_gbps"] * op.bus_factor(world_size)
-        if same_clock:
-            arrive = np.array([r["t_arrive_ns"] for r in per_rank])
+        if all(o is not None for o in offsets_ns):
+            arrive = np.array([r["t_arrive_ns"] + o for r, o in zip(per_rank, offsets_ns)])
             row["skew_us"] = float((arrive.max(axis=0) - arrive.min(axis=0)).mean() / 1e3)
         else:
             row["skew_us"] = None

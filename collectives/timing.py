@@ -6,8 +6,9 @@ After the run the columns go to ``rank-00007.parquet`` atomically (temporary nam
 rename), with the run's metadata and this rank's clock offset to rank 0.
 
 Clock offsets: ranks on one host share CLOCK_MONOTONIC, so their offset is exactly 0
-(detected by host name). Across hosts a ping-pong estimate is needed; it is not built
-yet, and such ranks are marked with an unknown offset (null) rather than a guess.
+(detected by host name). A rank on another host estimates its offset to rank 0 by
+ping-pong over the backend (the sample with the smallest round trip; its half round trip
+bounds the error), once before and once after the run, so drift can be interpolated.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,73 @@ class ClockOffset:
 
 
 def same_host_offsets(hostnames: list[str]) -> list[ClockOffset]:
-    """Exact zero for ranks on rank 0's host; unknown for the others."""
+    """Exact zero for ranks on rank 0's host; unknown (to be measured) for the others."""
     return [ClockOffset(offset_ns=0, uncertainty_ns=0) if h == hostnames[0]
             else ClockOffset(offset_ns=None, uncertainty_ns=None) for h in hostnames]
+
+
+def offset_from_samples(t0: np.ndarray, t1: np.ndarray, t2: np.ndarray) -> ClockOffset:
+    """Rank 0 sent at t0 and got the reply at t2 (its clock); the peer stamped t1 (its
+    clock) in between. The offset (t_rank0 = t_peer + offset) from the sample with the
+    smallest round trip: the midpoint of [t0, t2] minus t1, to within half that trip."""
+    rtt = t2 - t0
+    if np.any(rtt < 0):
+        raise ValueError("ping-pong samples with a negative round trip")
+    i = int(np.argmin(rtt))
+    return ClockOffset(offset_ns=int((t0[i] + t2[i]) // 2 - t1[i]),
+                       uncertainty_ns=int(rtt[i] + 1) // 2)
+
+
+def ping_pong(backend: Any, peer: int, rounds: int = 64) -> ClockOffset | None:
+    """Run on rank 0 and ``peer`` at the same time (no other rank takes part). Rank 0 gets
+    the estimate; the peer gets it too (sent back). Host buffers only."""
+    buf = backend.from_numpy(np.zeros(1, dtype=np.int64), "int64")
+    if backend.rank == 0:
+        t0, t1, t2 = (np.empty(rounds, dtype=np.int64) for _ in range(3))
+        for i in range(rounds):
+            t0[i] = now_ns()
+            backend.send(buf, peer)
+            backend.recv(buf, peer)
+            t2[i] = now_ns()
+            t1[i] = int(backend.to_numpy(buf)[0])
+        est = offset_from_samples(t0, t1, t2)
+        backend.send(backend.from_numpy(np.array([est.offset_ns, est.uncertainty_ns],
+                                                  dtype=np.int64), "int64"), peer)
+        return est
+    if backend.rank == peer:
+        for _ in range(rounds):
+            backend.recv(buf, 0)
+            stamped = backend.from_numpy(np.array([now_ns()], dtype=np.int64), "int64")
+            backend.send(stamped, 0)
+        out = backend.from_numpy(np.zeros(2, dtype=np.int64), "int64")
+        backend.recv(out, 0)
+        offset, unc = (int(v) for v in backend.to_numpy(out))
+        return ClockOffset(offset_ns=offset, uncertainty_ns=unc)
+    return None
+
+
+def measure_offsets(backend: Any, hostnames: list[str], *, force: bool = False
+                    ) -> ClockOffset:
+    """This rank's offset to rank 0: exact 0 on rank 0's host (unless ``force``), else a
+    ping-pong estimate. Every rank must call it (the peers are served in rank order)."""
+    mine = same_host_offsets(hostnames)[backend.rank]
+    for peer in range(1, backend.world_size):
+        if force or hostnames[peer] != hostnames[0]:
+            est = ping_pong(backend, peer)
+            if backend.rank == peer:
+                mine = est
+    return mine
+
+
+def combine(before: ClockOffset, after: ClockOffset) -> ClockOffset:
+    """One offset for the run from estimates before and after it: their mean, with an
+    uncertainty that also covers the drift between them."""
+    if before.offset_ns is None or after.offset_ns is None:
+        return before if after.offset_ns is None else after
+    drift = abs(after.offset_ns - before.offset_ns)
+    return replace(before, offset_ns=(before.offset_ns + after.offset_ns) // 2,
+                   uncertainty_ns=max(before.uncertainty_ns or 0, after.uncertainty_ns or 0)
+                   + (drift + 1) // 2)
 
 
 def write_rank_file(path: str | os.PathLike[str], columns: dict[str, np.ndarray],

@@ -41,12 +41,15 @@ def run_bench(plan: Plan, *, launcher: str, nproc: int) -> dict[str, Any]:
         columns, meta = read_rank_file(plan.rank_file(rank))
         tables.append(columns)
         metas.append(meta)
-    same_clock = all(m.get("clock_offset_ns") == 0 for m in metas)
+    offsets = [m.get("clock_offset_ns") for m in metas]
     rows = microbench.summarize(tables, colls=plan.colls, world_size=nproc,
-                                same_clock=same_clock, wrong=[m["wrong"] for m in metas])
+                                offsets_ns=offsets, wrong=[m["wrong"] for m in metas])
     return {"rows": rows, "world_size": nproc, "launcher": launcher,
             "backend": metas[0]["backend"], "device": metas[0]["device"],
             "hosts": sorted({m["hostname"] for m in metas}), "plan": plan.as_dict(),
+            "clock_offsets": [{"rank": m["rank"], "offset_ns": m.get("clock_offset_ns"),
+                               "uncertainty_ns": m.get("clock_offset_uncertainty_ns")}
+                              for m in metas],
             "definition": "per-iteration time = max over ranks of (t_done - t_start), "
                           "after an untimed barrier; percentiles nearest-rank"}
 

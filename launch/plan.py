@@ -52,6 +52,9 @@ class Plan:
     timeout_s: float = 300.0
     """Init and collective timeout: a run with no rank making progress for this long
     fails, naming the rank that stopped."""
+    clock_pingpong: bool = False
+    """Estimate clock offsets by ping-pong even between ranks on one host (a self-check:
+    the true offset there is 0). Ranks on other hosts are always measured."""
     fault: str | None = None
     """Testing aid: ``exit@RANK:N`` or ``hang@RANK:N`` makes RANK exit or hang on
     reaching timed collective N, to exercise failure handling."""

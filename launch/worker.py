@@ -11,7 +11,7 @@ from pathlib import Path
 
 from collectives import microbench
 from collectives.inject import make_injector
-from collectives.timing import same_host_offsets, write_rank_file
+from collectives.timing import combine, measure_offsets, write_rank_file
 from jitter_models import parse_schedule
 
 from .bootstrap import bootstrap, shutdown
@@ -48,6 +48,8 @@ def _run(plan: Plan, ctx: RunContext) -> int:
         if name == "auto":
             name = "cuda" if backend.device.startswith("cuda") else "host"
         injector = make_injector(name, backend.device)
+        hostnames = backend.all_gather_object(ctx.hostname)
+        before = measure_offsets(backend, hostnames, force=plan.clock_pingpong)
         if mark is not None:
             mark[0] = READY
         records, wrong = microbench.run(
@@ -55,14 +57,16 @@ def _run(plan: Plan, ctx: RunContext) -> int:
             root=plan.root, iters=plan.iters, warmup=plan.warmup, check=plan.check,
             seed=plan.seed, schedule=schedule, injector=injector, node=ctx.node,
             progress=mark, fault=fault)
-        hostnames = backend.all_gather_object(ctx.hostname)
-        offset = same_host_offsets(hostnames)[ctx.rank]
+        after = measure_offsets(backend, hostnames, force=plan.clock_pingpong)
+        offset = combine(before, after)
         metadata = {
             "plan": plan.as_dict(), "rank": ctx.rank, "world_size": ctx.world_size,
             "node": ctx.node, "local_rank": ctx.local_rank, "hostname": ctx.hostname,
             "launcher": ctx.launcher, "backend": getattr(backend, "backend_name", backend.name),
             "device": backend.device, "clock_offset_ns": offset.offset_ns,
-            "clock_offset_uncertainty_ns": offset.uncertainty_ns, "wrong": wrong,
+            "clock_offset_uncertainty_ns": offset.uncertainty_ns,
+            "clock_offset_before_ns": before.offset_ns, "clock_offset_after_ns": after.offset_ns,
+            "wrong": wrong,
         }
         write_rank_file(plan.rank_file(ctx.rank), records.table(), metadata)
         if mark is not None:

@@ -132,3 +132,15 @@ def test_cli_rejects_bad_input_before_starting_any_process(tmp_path):
                                   "float16 or float32 with backend mpi, or a torch backend "
                                   "for bfloat16")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("launcher,backend", [("mpirun", "mpi"), ("torchrun", "gloo")])
+def test_ping_pong_offsets_on_one_host_bracket_zero(tmp_path, launcher, backend):
+    # On one host the true offset is 0: the estimate must contain it.
+    p = plan(tmp_path, backend=backend, colls=("all_reduce",), sizes=(64,), iters=3,
+             check=False, clock_pingpong=True)
+    result = run_bench(p, launcher=launcher, nproc=2)
+    rank1 = result["clock_offsets"][1]
+    assert rank1["uncertainty_ns"] is not None and 0 < rank1["uncertainty_ns"] < 5_000_000
+    assert abs(rank1["offset_ns"]) <= rank1["uncertainty_ns"]
+    assert result["rows"][0]["skew_us"] is not None

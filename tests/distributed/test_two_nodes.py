@@ -53,7 +53,8 @@ def check_two_node_records(plan_path: Path) -> None:
     assert [(m["rank"], m["node"], m["launcher"]) for m in metas] == [
         (0, 0, "torchrun"), (1, 1, "torchrun")]
     rows = microbench.summarize(list(tables), colls=plan.colls, world_size=2,
-                                same_clock=True, wrong=[m["wrong"] for m in metas])
+                                offsets_ns=[m["clock_offset_ns"] for m in metas],
+                                wrong=[m["wrong"] for m in metas])
     assert [r["wrong"] for r in rows] == [0, 0]
 
 
