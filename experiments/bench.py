@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,18 @@ ROW_KEYS = ("coll", "size_bytes", "min_us", "p50_us", "p90_us", "p99_us", "p999_
 
 
 def default_out_dir() -> str:
-    return str(Path("runs") / "bench" / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return str(Path("runs") / "bench" / f"{stamp}-{uuid.uuid4().hex[:6]}")
 
 
 def run_bench(plan: Plan, *, launcher: str, nproc: int) -> dict[str, Any]:
     """Run ``plan`` on ``nproc`` ranks; the rows and the run's metadata."""
     out = Path(plan.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     plan_path = out / "plan.json"
+    if plan_path.exists() or any(out.glob("rank-*.parquet")):
+        # Never mix two runs' records, and never delete a finished run's.
+        raise ValueError(f"out: {str(out)!r} already holds a run; choose another directory")
+    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(plan_path, plan.to_json() + "\n")
     run_plan(plan_path, launcher=launcher, nproc=nproc, timeout_s=plan.timeout_s)
     tables, metas = [], []

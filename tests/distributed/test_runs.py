@@ -144,3 +144,13 @@ def test_ping_pong_offsets_on_one_host_bracket_zero(tmp_path, launcher, backend)
     assert rank1["uncertainty_ns"] is not None and 0 < rank1["uncertainty_ns"] < 5_000_000
     assert abs(rank1["offset_ns"]) <= rank1["uncertainty_ns"]
     assert result["rows"][0]["skew_us"] is not None
+
+
+def test_a_directory_that_holds_a_run_is_refused(tmp_path):
+    p = plan(tmp_path, backend="mpi", colls=("all_reduce",), sizes=(64,), iters=2,
+             check=False)
+    run_bench(p, launcher="local", nproc=1)
+    before = sorted(x.name for x in Path(p.out_dir).iterdir())
+    with pytest.raises(ValueError, match=r"already holds a run; choose another directory"):
+        run_bench(p, launcher="local", nproc=1)
+    assert sorted(x.name for x in Path(p.out_dir).iterdir()) == before
