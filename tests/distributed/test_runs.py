@@ -47,6 +47,10 @@ def assert_consistent(p: Plan, nproc: int) -> None:
         assert np.array_equal(cols["delay_ns"], cols["t_arrive_ns"] - cols["t_start_ns"])
         assert np.all(cols["delay_ns"] >= cols["delay_req_ns"])
         assert cols["delay_req_ns"].max() > 0  # the schedule asked for delays
+        # Near what was asked: a loose 50 us on the median, since 2-4 ranks share 2 cores
+        # in CI (benchmarks/bench_inject.py holds the real fidelity targets).
+        late_us = (cols["delay_ns"] - cols["delay_req_ns"]) / 1e3
+        assert np.median(late_us) <= 50, np.median(late_us)
 
 
 @pytest.mark.parametrize("launcher,backend,nproc", [
