@@ -21,3 +21,23 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | os.PathLike[str], field: str) -> None:
+    """Raise ValueError naming ``field`` unless ``path`` can be written later (its folder
+    exists or can be made, and is writable; the path is not a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{field}: {str(path)!r} is a directory")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:  # the only sure test: make (and remove) a file there
+        if not parent.is_dir():
+            raise OSError("not a directory")
+        fd, probe = tempfile.mkstemp(prefix=".jitterlab-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        raise ValueError(f"{field}: cannot write {str(path)!r} ({str(parent)!r} is not a "
+                         "writable directory)") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--run", action="store_true", help="also run a tiny checked "
                     "all-reduce on each available backend")
     dr.add_argument("--out", metavar="DIR", default=None,
-                    help="run directory for --run (default runs/doctor)")
+                    help="run directory for --run (default runs/doctor/<time>)")
     dr.add_argument("--json", metavar="FILE")
 
     w = sub.add_parser("worker", help="run one rank of a plan (started by a launcher)")
@@ -214,19 +215,29 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from collectives.ops import size_sweep
+    from collectives.backends import elem_size
+    from collectives.ops import get_op, size_sweep
     from jitter_models import parse_schedule
     from launch.plan import Plan
     from launch.runner import launch_argv
 
+    from .atomic import check_writable
     from .bench import default_out_dir, render_result, run_bench, write_outputs
 
+    # Bad input fails here, before any process starts or any file is written.
     if args.jitter:
-        parse_schedule(args.jitter)  # bad input fails here, before any process starts
+        parse_schedule(args.jitter)
     launch_argv(args.launcher, args.nproc, ["check"])
+    sizes = size_sweep(args.min_bytes, args.max_bytes, args.step_factor)
+    for coll in args.coll:
+        for size in sizes:
+            get_op(coll).counts(size, elem_size(args.dtype), args.nproc)
+    for flag, path in (("json", args.json), ("csv", args.csv)):
+        if path:
+            check_writable(path, flag)
     plan = Plan(workload="microbench", out_dir=args.out or default_out_dir(),
                 backend=args.backend, seed=args.seed, jitter=args.jitter, colls=args.coll,
-                sizes=tuple(size_sweep(args.min_bytes, args.max_bytes, args.step_factor)),
+                sizes=tuple(sizes),
                 dtype=args.dtype, redop=args.redop, iters=args.iters, warmup=args.warmup,
                 check=args.check, timeout_s=args.timeout)
     result = run_bench(plan, launcher=args.launcher, nproc=args.nproc)
@@ -252,7 +263,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
     checks = probe()
     if args.run:
-        checks = checks + run_checks(args.out or "runs/doctor", checks=checks)
+        from .bench import default_out_dir
+
+        out = args.out or default_out_dir().replace(f"bench{os.sep}", f"doctor{os.sep}", 1)
+        checks = checks + run_checks(out, checks=checks)
     _write_json(args.json, {"checks": [asdict(c) for c in checks]})
     print(render(checks))
     return 0
@@ -275,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"jitterlab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("jitterlab: interrupted (every rank started was stopped)", file=sys.stderr)
+        return 130
     except RuntimeError as exc:  # a run that failed (launch.runner.RunFailed and kin)
         print(f"jitterlab: run failed: {exc}", file=sys.stderr)
         return 1

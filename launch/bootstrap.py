@@ -58,7 +58,12 @@ def bootstrap(backend: str, ctx: RunContext, timeout_s: float) -> Backend:
     """A ready backend for this rank; raises with the reason if the group cannot form."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if backend == "mpi":
-        return MPIBackend()
+        mpi = MPIBackend()
+        if mpi.world_size != ctx.world_size:
+            raise ValueError(f"backend: mpi sees a world of {mpi.world_size} but "
+                             f"{ctx.launcher} started {ctx.world_size} ranks; the mpi "
+                             "backend needs an MPI launcher (mpirun, or srun with PMI)")
+        return mpi
     import torch
     import torch.distributed as dist
 

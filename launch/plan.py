@@ -79,8 +79,9 @@ class Plan:
                                  for s in self.sizes):
             raise ValueError(f"sizes: must be positive integers, got {self.sizes!r}")
         if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s)
-                and self.timeout_s > 0):
-            raise ValueError(f"timeout_s: must be > 0, got {self.timeout_s!r}")
+                and 0 < self.timeout_s <= 86_400):
+            raise ValueError(f"timeout_s: must be > 0 s and at most a day, got "
+                             f"{self.timeout_s!r}")
 
         if self.backend == "mpi" and self.dtype == "bfloat16":
             raise ValueError("dtype: MPI has no bfloat16 type; use float16 or float32 with "

@@ -1,15 +1,23 @@
-"""Progress marks: one int64 per rank in a file every rank maps into memory.
+"""The progress board: three int64 slots per rank in a file every rank maps into memory.
 
-A rank writes its mark outside the timed region: after its injected delay and before
-``t_arrive`` is read, it stores how many collectives it has reached. When a run stops
-making progress, the rank with the lowest mark is the culprit: the others are its
-victims, blocked inside the collective it never reached (the rank that times out first is
-usually a victim). A store costs well under a microsecond and never blocks.
+- ``mark``: how many collectives this rank has reached, stored after its injected delay
+  and before ``t_arrive`` is read (so the collective's own time excludes it). When a run
+  stalls, the rank with the lowest mark is the culprit and the others, blocked in the
+  collective it never reached, its victims (the rank that times out first is usually a
+  victim).
+- ``beat``: a counter a daemon thread bumps once a second. A rank stopped as a whole
+  (SIGSTOP, a crash, a hang holding the interpreter) stops beating even when it stalls
+  inside a collective, where its mark looks like everyone else's.
+- ``pid``: so the parent can stop ranks that a launcher started in sessions of their own.
+
+A store costs well under a microsecond and never blocks.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +25,8 @@ import numpy as np
 NOT_STARTED = -2
 READY = -1           # bootstrapped, before the first collective
 DONE = 2**62         # wrote its records
+SLOTS = 3            # mark, beat, pid
+BEAT_S = 1.0
 
 
 def board_path(out_dir: str | os.PathLike[str]) -> Path:
@@ -26,37 +36,94 @@ def board_path(out_dir: str | os.PathLike[str]) -> Path:
 def create_board(out_dir: str | os.PathLike[str], world_size: int) -> Path:
     """The parent's side: a fresh board with every rank NOT_STARTED."""
     path = board_path(out_dir)
-    np.full(world_size, NOT_STARTED, dtype=np.int64).tofile(path)
+    board = np.zeros((world_size, SLOTS), dtype=np.int64)
+    board[:, 0] = NOT_STARTED
+    board.tofile(path)
     return path
 
 
-def rank_mark(out_dir: str | os.PathLike[str], rank: int) -> np.ndarray | None:
-    """A rank's side: a one-element writable view of its slot (None if no board exists,
-    e.g. a worker started by hand)."""
+class RankSlot:
+    """A rank's side of the board: its mark (a one-element writable view, for the hot
+    loop), its heartbeat thread and its pid."""
+
+    def __init__(self, board: np.memmap, rank: int):
+        self._row = board[rank]
+        self.mark = board[rank, 0:1]
+        self._row[2] = os.getpid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="jitterlab-heartbeat",
+                                        daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(BEAT_S):
+            self._row[1] += 1
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def rank_slot(out_dir: str | os.PathLike[str], rank: int) -> RankSlot | None:
+    """None if no board exists (a worker started by hand, or on another host)."""
     path = board_path(out_dir)
     if not path.exists():
         return None
-    board = np.memmap(path, dtype=np.int64, mode="r+")
-    if rank >= board.size:
-        return None
-    return board[rank: rank + 1]
+    board = np.memmap(path, dtype=np.int64, mode="r+").reshape(-1, SLOTS)
+    return RankSlot(board, rank) if rank < board.shape[0] else None
 
 
 def read_board(out_dir: str | os.PathLike[str]) -> np.ndarray:
-    path = board_path(out_dir)
+    """(ranks, SLOTS) int64; empty if the board is missing or unreadable."""
     try:
-        return np.fromfile(path, dtype=np.int64)
+        flat = np.fromfile(board_path(out_dir), dtype=np.int64)
     except OSError:
-        return np.empty(0, dtype=np.int64)
+        flat = np.empty(0, dtype=np.int64)
+    if flat.size % SLOTS:
+        flat = np.empty(0, dtype=np.int64)
+    return flat.reshape(-1, SLOTS)
 
 
-def describe_stall(marks: np.ndarray) -> str:
+class Watch:
+    """The parent's view over time: when did anything move, and whose heartbeat stopped."""
+
+    def __init__(self) -> None:
+        self.last: np.ndarray | None = None
+        self.moved = time.monotonic()
+        self.beat_seen: dict[int, tuple[int, float]] = {}
+
+    def update(self, board: np.ndarray) -> None:
+        now = time.monotonic()
+        if board.size == 0:
+            return
+        marks = board[:, 0]
+        if self.last is None or not np.array_equal(marks, self.last):
+            self.last, self.moved = marks.copy(), now
+        for r, beat in enumerate(board[:, 1].tolist()):
+            if r not in self.beat_seen or self.beat_seen[r][0] != beat:
+                self.beat_seen[r] = (beat, now)
+
+    def idle_s(self) -> float:
+        return time.monotonic() - self.moved
+
+    def silent(self, board: np.ndarray, after_s: float = 3 * BEAT_S) -> list[int]:
+        """Ranks that started, are not done, and have not beaten for ``after_s``."""
+        now = time.monotonic()
+        return [r for r, (beat, seen) in self.beat_seen.items()
+                if r < board.shape[0] and board[r, 0] not in (NOT_STARTED, DONE)
+                and now - seen > after_s]
+
+
+def describe_stall(board: np.ndarray, silent: list[int] | None = None) -> str:
     """Which ranks are behind, in words."""
-    if marks.size == 0:
+    if board.size == 0:
         return "no progress board"
+    marks = board[:, 0]
     never = [r for r, m in enumerate(marks) if m == NOT_STARTED]
     if never:
         return f"ranks {never} never started (bootstrap did not finish)"
+    if silent:
+        who = f"rank {silent[0]}" if len(silent) == 1 else f"ranks {silent}"
+        return f"{who} stopped responding (no heartbeat)"
     live = marks[marks != DONE]
     if live.size == 0:
         return "every rank finished"
@@ -68,3 +135,7 @@ def describe_stall(marks: np.ndarray) -> str:
     if len(behind) == 1:
         return f"rank {behind[0]} stopped {where}{others}"
     return f"ranks {behind} stopped {where}{others}"
+
+
+def rank_pids(board: np.ndarray) -> list[int]:
+    return [int(p) for p in board[:, 2].tolist() if p > 0] if board.size else []

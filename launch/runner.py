@@ -14,14 +14,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from .commands import mpirun_cmd, needs_oversubscribe, running_as_root, srun_cmd, torchrun_cmd
 from .plan import Plan
-from .progress import READY, create_board, describe_stall, read_board
+from .progress import BEAT_S, READY, Watch, create_board, describe_stall, rank_pids, read_board
 from .worker import error_file
 
 LAUNCHERS = ("local", "torchrun", "mpirun", "srun")
@@ -63,11 +62,17 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
         cmd = torchrun_cmd(worker, nproc_per_node=nproc, python=python)
         return [torchrun, *cmd[1:]] if torchrun else cmd
     if launcher == "mpirun":
-        mpirun = _beside_python("mpirun") or "mpirun"
+        mpirun = _beside_python("mpirun")
+        if mpirun is None:
+            raise ValueError("launcher: mpirun not found (pip install 'jitterlab[mpi]' "
+                             "brings Open MPI)")
         flavour = mpirun_flavour(mpirun)
         return mpirun_cmd(worker, np=nproc, flavour=flavour,
                           as_root=flavour == "openmpi" and running_as_root(),
                           oversubscribe=needs_oversubscribe(nproc), mpirun=mpirun)
+    if shutil.which("srun") is None:
+        raise ValueError("launcher: srun is not on PATH (srun runs inside a SLURM "
+                         "allocation; use torchrun or mpirun here)")
     return srun_cmd(worker, ntasks=nproc)
 
 
@@ -88,31 +93,55 @@ def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: flo
     """Run the plan's ranks; raise RunFailed unless every rank wrote its records file.
 
     A watchdog reads the progress board: when no rank's mark has moved for ``timeout_s``
-    (start-up included), the run is stopped and the rank that fell behind is named."""
+    (start-up included), or a rank's heartbeat stops for as long, the run is stopped and
+    the rank that fell behind is named. However this function is left (an error, Ctrl-C),
+    the launcher and every rank it started are stopped first."""
     plan = Plan.load(plan_path)
     argv = launch_argv(launcher, nproc, worker_argv(plan_path))
     create_board(plan.out_dir, nproc)
     log_path = Path(plan.out_dir) / "launcher.log"
+    watch = Watch()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        last, moved = read_board(plan.out_dir), time.monotonic()
-        while True:
-            try:
-                rc = proc.wait(timeout=_POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            marks = read_board(plan.out_dir)
-            if not np.array_equal(marks, last):
-                last, moved = marks, time.monotonic()
-            elif time.monotonic() - moved > timeout_s + _START_GRACE_S * (marks.min() < READY):
-                _kill_group(proc)
-                raise RunFailed(_explain(plan, nproc, log_path,
-                                         f"no progress for {timeout_s:g} s")) from None
+        try:
+            rc = _watch(proc, plan, watch, timeout_s, nproc, log_path)
+        except BaseException:
+            _stop(proc, read_board(plan.out_dir))
+            raise
     missing = [r for r in range(nproc) if not plan.rank_file(r).exists()]
     if rc != 0 or missing:
-        raise RunFailed(_explain(plan, nproc, log_path, f"{launcher} exited with code {rc}"))
+        _stop(proc, read_board(plan.out_dir))  # a launcher may leave ranks behind
+        raise RunFailed(_explain(plan, nproc, log_path, f"{launcher} exited with code {rc}",
+                                 watch))
+
+
+def _watch(proc: subprocess.Popen, plan: Plan, watch: Watch, timeout_s: float, nproc: int,
+           log_path: Path) -> int:
+    while True:
+        try:
+            return proc.wait(timeout=_POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        board = read_board(plan.out_dir)
+        watch.update(board)
+        starting = board.size == 0 or bool((board[:, 0] < READY).any())
+        limit = timeout_s + (_START_GRACE_S if starting else 0.0)
+        silent = watch.silent(board, after_s=max(timeout_s, 3 * BEAT_S))
+        if watch.idle_s() > limit or silent:
+            raise RunFailed(_explain(plan, nproc, log_path,
+                                     f"no progress for {timeout_s:g} s", watch))
+
+
+def _stop(proc: subprocess.Popen, board: np.ndarray) -> None:
+    """The launcher's process group, then any rank still alive (torchrun starts each
+    worker in a session of its own, out of the group's reach)."""
+    _kill_group(proc)
+    for pid in rank_pids(board):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -128,7 +157,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _explain(plan: Plan, nproc: int, log_path: Path, what: str) -> str:
+def _explain(plan: Plan, nproc: int, log_path: Path, what: str, watch: Watch) -> str:
     """One line: what happened, which rank fell behind (the culprit: the others' errors
     are usually timeouts or broken connections caused by it), what ranks reported."""
     errors = []
@@ -137,7 +166,8 @@ def _explain(plan: Plan, nproc: int, log_path: Path, what: str) -> str:
         if path.exists():
             text = path.read_text(errors="replace").strip()
             errors.append(f"rank {r} reported {text[:200]}{'...' if len(text) > 200 else ''}")
-    parts = [what, describe_stall(read_board(plan.out_dir)), *errors]
+    board = read_board(plan.out_dir)
+    parts = [what, describe_stall(board, watch.silent(board)), *errors]
     if not errors:
         tail = _tail(log_path)
         parts.append(f"log {log_path}" + (f": {tail}" if tail else ""))

@@ -17,7 +17,7 @@ from jitter_models import parse_schedule
 from .bootstrap import bootstrap, shutdown
 from .context import RunContext
 from .plan import Plan
-from .progress import DONE, READY, rank_mark
+from .progress import DONE, READY, rank_slot
 
 
 def error_file(out_dir: str, rank: int) -> Path:
@@ -41,7 +41,8 @@ def run(plan_path: str) -> int:
 def _run(plan: Plan, ctx: RunContext) -> int:
     schedule = parse_schedule(plan.jitter) if plan.jitter else None
     fault = microbench.Fault.parse(plan.fault) if plan.fault else None
-    mark = rank_mark(plan.out_dir, ctx.rank)
+    slot = rank_slot(plan.out_dir, ctx.rank)
+    mark = slot.mark if slot is not None else None
     backend = bootstrap(plan.backend, ctx, plan.timeout_s)
     try:
         name = plan.injector if schedule is not None else "none"
@@ -74,4 +75,6 @@ def _run(plan: Plan, ctx: RunContext) -> int:
         backend.barrier()  # nobody leaves (and tears the group down) before all have written
     finally:
         shutdown(backend)
+        if slot is not None:
+            slot.close()
     return 0

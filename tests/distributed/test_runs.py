@@ -158,3 +158,65 @@ def test_a_directory_that_holds_a_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"already holds a run; choose another directory"):
         run_bench(p, launcher="local", nproc=1)
     assert sorted(x.name for x in Path(p.out_dir).iterdir()) == before
+
+
+@pytest.mark.parametrize("launcher,backend", [("mpirun", "mpi"), ("torchrun", "gloo")])
+def test_a_rank_stopped_inside_a_collective_is_named_and_nothing_is_left(tmp_path, launcher,
+                                                                           backend):
+    # SIGSTOP freezes the whole rank: its mark looks like the others' (all inside the same
+    # collective), but its heartbeat stops.
+    import os
+    import signal
+
+    from launch.progress import read_board
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [JITTERLAB, "bench", "--launcher", launcher, "--nproc", "2", "--backend", backend,
+         "-b", "64", "-e", "64", "-n", "1000000", "-w", "0", "--timeout", "3",
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    board = read_board(out)
+    while time.monotonic() < deadline:
+        board = read_board(out)
+        if board.size and (board[:, 0] > 50).all() and (board[:, 2] > 0).all():
+            break
+        time.sleep(0.1)
+    pids = board[:, 2].tolist()
+    os.kill(pids[1], signal.SIGSTOP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "rank 1 stopped responding (no heartbeat)" in err, err
+    for pid in pids:  # no rank survives the failed run
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-b", "3", "-e", "3"], "all_reduce: size_bytes=3 is smaller than one element"),
+    (["--coll", "all_gather", "-b", "2", "-e", "2", "--nproc", "2", "--launcher", "mpirun"],
+     "all_gather: size_bytes=2 is smaller than 2 elements (one per rank)"),
+    (["--timeout", "1e15"], "timeout_s: must be > 0 s and at most a day"),
+    (["--launcher", "srun"], "launcher: srun is not on PATH"),
+    (["--json", "/proc/x.json"], "json: cannot write '/proc/x.json'"),
+    (["--csv", "/tmp"], "csv: '/tmp' is a directory"),
+    (["--jitter", "exponential(20us"], "column 17"),
+])
+def test_bad_bench_flags_stop_before_any_process_or_file(tmp_path, args, message):
+    out = tmp_path / "run"
+    res = subprocess.run([JITTERLAB, "bench", *args, "--out", str(out)], capture_output=True,
+                         text=True, timeout=60)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr
+    assert not out.exists()
+
+
+def test_the_mpi_backend_refuses_a_launcher_that_is_not_mpi(tmp_path):
+    # Under torchrun each rank would be a separate one-process MPI world: no data would
+    # move, and the check (at world size 1) could not see it.
+    p = plan(tmp_path, backend="mpi", colls=("all_reduce",), sizes=(64,), iters=2)
+    with pytest.raises(RunFailed, match=r"backend: mpi sees a world of 1 but torchrun "
+                                        r"started 2 ranks"):
+        run_bench(p, launcher="torchrun", nproc=2)
