@@ -64,7 +64,11 @@ def _run(plan: Plan, ctx: RunContext) -> int:
             "plan": plan.as_dict(), "rank": ctx.rank, "world_size": ctx.world_size,
             "node": ctx.node, "local_rank": ctx.local_rank, "hostname": ctx.hostname,
             "launcher": ctx.launcher, "backend": getattr(backend, "backend_name", backend.name),
-            "device": backend.device, "clock_offset_ns": offset.offset_ns,
+            "device": backend.device, "injector": name,
+            "timing": ("cuda_events: t_arrive and t_done from CUDA events, anchored at the "
+                       "host's t_start (uncertain by the start event's launch latency)"
+                       if backend.device.startswith("cuda") else "host: perf_counter_ns"),
+            "clock_offset_ns": offset.offset_ns,
             "clock_offset_uncertainty_ns": offset.uncertainty_ns,
             "clock_offset_before_ns": before.offset_ns, "clock_offset_after_ns": after.offset_ns,
             "wrong": wrong,
