@@ -48,11 +48,14 @@ class Records:
         self.n = 0
 
     def add(self, step: int, site: int, op: int, nbytes: int, delay_req_ns: int,
-            t_start_ns: int, t_arrive_ns: int, t_done_ns: int) -> None:
+            t_start_ns: int, t_arrive_ns: int, t_done_ns: int,
+            delay_ns: int | None = None) -> None:
+        """``delay_ns`` defaults to ``t_arrive - t_start`` (no compute before the delay)."""
         i = self.n
         c = self.columns
         c["step"][i], c["site"][i], c["op"][i], c["bytes"][i] = step, site, op, nbytes
-        c["delay_req_ns"][i], c["delay_ns"][i] = delay_req_ns, t_arrive_ns - t_start_ns
+        c["delay_req_ns"][i] = delay_req_ns
+        c["delay_ns"][i] = t_arrive_ns - t_start_ns if delay_ns is None else delay_ns
         c["t_start_ns"][i], c["t_arrive_ns"][i], c["t_done_ns"][i] = (
             t_start_ns, t_arrive_ns, t_done_ns)
         self.n = i + 1

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 BACKENDS = ("auto", "gloo", "nccl", "mpi")
-WORKLOADS = ("microbench",)
+WORKLOADS = ("microbench", "tp_decode")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """One point's instructions for every rank."""
 
-    workload: Literal["microbench"]
+    workload: Literal["microbench", "tp_decode"]
     """What to run."""
     out_dir: str
     """Where each rank writes rank-NNNNN.parquet."""
@@ -52,6 +52,18 @@ class Plan:
     timeout_s: float = 300.0
     """Init and collective timeout: a run with no rank making progress for this long
     fails, naming the rank that stopped."""
+    model: str = "tiny"
+    """Model preset (tp_decode)."""
+    batch: int = 1
+    """Sequences decoded together (tp_decode)."""
+    steps: int = 16
+    """Recorded decode steps (tp_decode); ``warmup`` steps run first."""
+    compute: Literal["real", "emulated", "none"] = "real"
+    """tp_decode compute: run the matmuls, spin their roofline time, or skip."""
+    hardware: str = "h100"
+    """Roofline preset for compute = emulated."""
+    save_logits: bool = False
+    """tp_decode, real compute: rank 0 writes the last step's logits (logits.npy)."""
     clock_pingpong: bool = False
     """Estimate clock offsets by ping-pong even between ranks on one host (a self-check:
     the true offset there is 0). Ranks on other hosts are always measured."""
@@ -67,7 +79,8 @@ class Plan:
         if self.injector not in ("auto", "host", "cuda", "none"):
             raise ValueError(f"injector: must be auto, host, cuda or none, got "
                              f"{self.injector!r}")
-        for name, low in (("seed", 0), ("root", 0), ("iters", 1), ("warmup", 0)):
+        for name, low in (("seed", 0), ("root", 0), ("iters", 1), ("warmup", 0),
+                          ("batch", 1), ("steps", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from collectives import microbench
 from collectives.inject import make_injector
 from collectives.timing import combine, measure_offsets, write_rank_file
@@ -53,11 +55,24 @@ def _run(plan: Plan, ctx: RunContext) -> int:
         before = measure_offsets(backend, hostnames, force=plan.clock_pingpong)
         if mark is not None:
             mark[0] = READY
-        records, wrong = microbench.run(
-            backend, colls=plan.colls, sizes=plan.sizes, dtype=plan.dtype, redop=plan.redop,
-            root=plan.root, iters=plan.iters, warmup=plan.warmup, check=plan.check,
-            seed=plan.seed, schedule=schedule, injector=injector, node=ctx.node,
-            progress=mark, fault=fault)
+        wrong: list[int] = []
+        if plan.workload == "microbench":
+            records, wrong = microbench.run(
+                backend, colls=plan.colls, sizes=plan.sizes, dtype=plan.dtype,
+                redop=plan.redop, root=plan.root, iters=plan.iters, warmup=plan.warmup,
+                check=plan.check, seed=plan.seed, schedule=schedule, injector=injector,
+                node=ctx.node, progress=mark, fault=fault)
+        else:
+            from collectives import tp_decode
+            from collectives.tensor_parallel import model_config
+
+            records, logits = tp_decode.run(
+                backend, cfg=model_config(plan.model), batch=plan.batch, steps=plan.steps,
+                warmup=plan.warmup, compute=plan.compute,
+                hw=tp_decode.hardware(plan.hardware), dtype=plan.dtype, seed=plan.seed,
+                schedule=schedule, injector=injector, node=ctx.node, progress=mark)
+            if plan.save_logits and ctx.rank == 0 and logits is not None:
+                np.save(Path(plan.out_dir) / "logits.npy", logits)
         after = measure_offsets(backend, hostnames, force=plan.clock_pingpong)
         offset = combine(before, after)
         metadata = {
