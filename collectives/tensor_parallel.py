@@ -16,172 +16,27 @@ every world size shards the same full model without ever materializing it. When
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .models import (  # noqa: F401  (re-exported: the model half lives there)
+    PRESETS,
+    ModelConfig,
+    ShardLayout,
+    all_reduce_bytes,
+    model_config,
+    shard_layout,
+    site_count,
+    site_kv_read_bytes,
+    site_weight_bytes,
+)
+
 BLOCK = 128  # width of generated MLP / embedding / LM-head blocks; never depends on tp
 _TAGS = {"wq": 1, "wk": 2, "wv": 3, "wo": 4, "w_gate": 5, "w_up": 6, "w_down": 7,
          "attn_norm": 8, "mlp_norm": 9, "embed": 10, "lm_head": 11, "final_norm": 12}
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Dimensions of a Llama-style decoder."""
-
-    name: str
-    """Preset or user-given name."""
-    hidden: int
-    """Model (residual stream) width."""
-    layers: int
-    """Number of transformer layers."""
-    heads: int
-    """Query heads."""
-    kv_heads: int
-    """Key/value heads (GQA); divides heads."""
-    ffn: int
-    """MLP intermediate width."""
-    vocab: int
-    """Vocabulary size."""
-    head_dim: int = 128
-    """Width of one attention head (even, for RoPE)."""
-    norm_eps: float = 1e-5
-    """RMSNorm epsilon."""
-    rope_theta: float = 500000.0
-    """RoPE base."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name: must be a non-empty string, got {self.name!r}")
-        for f in ("hidden", "layers", "heads", "kv_heads", "ffn", "vocab", "head_dim"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{f}: must be an integer >= 1, got {v!r}")
-        if self.heads % self.kv_heads:
-            raise ValueError(f"kv_heads: must divide heads={self.heads}, got {self.kv_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim: must be even (RoPE rotates pairs), got {self.head_dim}")
-        for f in ("norm_eps", "rope_theta"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-                raise ValueError(f"{f}: must be a finite number > 0, got {v!r}")
-
-
-def _preset(name: str, hidden: int, layers: int, heads: int, kv_heads: int, ffn: int,
-            vocab: int, **kw) -> ModelConfig:
-    return ModelConfig(name=name, hidden=hidden, layers=layers, heads=heads,
-                       kv_heads=kv_heads, ffn=ffn, vocab=vocab, **kw)
-
-
-PRESETS: dict[str, ModelConfig] = {c.name: c for c in (
-    _preset("llama-2-7b", 4096, 32, 32, 32, 11008, 32000, rope_theta=10000.0),
-    _preset("llama-3-8b", 4096, 32, 32, 8, 14336, 128256),
-    _preset("llama-3-70b", 8192, 80, 64, 8, 28672, 128256),
-    _preset("llama-3.1-405b", 16384, 126, 128, 8, 53248, 128256),
-    _preset("tiny", 256, 2, 8, 2, 1024, 512, head_dim=32),
-    _preset("small", 512, 4, 16, 4, 2048, 1024, head_dim=32),
-)}
-
-
-def model_config(name_or_dict: str | Mapping[str, object] | ModelConfig) -> ModelConfig:
-    """A preset by name, or a custom config from a mapping of ModelConfig fields."""
-    if isinstance(name_or_dict, ModelConfig):
-        return name_or_dict
-    if isinstance(name_or_dict, str):
-        if name_or_dict not in PRESETS:
-            raise ValueError(f"model: unknown {name_or_dict!r} (known: {', '.join(PRESETS)})")
-        return PRESETS[name_or_dict]
-    known = {f.name for f in fields(ModelConfig)}
-    unknown = sorted(set(name_or_dict) - known)
-    if unknown:
-        raise ValueError(f"model: unknown field(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(known))})")
-    return ModelConfig(**{"name": "custom", **name_or_dict})
-
-
-@dataclass(frozen=True)
-class ShardLayout:
-    """What one rank of a TP group holds; the same for every rank except the index ranges."""
-
-    cfg: ModelConfig
-    tp: int
-    heads_per_rank: int
-    kv_heads_per_rank: int
-    kv_replicated: bool
-    """True when kv_heads < tp: each KV head lives on tp // kv_heads ranks."""
-    ffn_per_rank: int
-
-    def heads(self, rank: int) -> range:
-        """Global query heads of `rank`."""
-        return range(rank * self.heads_per_rank, (rank + 1) * self.heads_per_rank)
-
-    def kv_heads(self, rank: int) -> range:
-        """Global KV heads of `rank`."""
-        if self.kv_replicated:
-            h = rank // (self.tp // self.cfg.kv_heads)
-            return range(h, h + 1)
-        return range(rank * self.kv_heads_per_rank, (rank + 1) * self.kv_heads_per_rank)
-
-    def ffn_columns(self, rank: int) -> range:
-        """Global MLP intermediate columns of `rank`."""
-        return range(rank * self.ffn_per_rank, (rank + 1) * self.ffn_per_rank)
-
-
-def shard_layout(cfg: ModelConfig, tp: int) -> ShardLayout:
-    """Split `cfg` over `tp` ranks; ValueError when the world size does not fit the model."""
-    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-        raise ValueError(f"world size: must be an integer >= 1, got {tp!r}")
-    if cfg.heads % tp:
-        raise ValueError(f"world size {tp} does not divide heads={cfg.heads}")
-    if cfg.kv_heads >= tp:
-        if cfg.kv_heads % tp:
-            raise ValueError(f"world size {tp} does not divide kv_heads={cfg.kv_heads}")
-        kv_per_rank, replicated = cfg.kv_heads // tp, False
-    else:
-        if tp % cfg.kv_heads:
-            raise ValueError(f"kv_heads={cfg.kv_heads} does not divide world size {tp} "
-                             "(needed to replicate KV heads)")
-        kv_per_rank, replicated = 1, True
-    if cfg.ffn % tp:
-        raise ValueError(f"world size {tp} does not divide ffn={cfg.ffn}")
-    return ShardLayout(cfg, tp, cfg.heads // tp, kv_per_rank, replicated, cfg.ffn // tp)
-
-
-def site_count(cfg: ModelConfig) -> int:
-    """Collective sites per decode step: one after attention, one after the MLP, per layer."""
-    return 2 * cfg.layers
-
-
-def all_reduce_bytes(cfg: ModelConfig, batch: int, dtype_bytes: int) -> int:
-    """Message size of every all-reduce: batch x hidden x dtype bytes."""
-    return batch * cfg.hidden * dtype_bytes
-
-
-def site_weight_bytes(layout: ShardLayout, site: int, dtype_bytes: int) -> int:
-    """Weight bytes one rank reads in the compute before `site` (norm included).
-
-    Embedding, final norm and LM head belong to no site.
-    """
-    c = layout.cfg
-    if site % 2 == 0:
-        q = layout.heads_per_rank * c.head_dim
-        kv = layout.kv_heads_per_rank * c.head_dim
-        params = c.hidden + c.hidden * (q + 2 * kv) + q * c.hidden
-    else:
-        params = c.hidden + 3 * c.hidden * layout.ffn_per_rank
-    return params * dtype_bytes
-
-
-def site_kv_read_bytes(layout: ShardLayout, site: int, pos: int, batch: int,
-                       dtype_bytes: int) -> int:
-    """KV-cache bytes one rank reads before `site` when decoding position `pos` (0 for MLP)."""
-    if site % 2:
-        return 0
-    return 2 * batch * layout.kv_heads_per_rank * (pos + 1) * layout.cfg.head_dim * dtype_bytes
 
 
 def _block(seed: int, layer: int, tag: str, index: int, shape: tuple[int, int],

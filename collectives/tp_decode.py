@@ -76,7 +76,7 @@ def site_costs(layout: Any, batch: int, pos: int, dtype_bytes: int
     """((bytes, flops) of the attention site, (bytes, flops) of the MLP site) for one
     rank at position ``pos``: its weights read once, its KV cache read up to ``pos``;
     2 FLOPs per weight per sequence, plus the attention scores and mix over the cache."""
-    from .tensor_parallel import site_kv_read_bytes, site_weight_bytes
+    from .models import site_kv_read_bytes, site_weight_bytes
 
     out = []
     for site in (0, 1):
@@ -154,7 +154,7 @@ def run(backend: Backend, *, cfg: Any, batch: int, steps: int, warmup: int, comp
             logits = out
         logits = backend.to_numpy(logits.reshape(-1)).reshape(batch, cfg.vocab)
     else:
-        from .tensor_parallel import shard_layout
+        from .models import shard_layout
 
         layout = shard_layout(cfg, n)  # a world size that does not divide the heads fails
         spin = HostInjector()

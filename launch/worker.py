@@ -64,7 +64,7 @@ def _run(plan: Plan, ctx: RunContext) -> int:
                 node=ctx.node, progress=mark, fault=fault)
         else:
             from collectives import tp_decode
-            from collectives.tensor_parallel import model_config
+            from collectives.models import model_config
 
             records, logits = tp_decode.run(
                 backend, cfg=model_config(plan.model), batch=plan.batch, steps=plan.steps,
