@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="run directory for --run (default runs/doctor/<time>)")
     dr.add_argument("--json", metavar="FILE")
 
+    v = sub.add_parser("validate", help="check a sweep spec (fast: no torch, no processes)",
+                       description="Parse and validate a TOML sweep spec and list its points.")
+    v.add_argument("spec", help="SPEC.toml")
+
     w = sub.add_parser("worker", help="run one rank of a plan (started by a launcher)")
     w.add_argument("plan", help="PLAN.json written by the parent")
 
@@ -272,6 +276,20 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+    from .sweep import expand
+
+    spec = load_spec(args.spec)
+    points = expand(spec)
+    print(f"{args.spec}: ok: {spec.name}, {spec.workload} {spec.model.name} "
+          f"({spec.compute} compute), world sizes {list(spec.world_sizes)}, "
+          f"{len(spec.schedules)} schedules, {len(points)} points")
+    for p in points:
+        print(f"  {p.id}  N={p.world_size:<5} batch={p.batch:<4} {p.schedule.name}")
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from launch.worker import run
 
@@ -279,7 +297,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"maxtable": _cmd_maxtable, "describe": _cmd_describe, "bench": _cmd_bench,
-             "calibrate": _cmd_calibrate, "doctor": _cmd_doctor, "worker": _cmd_worker}
+             "calibrate": _cmd_calibrate, "doctor": _cmd_doctor, "validate": _cmd_validate,
+             "worker": _cmd_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

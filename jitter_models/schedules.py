@@ -218,12 +218,24 @@ def schedule_from_table(table: Mapping[str, Any]) -> Schedule:
         ranks = stragglers.get("ranks")
         if ranks is not None and not isinstance(ranks, (list, tuple)):
             raise ValueError(f"stragglers: ranks: expected a list of ranks, got {ranks!r}")
-        stragglers = Stragglers(dist=parse(stragglers["dist"]), count=stragglers.get("count"),
+        stragglers = Stragglers(dist=_at("stragglers.dist", parse, stragglers["dist"]),
+                                count=stragglers.get("count"),
                                 ranks=tuple(ranks) if ranks is not None else None)
-    return Schedule(dist=parse(table["dist"]), name=table.get("name", ""),
+    return Schedule(dist=_at("dist", parse, table["dist"]), name=table.get("name", ""),
                     scope=table.get("scope", "rank"),
-                    temporal=parse_temporal(table.get("temporal", "iid")),
+                    temporal=_at("temporal", parse_temporal, table.get("temporal", "iid")),
                     stragglers=stragglers)
+
+
+def _at(key: str, fn: Any, value: Any) -> Any:
+    """``fn(value)``, with errors prefixed by the key they came from."""
+    try:
+        return fn(value)
+    except ValueError as exc:
+        text = str(exc)
+        if text.startswith("jitter: "):
+            raise
+        raise ValueError(f"jitter: {key}: {text}") from None
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
