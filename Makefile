@@ -26,8 +26,7 @@ $(STAMP): pyproject.toml | $(VPY)
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/jitterlab maxtable --json runs/demo/maxtable.json
-	@echo "rows written to runs/demo/maxtable.json"
+	$(VENV)/bin/jitterlab run quickstart --out runs/quickstart
 
 test: install
 	$(VPY) -m pytest -q -p no:cacheprovider

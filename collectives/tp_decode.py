@@ -5,8 +5,9 @@ Compute modes:
 - ``real``: the model's matmuls run (``tensor_parallel.TPDecoder``), logits come out.
 - ``emulated``: each site's compute is a spin of its roofline time on a hardware preset,
   max(bytes moved / HBM bandwidth, FLOPs / peak), from the weight and KV bytes one rank
-  reads at that site, so a CPU box reproduces the timing structure of a large model on
-  many GPUs; the all-reduces move the real message size (batch x hidden).
+  reads at that site (bf16: 2 bytes each, whatever the message dtype), so a CPU box
+  reproduces the timing structure of a large model on many GPUs; the all-reduces move the
+  real message size (batch x hidden in the run's dtype).
 - ``none``: no compute, only delays and all-reduces.
 
 Records (ARCHITECTURE.md): one row per (step, site): ``t_start`` when the site's compute
@@ -29,6 +30,7 @@ from .timing import Records, now_ns
 
 COMPUTE_MODES = ("real", "emulated", "none")
 STEP_SITE = -1  # the per-step row
+EMULATED_WEIGHT_BYTES = 2  # the roofline's weights and KV cache are bf16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +165,8 @@ def run(backend: Backend, *, cfg: Any, batch: int, steps: int, warmup: int, comp
             sites.step = s
             backend.barrier()
             t0 = now_ns()
-            costs = site_costs(layout, batch, s, esize) if compute == "emulated" else None
+            costs = (site_costs(layout, batch, s, EMULATED_WEIGHT_BYTES)
+                     if compute == "emulated" else None)
             for site in range(n_sites):
                 sites.site_start(site)
                 if costs is not None:

@@ -117,6 +117,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="run directory for --run (default runs/doctor/<time>)")
     dr.add_argument("--json", metavar="FILE")
 
+    r = sub.add_parser("run", help="run a sweep spec and write its scaling report",
+                       description="Run every point of a TOML sweep (resumable), then "
+                                   "write report.md, report.html and CSV tables.")
+    r.add_argument("spec", help="SPEC.toml, or a preset name such as quickstart")
+    r.add_argument("--out", metavar="DIR", help="result folder (default runs/<spec name>)")
+    rp = sub.add_parser("report", help="(re)write the report of a result folder")
+    rp.add_argument("dir")
+    sh = sub.add_parser("show", help="a result folder's scaling table in the terminal")
+    sh.add_argument("dir")
+
     v = sub.add_parser("validate", help="check a sweep spec (fast: no torch, no processes)",
                        description="Parse and validate a TOML sweep spec and list its points.")
     v.add_argument("spec", help="SPEC.toml")
@@ -276,6 +286,71 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_spec_arg(text: str):
+    from pathlib import Path
+
+    from .maxtable import load_preset, preset_names
+    from .spec import load_spec, parse_spec
+
+    if not Path(text).exists() and text in preset_names():
+        doc = load_preset(text)
+        return parse_spec(doc, default_name=text), doc
+    spec = load_spec(text)
+    from .maxtable import load_toml
+
+    return spec, load_toml(Path(text).read_text(encoding="utf-8"), text)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+    from .runner import run_sweep
+
+    spec, doc = _load_spec_arg(args.spec)
+    out = Path(args.out or Path("runs") / spec.name)
+    outcome = run_sweep(spec, doc, out)
+    data = write_report(out)
+    print(f"{outcome.done} points run, {outcome.skipped} already complete, "
+          f"{len(outcome.failed)} failed")
+    print(f"report: {out / 'report.html'} (and report.md, CSV tables, plots)")
+    for line in data["headlines"].values():
+        print(f"  {line}")
+    return 1 if outcome.failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    if not (Path(args.dir) / "manifest.json").exists():
+        raise ValueError(f"dir: {args.dir!r} is not a jitterlab result folder (no manifest)")
+    data = write_report(args.dir)
+    print(f"report: {Path(args.dir) / 'report.html'}")
+    for line in data["headlines"].values():
+        print(f"  {line}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import build
+
+    if not (Path(args.dir) / "manifest.json").exists():
+        raise ValueError(f"dir: {args.dir!r} is not a jitterlab result folder (no manifest)")
+    data = build(args.dir)
+    head = f"{'schedule':>14}{'N':>6}{'mean_ms':>10}{'p99_ms':>10}{'eff_mean':>10}{'tax_p99':>9}"
+    print(head)
+    for r in data["scaling"]:
+        eff = "n/a" if r["efficiency_mean"] is None else f"{r['efficiency_mean']:.3f}"
+        tax = "n/a" if r["jitter_tax_p99"] is None else f"{r['jitter_tax_p99']:.3f}"
+        print(f"{r['schedule']:>14}{r['world_size']:>6}{r['mean_s'] * 1e3:>10.3f}"
+              f"{r['p99_s'] * 1e3:>10.3f}{eff:>10}{tax:>9}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .spec import load_spec
     from .sweep import expand
@@ -298,6 +373,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"maxtable": _cmd_maxtable, "describe": _cmd_describe, "bench": _cmd_bench,
              "calibrate": _cmd_calibrate, "doctor": _cmd_doctor, "validate": _cmd_validate,
+             "run": _cmd_run, "report": _cmd_report, "show": _cmd_show,
              "worker": _cmd_worker}
 
 

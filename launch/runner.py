@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,32 @@ def mpirun_flavour(mpirun: str) -> str:
     return "mpich" if ("hydra" in text or "mpich" in text) else "openmpi"
 
 
-def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: float) -> None:
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the launcher gets SIGKILL when the process that started it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def stop_stale(pgid: int, out_dir: str | Path) -> None:
+    """Stop what a killed parent left running: the launcher's group and the ranks on its
+    progress board (which may sit in sessions of their own)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in rank_pids(read_board(out_dir)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: float,
+             on_start: Callable[[int], None] | None = None) -> None:
     """Run the plan's ranks; raise RunFailed unless every rank wrote its records file.
 
     A watchdog reads the progress board: when no rank's mark has moved for ``timeout_s``
@@ -103,8 +129,11 @@ def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: flo
     watch = Watch()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
+            if on_start is not None:
+                on_start(proc.pid)  # the launcher leads its own process group
             rc = _watch(proc, plan, watch, timeout_s, nproc, log_path)
         except BaseException:
             _stop(proc, read_board(plan.out_dir))

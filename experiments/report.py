@@ -1,0 +1,215 @@
+"""The scaling report of a sweep: ``report.md`` with PNG plots beside it, a self-contained
+``report.html`` (plots embedded), and CSV tables, from ``points/*/summary.json``."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from jitter_models import parse_schedule
+
+from .analysis import predicted_site_max_us, scaling, useful_parallelism
+from .atomic import write_text_atomic
+
+DEFINITIONS = [
+    ("step latency", "per token: the max over ranks of the step's duration on that rank"),
+    ("p50, p99", "nearest-rank percentiles over the recorded (post-warm-up) steps, with "
+                 "95% distribution-free intervals (binomial order statistics)"),
+    ("speedup S(N)", "T(1)/T(N) for the same schedule, delays injected at N = 1 too"),
+    ("efficiency E(N)", "S(N)/N, from the mean and from the p99 step latency"),
+    ("jitter tax", "T_schedule(N)/T_none(N)"),
+    ("useful parallelism", "the largest N with E_mean(N) >= 0.5; N_opt = argmin p99"),
+    ("site max", "mean over collectives of the max over ranks of the injected delay; "
+                 "predicted from the order statistics of the schedule"),
+]
+
+
+def load_summaries(root: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((root / "points").glob("*/summary.json")):
+        out.append(json.loads(path.read_text()))
+    return out
+
+
+def build(root: str | Path) -> dict[str, Any]:
+    """Tables for the report: per point, per (schedule, N) scaling, per schedule headline."""
+    root = Path(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    spec = manifest["spec"]
+    schedules = {t.get("name"): parse_schedule(t) for t in spec.get("jitter", [])}
+    seed = int(spec.get("seed", 0))
+    summaries = load_summaries(root)
+    points = []
+    for s in summaries:
+        lat = s["step_latency"]
+        sched = schedules.get(s["schedule"])
+        pred = (predicted_site_max_us(sched, seed, s["world_size"],
+                                      int(spec.get("ranks_per_node", 8)))
+                if sched is not None else None)
+        points.append({"schedule": s["schedule"], "world_size": s["world_size"],
+                       "batch": s["batch"], "n_steps": lat["n"],
+                       "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
+                       "p99_ci_us": lat["p99_ci_us"], "mean_us": lat["mean_us"],
+                       "mean_s": lat["mean_us"] / 1e6, "p99_s": lat["p99_us"] / 1e6,
+                       **{f"{k}": v for k, v in s["decomposition_us"].items()
+                          if k.endswith("_us")},
+                       "site_max_requested_us": s["site_max_us"]["requested_us"],
+                       "site_max_predicted_us": pred})
+    rows = scaling([{k: p[k] for k in ("schedule", "world_size", "mean_s", "p99_s")}
+                    for p in points])
+    useful = useful_parallelism(rows)
+    return {"spec": spec, "points": points, "scaling": rows, "useful": useful,
+            "headlines": _headlines(rows, useful)}
+
+
+def _headlines(rows: list[dict], useful: dict) -> dict[str, str]:
+    out = {}
+    for name in sorted({r["schedule"] for r in rows}):
+        mine = sorted((r for r in rows if r["schedule"] == name), key=lambda r: r["world_size"])
+        last = mine[-1]
+        eff = last["efficiency_mean"]
+        tax = last["jitter_tax_p99"]
+        parts = [f"{name}: p99 step latency {last['p99_s'] * 1e3:.2f} ms at N = "
+                 f"{last['world_size']}"]
+        if eff is not None:
+            parts.append(f"efficiency {eff:.2f}")
+        if tax is not None and name != "none":
+            parts.append(f"jitter tax on p99 x{tax:.3f}")
+        u = useful.get(name, {})
+        parts.append(f"useful parallelism {u.get('n_useful')}, N_opt {u.get('n_opt')}")
+        out[name] = "; ".join(parts) + "."
+    return out
+
+
+def _plots(data: dict[str, Any]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    rows = data["scaling"]
+    names = sorted({r["schedule"] for r in rows})
+
+    def save(fig) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return buf.getvalue()
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        mine = sorted((r for r in rows if r["schedule"] == name), key=lambda r: r["world_size"])
+        n = [r["world_size"] for r in mine]
+        ax.plot(n, [r["p99_s"] * 1e3 for r in mine], marker="o", label=f"{name} p99")
+        ax.plot(n, [r["mean_s"] * 1e3 for r in mine], ls="--", alpha=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("world size N (ranks)")
+    ax.set_ylabel("step latency (ms); solid p99, dashed mean")
+    ax.legend(fontsize=7)
+    out["latency_vs_n.png"] = save(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        mine = sorted((r for r in rows if r["schedule"] == name and r["efficiency_mean"]
+                       is not None), key=lambda r: r["world_size"])
+        ax.plot([r["world_size"] for r in mine], [r["efficiency_mean"] for r in mine],
+                marker="o", label=name)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("world size N (ranks)")
+    ax.set_ylabel("efficiency E(N) = S(N)/N (mean)")
+    ax.legend(fontsize=7)
+    out["efficiency_vs_n.png"] = save(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [p for p in data["points"] if p["site_max_predicted_us"] is not None]
+    ax.scatter([p["site_max_predicted_us"] for p in pts],
+               [p["site_max_requested_us"] for p in pts])
+    lim = max([1.0] + [p["site_max_predicted_us"] for p in pts]
+              + [p["site_max_requested_us"] for p in pts])
+    ax.plot([0, lim], [0, lim], color="grey", lw=0.8)
+    ax.set_xlabel("predicted E[max over ranks] of a site's delay (µs)")
+    ax.set_ylabel("measured mean max over ranks (µs)")
+    out["predicted_vs_measured.png"] = save(fig)
+    return out
+
+
+def write_report(root: str | Path) -> dict[str, Any]:
+    """report.md, report.html, plots and CSV tables under ``root``; returns the data."""
+    root = Path(root)
+    data = build(root)
+    plots = _plots(data)
+    for name, png in plots.items():
+        tmp = root / f".{name}.tmp"
+        tmp.write_bytes(png)
+        tmp.replace(root / name)
+    for name, table in (("points.csv", data["points"]), ("scaling.csv", data["scaling"])):
+        write_text_atomic(root / name, _csv(table))
+    write_text_atomic(root / "report.md", _markdown(data, plots))
+    write_text_atomic(root / "report.html", _html(data, plots))
+    return data
+
+
+def _csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _table(rows: list[dict], keys: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return lines
+
+
+def _markdown(data: dict, plots: dict[str, bytes]) -> str:
+    spec = data["spec"]
+    lines = [f"# jitterlab report: {spec.get('name')}", "",
+             f"{spec.get('workload')} of {spec.get('model')} ({spec.get('compute')} compute, "
+             f"{spec.get('hardware')}), world sizes {spec.get('world_sizes')}, backend "
+             f"{spec.get('backend')}, {spec.get('steps')} recorded steps per point.", "",
+             "## Headlines", ""]
+    lines += [f"- {h}" for h in data["headlines"].values()]
+    lines += ["", "## Scaling", ""]
+    lines += _table(data["scaling"], ["schedule", "world_size", "mean_s", "p99_s",
+                                      "efficiency_mean", "efficiency_p99", "jitter_tax_p99",
+                                      "tail_amplification"])
+    lines += ["", "## Points (µs)", ""]
+    lines += _table(data["points"], ["schedule", "world_size", "n_steps", "p50_us", "p99_us",
+                                     "p99_ci_us", "compute_us", "delay_us", "skew_wait_us",
+                                     "collective_us", "site_max_requested_us",
+                                     "site_max_predicted_us"])
+    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in plots]
+    lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
+    return "\n".join(lines) + "\n"
+
+
+def _html(data: dict, plots: dict[str, bytes]) -> str:
+    import html
+
+    md = _markdown(data, {})
+    body = "<pre>" + html.escape(md) + "</pre>"
+    imgs = "".join(f'<h3>{html.escape(n)}</h3><img alt="{html.escape(n)}" '
+                   f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                   for n, png in plots.items())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>jitterlab report"
+            f"</title></head><body>{body}{imgs}</body></html>\n")

@@ -1,0 +1,110 @@
+"""Sweeps end to end: points run and committed, a report with its plots, resume, failed
+points recorded while the sweep goes on, and a sweep killed mid-way resumed without loss
+or duplication."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
+
+SPEC = """
+name = "t"
+workload = "tp_decode"
+model = "tiny"
+compute = "none"
+world_sizes = [1, 2]
+backend = "mpi"
+steps = {steps}
+warmup = 1
+launcher = "{launcher}"
+
+[[jitter]]
+name = "none"
+dist = "constant(0s)"
+
+[[jitter]]
+name = "exp"
+dist = "exponential(20us)"
+"""
+
+
+def write_spec(tmp_path: Path, steps: int = 5, launcher: str = "auto") -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC.format(steps=steps, launcher=launcher))
+    return path
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([JITTERLAB, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_a_sweep_runs_reports_and_resumes(tmp_path):
+    spec = write_spec(tmp_path)
+    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out"
+    points = sorted(p.name for p in (out / "points").iterdir())
+    assert len(points) == 4 and not any(p.startswith(".tmp") for p in points)
+    for p in points:
+        summary = json.loads((out / "points" / p / "summary.json").read_text())
+        assert summary["step_latency"]["n"] == 5
+        assert len(list((out / "points" / p).glob("rank-*.parquet"))) == summary["world_size"]
+    for name in ("report.md", "report.html", "points.csv", "scaling.csv",
+                 "latency_vs_n.png", "efficiency_vs_n.png", "predicted_vs_measured.png",
+                 "manifest.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "latency_vs_n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["spec"]["name"] == "t" and manifest["versions"]["numpy"]
+    again = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    assert again.returncode == 0 and "0 points run, 4 already complete" in again.stdout
+    shown = run("show", "out", cwd=tmp_path)
+    assert shown.returncode == 0 and len(shown.stdout.strip().splitlines()) == 1 + 4
+
+
+def test_failed_points_are_recorded_and_the_sweep_goes_on(tmp_path):
+    spec = write_spec(tmp_path, launcher="srun")  # no SLURM here: every point fails
+    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    assert res.returncode == 1
+    failed = sorted((tmp_path / "out" / "failed").glob("*.json"))
+    assert len(failed) == 4
+    info = json.loads(failed[0].read_text())
+    assert "srun is not on PATH" in info["error"]
+    assert not any((tmp_path / "out" / "points").iterdir())
+
+
+def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
+    spec = write_spec(tmp_path, steps=400)
+    proc = subprocess.Popen([JITTERLAB, "run", str(spec), "--out", "out"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    points = tmp_path / "out" / "points"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = [p for p in points.glob("*") if not p.name.startswith(".")] \
+            if points.exists() else []
+        if len(done) >= 1 and list(points.glob(".tmp-*")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(2)  # the launcher dies with its parent (PR_SET_PDEATHSIG), its ranks with it
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps
+    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    names = sorted(p.name for p in points.iterdir())
+    assert len(names) == 4 and len(set(names)) == 4
+    assert not any(n.startswith(".tmp") for n in names)
+    # No rank of the killed sweep is still running.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps
+    assert os.path.exists(tmp_path / "out" / "report.html")
