@@ -38,6 +38,7 @@ bench: install
 	$(VPY) benchmarks/bench_jitter_models.py
 	$(VPY) benchmarks/bench_inject.py
 	$(VPY) benchmarks/bench_harness.py
+	$(VPY) benchmarks/bench_analysis.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

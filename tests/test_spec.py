@@ -82,3 +82,14 @@ def test_points_are_the_product_and_ids_are_stable_and_content_addressed():
     assert [p.id for p in expand(parse_spec(doc(batch=[1, 4], name="other",
                                                 timeout_s=5)))] == ids
     assert not set(p.id for p in expand(parse_spec(doc(batch=[1, 4], seed=1)))) & set(ids)
+
+
+def test_every_shipped_sweep_preset_is_valid():
+    from experiments.maxtable import load_preset, preset_names
+
+    sweeps = [n for n in preset_names() if "workload" in load_preset(n)]
+    assert {"quickstart", "llama-3-70b-h100-emulated", "llama-3-70b-h100",
+            "two-node-slurm"} <= set(sweeps)
+    for name in sweeps:
+        spec = parse_spec(load_preset(name), default_name=name)
+        assert spec.name == name and expand(spec)
