@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jitter_models import parse_schedule
 
 from .analysis import predicted_site_max_us, scaling, useful_parallelism
@@ -50,7 +52,8 @@ def build(root: str | Path) -> dict[str, Any]:
         pred = (predicted_site_max_us(sched, seed, s["world_size"],
                                       int(spec.get("ranks_per_node", 8)))
                 if sched is not None else None)
-        points.append({"schedule": s["schedule"], "world_size": s["world_size"],
+        points.append({"point": s["point"], "schedule": s["schedule"],
+                       "world_size": s["world_size"],
                        "batch": s["batch"], "n_steps": lat["n"],
                        "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
                        "p99_ci_us": lat["p99_ci_us"], "mean_us": lat["mean_us"],
@@ -63,7 +66,31 @@ def build(root: str | Path) -> dict[str, Any]:
                     for p in points])
     useful = useful_parallelism(rows)
     return {"spec": spec, "points": points, "scaling": rows, "useful": useful,
-            "headlines": _headlines(rows, useful)}
+            "headlines": _headlines(rows, useful), "largest": _largest(root, points)}
+
+
+def _largest(root: Path, points: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per schedule, the largest-N point's step latencies and per-rank mean wait per site
+    (t_done - t_arrive, µs), read back from its rank files."""
+    from collectives.timing import read_rank_file
+
+    from .analysis import step_latencies
+
+    out: dict[str, dict[str, Any]] = {}
+    for p in points:
+        if p["schedule"] in out and out[p["schedule"]]["world_size"] >= p["world_size"]:
+            continue
+        files = sorted((root / "points" / p["point"]).glob("rank-*.parquet"))
+        tables = [read_rank_file(f)[0] for f in files]
+        waits = []
+        for t in tables:
+            site = t["site"] >= 0
+            n_sites = int(t["site"][site].max()) + 1
+            w = (t["t_done_ns"][site] - t["t_arrive_ns"][site]).reshape(-1, n_sites)
+            waits.append(w.mean(axis=0) / 1e3)
+        out[p["schedule"]] = {"world_size": p["world_size"],
+                              "steps_s": step_latencies(tables), "wait_us": waits}
+    return out
 
 
 def _headlines(rows: list[dict], useful: dict) -> dict[str, str]:
@@ -105,8 +132,9 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
     for name in names:
         mine = sorted((r for r in rows if r["schedule"] == name), key=lambda r: r["world_size"])
         n = [r["world_size"] for r in mine]
-        ax.plot(n, [r["p99_s"] * 1e3 for r in mine], marker="o", label=f"{name} p99")
-        ax.plot(n, [r["mean_s"] * 1e3 for r in mine], ls="--", alpha=0.6)
+        (line,) = ax.plot(n, [r["p99_s"] * 1e3 for r in mine], marker="o", label=name)
+        ax.plot(n, [r["mean_s"] * 1e3 for r in mine], ls="--", alpha=0.6,
+                color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("world size N (ranks)")
     ax.set_ylabel("step latency (ms); solid p99, dashed mean")
@@ -127,6 +155,26 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
     out["efficiency_vs_n.png"] = save(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    for name, big in sorted(data["largest"].items()):
+        x = np.sort(big["steps_s"]) * 1e3
+        ax.step(x, np.arange(1, x.size + 1) / x.size, where="post",
+                label=f"{name} (N={big['world_size']})")
+    ax.set_xlabel("step latency (ms)")
+    ax.set_ylabel("fraction of steps")
+    ax.legend(fontsize=7)
+    out["step_latency_cdf.png"] = save(fig)
+
+    for name, big in sorted(data["largest"].items()):
+        fig, ax = plt.subplots(figsize=(6, 2 + 0.15 * len(big["wait_us"])))
+        im = ax.imshow(np.array(big["wait_us"]), aspect="auto", cmap="viridis")
+        ax.set_xlabel("site (collective index in the step)")
+        ax.set_ylabel("rank")
+        ax.set_yticks(range(len(big["wait_us"])))
+        ax.set_title(f"{name}, N={big['world_size']}: mean wait in the all-reduce (µs)")
+        fig.colorbar(im, ax=ax)
+        out[f"wait_heatmap_{_slug(name)}.png"] = save(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
     pts = [p for p in data["points"] if p["site_max_predicted_us"] is not None]
     ax.scatter([p["site_max_predicted_us"] for p in pts],
                [p["site_max_requested_us"] for p in pts])
@@ -139,6 +187,10 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
     return out
 
 
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60]
+
+
 def write_report(root: str | Path) -> dict[str, Any]:
     """report.md, report.html, plots and CSV tables under ``root``; returns the data."""
     root = Path(root)
@@ -149,6 +201,7 @@ def write_report(root: str | Path) -> dict[str, Any]:
         tmp.write_bytes(png)
         tmp.replace(root / name)
     for name, table in (("points.csv", data["points"]), ("scaling.csv", data["scaling"])):
+        table = [{k: v for k, v in r.items()} for r in table]
         write_text_atomic(root / name, _csv(table))
     write_text_atomic(root / "report.md", _markdown(data, plots))
     write_text_atomic(root / "report.html", _html(data, plots))
