@@ -39,6 +39,7 @@ bench: install
 	$(VPY) benchmarks/bench_inject.py
 	$(VPY) benchmarks/bench_harness.py
 	$(VPY) benchmarks/bench_analysis.py
+	$(VPY) benchmarks/bench_recording.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

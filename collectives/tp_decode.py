@@ -101,11 +101,17 @@ class _Sites:
         self.nbytes, self.mark, self.n_sites = nbytes, mark, n_sites
         self.step = 0
         self._t_start = 0
+        self.record = True
 
     def site_start(self, site: int) -> None:
         self._t_start = now_ns()
 
     def all_reduce(self, t: Any, site: int) -> None:
+        if not self.record:  # only the step's own start and end are kept
+            self.injector.inject(now_ns(), int(self.delays[self.step, site]))
+            self.backend.all_reduce(t)
+            self.backend.synchronize()
+            return
         d = int(self.delays[self.step, site])
         t_delay = now_ns()  # compute done: the delay starts here
         self.injector.inject(t_delay, d)
@@ -120,10 +126,11 @@ class _Sites:
 
 def run(backend: Backend, *, cfg: Any, batch: int, steps: int, warmup: int, compute: str,
         hw: Hardware | None, dtype: str, seed: int, schedule: Schedule | None,
-        injector: Injector, node: int, progress: np.ndarray | None = None
-        ) -> tuple[Records, np.ndarray | None]:
+        injector: Injector, node: int, progress: np.ndarray | None = None,
+        record_sites: bool = True) -> tuple[Records, np.ndarray | None]:
     """Decode ``warmup + steps`` tokens; only the last ``steps`` are recorded. Returns the
-    records and, in ``real`` mode, the last step's logits (batch x vocab)."""
+    records and, in ``real`` mode, the last step's logits (batch x vocab).
+    ``record_sites=False`` keeps only the per-step rows (to measure recording's cost)."""
     if compute not in COMPUTE_MODES:
         raise ValueError(f"compute: must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}")
     n, rank = backend.world_size, backend.rank
@@ -139,6 +146,7 @@ def run(backend: Backend, *, cfg: Any, batch: int, steps: int, warmup: int, comp
     esize = elem_size(dtype)
     sites = _Sites(backend, records, delays_ns, injector, batch * cfg.hidden * esize, mark,
                    n_sites)
+    sites.record = record_sites
     logits = None
     if compute == "real":
         from .tensor_parallel import TPDecoder
