@@ -65,8 +65,16 @@ def build(root: str | Path) -> dict[str, Any]:
     rows = scaling([{k: p[k] for k in ("schedule", "world_size", "mean_s", "p99_s")}
                     for p in points])
     useful = useful_parallelism(rows)
+    from collectives.models import model_config
+
+    from .model import build as build_model
+
+    n_sites = 2 * model_config(spec.get("model", "tiny")).layers
+    model = build_model(points, schedules, n_sites=n_sites, seed=seed,
+                        ranks_per_node=int(spec.get("ranks_per_node", 8)))
     return {"spec": spec, "points": points, "scaling": rows, "useful": useful,
-            "headlines": _headlines(rows, useful), "largest": _largest(root, points)}
+            "headlines": _headlines(rows, useful), "largest": _largest(root, points),
+            "model": model}
 
 
 def _largest(root: Path, points: list[dict]) -> dict[str, dict[str, Any]]:
@@ -175,6 +183,17 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
         out[f"wait_heatmap_{_slug(name)}.png"] = save(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        mine = [r for r in data["model"]["extrapolation"] if r["schedule"] == name]
+        ax.plot([r["world_size"] for r in mine], [r["efficiency"] for r in mine], label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("world size N (ranks), model beyond the measured points")
+    ax.set_ylabel("efficiency E(N) of the mean step (model)")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=7)
+    out["model_efficiency_to_4096.png"] = save(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
     pts = [p for p in data["points"] if p["site_max_predicted_us"] is not None]
     ax.scatter([p["site_max_predicted_us"] for p in pts],
                [p["site_max_requested_us"] for p in pts])
@@ -251,6 +270,23 @@ def _markdown(data: dict, plots: dict[str, bytes]) -> str:
                                      "p99_ci_us", "compute_us", "delay_us", "skew_wait_us",
                                      "collective_us", "site_max_requested_us",
                                      "site_max_predicted_us"])
+    m = data["model"]
+    if m["validation"]:
+        fit = m["collective_fit_us"]
+        coll = (f"collective(N) = {fit['a']:.2f} + {fit['b_per_rank']:.2f} x (N-1) µs per "
+                "site, fitted on the measured N >= 2 points" if fit["fitted"] else
+                f"collective(N) held at {fit['a']:.2f} µs per site, its value at the largest "
+                "measured N (one multi-rank world size measured: no growth to fit, so the "
+                "extrapolation shows the jitter's max-of-N effect alone)")
+        lines += ["", "## Model: measured vs predicted mean step", "",
+                  "T(N) = sites x (compute/N + E[max of N delays] + collective(N)), with "
+                  f"{coll}; E[max] from the schedule's order statistics.", ""]
+        lines += _table(m["validation"], ["schedule", "world_size", "measured_mean_us",
+                                          "model_mean_us", "rel_error"])
+        keep = {1, 8, 64, 512, 4096}
+        lines += ["", "## Extrapolation (model only)", ""]
+        lines += _table([r for r in m["extrapolation"] if r["world_size"] in keep],
+                        ["schedule", "world_size", "model_mean_us", "efficiency"])
     lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in plots]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
     return "\n".join(lines) + "\n"

@@ -59,10 +59,13 @@ def test_a_sweep_runs_reports_and_resumes(tmp_path):
         assert len(list((out / "points" / p).glob("rank-*.parquet"))) == summary["world_size"]
     for name in ("report.md", "report.html", "points.csv", "scaling.csv",
                  "latency_vs_n.png", "efficiency_vs_n.png", "predicted_vs_measured.png",
-                 "step_latency_cdf.png", "wait_heatmap_exp.png", "manifest.json"):
+                 "step_latency_cdf.png", "wait_heatmap_exp.png",
+                 "model_efficiency_to_4096.png", "manifest.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "latency_vs_n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Model: measured vs predicted mean step" in report and "| 4096 |" in report
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["spec"]["name"] == "t" and manifest["versions"]["numpy"]
     again = run("run", str(spec), "--out", "out", cwd=tmp_path)
