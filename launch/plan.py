@@ -64,6 +64,9 @@ class Plan:
     """Roofline preset for compute = emulated."""
     save_logits: bool = False
     """tp_decode, real compute: rank 0 writes the last step's logits (logits.npy)."""
+    gather_records: Literal["auto", "always"] = "auto"
+    """auto: each rank writes its own file when every rank sees the run folder (checked
+    at start), else rank 0 gathers and writes them all; always: gather (for tests)."""
     clock_pingpong: bool = False
     """Estimate clock offsets by ping-pong even between ranks on one host (a self-check:
     the true offset there is 0). Ranks on other hosts are always measured."""
@@ -96,6 +99,9 @@ class Plan:
             raise ValueError(f"timeout_s: must be > 0 s and at most a day, got "
                              f"{self.timeout_s!r}")
 
+        if self.gather_records not in ("auto", "always"):
+            raise ValueError(f"gather_records: must be auto or always, got "
+                             f"{self.gather_records!r}")
         if self.backend == "mpi" and self.dtype == "bfloat16":
             raise ValueError("dtype: MPI has no bfloat16 type; use float16 or float32 with "
                              "backend mpi, or a torch backend for bfloat16")

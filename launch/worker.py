@@ -7,6 +7,7 @@ fails leaves ``errors/rank-NNNNN.txt`` (one line) for the parent to report.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,21 @@ from .bootstrap import bootstrap, shutdown
 from .context import RunContext
 from .plan import Plan
 from .progress import DONE, READY, rank_slot
+
+
+def _shared_folder(backend, out_dir: str) -> bool:
+    """Do all ranks see the same run folder? Rank 0 leaves a token there; all look for it."""
+    token = Path(out_dir) / f".shared-{os.getpid()}"
+    name = backend.all_gather_object(token.name if backend.rank == 0 else None)[0]
+    if backend.rank == 0:
+        token.write_text("jitterlab")
+    backend.barrier()
+    seen = (Path(out_dir) / name).exists()
+    everyone = all(backend.all_gather_object(seen))
+    backend.barrier()
+    if backend.rank == 0:
+        token.unlink(missing_ok=True)
+    return everyone
 
 
 def error_file(out_dir: str, rank: int) -> Path:
@@ -88,7 +104,14 @@ def _run(plan: Plan, ctx: RunContext) -> int:
             "clock_offset_before_ns": before.offset_ns, "clock_offset_after_ns": after.offset_ns,
             "wrong": wrong,
         }
-        write_rank_file(plan.rank_file(ctx.rank), records.table(), metadata)
+        if plan.gather_records == "always" or not _shared_folder(backend, plan.out_dir):
+            # Not every rank sees the run folder (a local disk per node): rank 0 writes all.
+            everything = backend.all_gather_object((records.table(), metadata))
+            if ctx.rank == 0:
+                for r, (cols, meta) in enumerate(everything):
+                    write_rank_file(plan.rank_file(r), cols, {**meta, "written_by": 0})
+        else:
+            write_rank_file(plan.rank_file(ctx.rank), records.table(), metadata)
         if mark is not None:
             mark[0] = DONE
         backend.barrier()  # nobody leaves (and tears the group down) before all have written

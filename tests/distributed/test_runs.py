@@ -220,3 +220,16 @@ def test_the_mpi_backend_refuses_a_launcher_that_is_not_mpi(tmp_path):
     with pytest.raises(RunFailed, match=r"backend: mpi sees a world of 1 but torchrun "
                                         r"started 2 ranks"):
         run_bench(p, launcher="torchrun", nproc=2)
+
+
+@pytest.mark.parametrize("launcher,backend", [("mpirun", "mpi"), ("torchrun", "gloo")])
+def test_records_gathered_to_rank_zero_when_the_folder_is_not_shared(tmp_path, launcher,
+                                                                     backend):
+    # Forced here (one host shares its disk); on nodes with local disks "auto" does it.
+    p = plan(tmp_path, backend=backend, colls=("all_reduce",), sizes=(64,), iters=3,
+             gather_records="always")
+    result = run_bench(p, launcher=launcher, nproc=2)
+    assert [r["wrong"] for r in result["rows"]] == [0]
+    metas = [read_rank_file(p.rank_file(r))[1] for r in range(2)]
+    assert [(m["rank"], m.get("written_by")) for m in metas] == [(0, 0), (1, 0)]
+    assert not list(Path(p.out_dir).glob(".shared-*"))
