@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from jitter_models import parse_schedule
-
 from .analysis import predicted_site_max_us, scaling, useful_parallelism
 from .atomic import write_text_atomic
 
@@ -30,28 +28,32 @@ DEFINITIONS = [
 ]
 
 
-def load_summaries(root: Path) -> list[dict[str, Any]]:
+def load_summaries(root: Path, ids: set[str]) -> list[dict[str, Any]]:
+    """The summaries of the points this spec expands to (a folder reused with another
+    spec may hold others: they are not this sweep's)."""
     out = []
     for path in sorted((root / "points").glob("*/summary.json")):
-        out.append(json.loads(path.read_text()))
+        if path.parent.name in ids:
+            out.append(json.loads(path.read_text()))
     return out
 
 
 def build(root: str | Path) -> dict[str, Any]:
-    """Tables for the report: per point, per (schedule, N) scaling, per schedule headline."""
+    """Tables for the report: per point, per (schedule, batch, N) scaling, headlines."""
+    from .model import build as build_model
+    from .spec import parse_spec
+    from .sweep import expand
+
     root = Path(root)
     manifest = json.loads((root / "manifest.json").read_text())
-    spec = manifest["spec"]
-    schedules = {t.get("name"): parse_schedule(t) for t in spec.get("jitter", [])}
-    seed = int(spec.get("seed", 0))
-    summaries = load_summaries(root)
+    spec = parse_spec(manifest["spec"], default_name=manifest.get("name", root.name))
+    expected = {p.id: p for p in expand(spec)}
+    schedules = {s.name: s for s in spec.schedules}
     points = []
-    for s in summaries:
+    for s in load_summaries(root, set(expected)):
         lat = s["step_latency"]
-        sched = schedules.get(s["schedule"])
-        pred = (predicted_site_max_us(sched, seed, s["world_size"],
-                                      int(spec.get("ranks_per_node", 8)))
-                if sched is not None else None)
+        pred = predicted_site_max_us(schedules[s["schedule"]], spec.seed, s["world_size"],
+                                     spec.ranks_per_node)
         points.append({"point": s["point"], "schedule": s["schedule"],
                        "world_size": s["world_size"],
                        "batch": s["batch"], "n_steps": lat["n"],
@@ -62,22 +64,28 @@ def build(root: str | Path) -> dict[str, Any]:
                           if k.endswith("_us")},
                        "site_max_requested_us": s["site_max_us"]["requested_us"],
                        "site_max_predicted_us": pred})
-    rows = scaling([{k: p[k] for k in ("schedule", "world_size", "mean_s", "p99_s")}
-                    for p in points])
-    useful = useful_parallelism(rows)
-    from collectives.models import model_config
-
-    from .model import build as build_model
-
-    n_sites = 2 * model_config(spec.get("model", "tiny")).layers
-    model = build_model(points, schedules, n_sites=n_sites, seed=seed,
-                        ranks_per_node=int(spec.get("ranks_per_node", 8)))
+    rows, useful, models = [], {}, {}
+    for batch in spec.batches:
+        mine = [p for p in points if p["batch"] == batch]
+        part = scaling([{k: p[k] for k in ("schedule", "world_size", "mean_s", "p99_s")}
+                        for p in mine])
+        rows += [{**r, "batch": batch} for r in part]
+        useful[batch] = useful_parallelism(part)
+        models[batch] = build_model(mine, schedules, n_sites=2 * spec.model.layers,
+                                    seed=spec.seed, ranks_per_node=spec.ranks_per_node)
+    failed = []
+    for pid in sorted(expected):
+        path = root / "failed" / f"{pid}.json"
+        if path.exists() and not (root / "points" / pid / "summary.json").exists():
+            failed.append(json.loads(path.read_text()))
     return {"spec": spec, "points": points, "scaling": rows, "useful": useful,
-            "headlines": _headlines(rows, useful), "largest": _largest(root, points),
-            "model": model}
+            "headlines": _headlines(rows, useful, len(spec.batches) > 1),
+            "largest": _largest(root, points, len(spec.batches) > 1), "models": models,
+            "failed": failed,
+            "expected_points": len(expected)}
 
 
-def _largest(root: Path, points: list[dict]) -> dict[str, dict[str, Any]]:
+def _largest(root: Path, points: list[dict], by_batch: bool) -> dict[str, dict[str, Any]]:
     """Per schedule, the largest-N point's step latencies and per-rank mean wait per site
     (t_done - t_arrive, µs), read back from its rank files."""
     from collectives.timing import read_rank_file
@@ -86,7 +94,8 @@ def _largest(root: Path, points: list[dict]) -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {}
     for p in points:
-        if p["schedule"] in out and out[p["schedule"]]["world_size"] >= p["world_size"]:
+        key = f"{p['schedule']} (batch {p['batch']})" if by_batch else p["schedule"]
+        if key in out and out[key]["world_size"] >= p["world_size"]:
             continue
         files = sorted((root / "points" / p["point"]).glob("rank-*.parquet"))
         tables = [read_rank_file(f)[0] for f in files]
@@ -96,27 +105,28 @@ def _largest(root: Path, points: list[dict]) -> dict[str, dict[str, Any]]:
             n_sites = int(t["site"][site].max()) + 1
             w = (t["t_done_ns"][site] - t["t_arrive_ns"][site]).reshape(-1, n_sites)
             waits.append(w.mean(axis=0) / 1e3)
-        out[p["schedule"]] = {"world_size": p["world_size"],
+        out[key] = {"world_size": p["world_size"],
                               "steps_s": step_latencies(tables), "wait_us": waits}
     return out
 
 
-def _headlines(rows: list[dict], useful: dict) -> dict[str, str]:
+def _headlines(rows: list[dict], useful: dict, by_batch: bool) -> dict[str, str]:
     out = {}
-    for name in sorted({r["schedule"] for r in rows}):
-        mine = sorted((r for r in rows if r["schedule"] == name), key=lambda r: r["world_size"])
+    for key in sorted({(r["schedule"], r["batch"]) for r in rows}):
+        name, batch = key
+        mine = sorted((r for r in rows if (r["schedule"], r["batch"]) == key),
+                      key=lambda r: r["world_size"])
         last = mine[-1]
-        eff = last["efficiency_mean"]
-        tax = last["jitter_tax_p99"]
-        parts = [f"{name}: p99 step latency {last['p99_s'] * 1e3:.2f} ms at N = "
+        label = f"{name} (batch {batch})" if by_batch else name
+        parts = [f"{label}: p99 step latency {last['p99_s'] * 1e3:.2f} ms at N = "
                  f"{last['world_size']}"]
-        if eff is not None:
-            parts.append(f"efficiency {eff:.2f}")
-        if tax is not None and name != "none":
-            parts.append(f"jitter tax on p99 x{tax:.3f}")
-        u = useful.get(name, {})
+        if last["efficiency_mean"] is not None:
+            parts.append(f"efficiency {last['efficiency_mean']:.2f}")
+        if last["jitter_tax_p99"] is not None and name != "none":
+            parts.append(f"jitter tax on p99 x{last['jitter_tax_p99']:.3f}")
+        u = useful[batch].get(name, {})
         parts.append(f"useful parallelism {u.get('n_useful')}, N_opt {u.get('n_opt')}")
-        out[name] = "; ".join(parts) + "."
+        out[label] = "; ".join(parts) + "."
     return out
 
 
@@ -128,7 +138,15 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
 
     out: dict[str, bytes] = {}
     rows = data["scaling"]
-    names = sorted({r["schedule"] for r in rows})
+    by_batch = len(data["spec"].batches) > 1
+    series = sorted({(r["schedule"], r["batch"]) for r in rows})
+
+    def label(key: tuple[str, int]) -> str:
+        return f"{key[0]} (batch {key[1]})" if by_batch else key[0]
+
+    def log2_x(ax) -> None:  # a log axis needs data: a sweep may have no N = 1 point
+        if any(len(line.get_xdata()) for line in ax.get_lines()):
+            ax.set_xscale("log", base=2)
 
     def save(fig) -> bytes:
         buf = io.BytesIO()
@@ -137,26 +155,28 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
         return buf.getvalue()
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        mine = sorted((r for r in rows if r["schedule"] == name), key=lambda r: r["world_size"])
+    for key in series:
+        mine = sorted((r for r in rows if (r["schedule"], r["batch"]) == key),
+                      key=lambda r: r["world_size"])
         n = [r["world_size"] for r in mine]
-        (line,) = ax.plot(n, [r["p99_s"] * 1e3 for r in mine], marker="o", label=name)
+        (line,) = ax.plot(n, [r["p99_s"] * 1e3 for r in mine], marker="o", label=label(key))
         ax.plot(n, [r["mean_s"] * 1e3 for r in mine], ls="--", alpha=0.6,
                 color=line.get_color())
-    ax.set_xscale("log", base=2)
+    log2_x(ax)
     ax.set_xlabel("world size N (ranks)")
     ax.set_ylabel("step latency (ms); solid p99, dashed mean")
     ax.legend(fontsize=7)
     out["latency_vs_n.png"] = save(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        mine = sorted((r for r in rows if r["schedule"] == name and r["efficiency_mean"]
-                       is not None), key=lambda r: r["world_size"])
-        ax.plot([r["world_size"] for r in mine], [r["efficiency_mean"] for r in mine],
-                marker="o", label=name)
+    for key in series:
+        mine = sorted((r for r in rows if (r["schedule"], r["batch"]) == key
+                       and r["efficiency_mean"] is not None), key=lambda r: r["world_size"])
+        if mine:
+            ax.plot([r["world_size"] for r in mine], [r["efficiency_mean"] for r in mine],
+                    marker="o", label=label(key))
+    log2_x(ax)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log", base=2)
     ax.set_xlabel("world size N (ranks)")
     ax.set_ylabel("efficiency E(N) = S(N)/N (mean)")
     ax.legend(fontsize=7)
@@ -183,10 +203,14 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
         out[f"wait_heatmap_{_slug(name)}.png"] = save(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        mine = [r for r in data["model"]["extrapolation"] if r["schedule"] == name]
-        ax.plot([r["world_size"] for r in mine], [r["efficiency"] for r in mine], label=name)
-    ax.set_xscale("log", base=2)
+    for batch, model in data["models"].items():
+        for name in sorted({r["schedule"] for r in model["extrapolation"]}):
+            mine = [r for r in model["extrapolation"] if r["schedule"] == name
+                    and r["efficiency"] is not None]
+            if mine:
+                ax.plot([r["world_size"] for r in mine], [r["efficiency"] for r in mine],
+                        label=label((name, batch)))
+    log2_x(ax)
     ax.set_xlabel("world size N (ranks), model beyond the measured points")
     ax.set_ylabel("efficiency E(N) of the mean step (model)")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
@@ -207,7 +231,12 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60]
+    """A file-name-safe form; a short hash keeps names that differ only in punctuation
+    ("a b/c", "a b_c") apart."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:48]
+    return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
 def write_report(root: str | Path) -> dict[str, Any]:
@@ -255,36 +284,46 @@ def _table(rows: list[dict], keys: list[str]) -> list[str]:
 
 def _markdown(data: dict, plots: dict[str, bytes]) -> str:
     spec = data["spec"]
-    lines = [f"# jitterlab report: {spec.get('name')}", "",
-             f"{spec.get('workload')} of {spec.get('model')} ({spec.get('compute')} compute, "
-             f"{spec.get('hardware')}), world sizes {spec.get('world_sizes')}, backend "
-             f"{spec.get('backend')}, {spec.get('steps')} recorded steps per point.", "",
+    hw = f", {spec.hardware} roofline" if spec.compute == "emulated" else ""
+    lines = [f"# jitterlab report: {spec.name}", "",
+             f"{spec.workload} of {spec.model.name} ({spec.compute} compute{hw}), world sizes "
+             f"{list(spec.world_sizes)}, batch {list(spec.batches)}, backend {spec.backend}, "
+             f"{spec.steps} recorded steps per point after {spec.warmup} warm-up; "
+             f"{len(data['points'])} of {data['expected_points']} points complete.", "",
              "## Headlines", ""]
     lines += [f"- {h}" for h in data["headlines"].values()]
+    if data["failed"]:
+        lines += ["", "## Failed points", ""]
+        lines += _table(data["failed"], ["point", "schedule", "world_size", "batch", "error"])
     lines += ["", "## Scaling", ""]
-    lines += _table(data["scaling"], ["schedule", "world_size", "mean_s", "p99_s",
+    lines += _table(data["scaling"], ["schedule", "batch", "world_size", "mean_s", "p99_s",
                                       "efficiency_mean", "efficiency_p99", "jitter_tax_p99",
                                       "tail_amplification"])
     lines += ["", "## Points (µs)", ""]
-    lines += _table(data["points"], ["schedule", "world_size", "n_steps", "p50_us", "p99_us",
+    lines += _table(data["points"], ["schedule", "batch", "world_size", "n_steps", "p50_us",
+                                     "p99_us",
                                      "p99_ci_us", "compute_us", "delay_us", "skew_wait_us",
                                      "collective_us", "site_max_requested_us",
                                      "site_max_predicted_us"])
-    m = data["model"]
-    if m["validation"]:
+    for batch, m in data["models"].items():
+        if not m["validation"]:
+            continue
         fit = m["collective_fit_us"]
         coll = (f"collective(N) = {fit['a']:.2f} + {fit['b_per_rank']:.2f} x (N-1) µs per "
                 "site, fitted on the measured N >= 2 points" if fit["fitted"] else
                 f"collective(N) held at {fit['a']:.2f} µs per site, its value at the largest "
                 "measured N (one multi-rank world size measured: no growth to fit, so the "
                 "extrapolation shows the jitter's max-of-N effect alone)")
-        lines += ["", "## Model: measured vs predicted mean step", "",
+        tag = f" (batch {batch})" if len(data["models"]) > 1 else ""
+        lines += ["", f"## Model: measured vs predicted mean step{tag}", "",
                   "T(N) = sites x (compute/N + E[max of N delays] + collective(N)), with "
-                  f"{coll}; E[max] from the schedule's order statistics.", ""]
+                  f"{coll}; at N = 1 the all-reduce is the measured local call; plus the "
+                  "step's host overhead measured at the smallest N; E[max] from the "
+                  "schedule's order statistics.", ""]
         lines += _table(m["validation"], ["schedule", "world_size", "measured_mean_us",
                                           "model_mean_us", "rel_error"])
         keep = {1, 8, 64, 512, 4096}
-        lines += ["", "## Extrapolation (model only)", ""]
+        lines += ["", f"## Extrapolation (model only){tag}", ""]
         lines += _table([r for r in m["extrapolation"] if r["world_size"] in keep],
                         ["schedule", "world_size", "model_mean_us", "efficiency"])
     lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in plots]

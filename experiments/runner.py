@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def plan_for(point: Point, out_dir: Path) -> Plan:
     s = point.spec
     return Plan(workload="tp_decode", out_dir=str(out_dir), backend=s.backend, seed=s.seed,
                 jitter=str(point.schedule) if point.schedule else None, dtype=s.dtype,
-                model=s.model.name, batch=point.batch, steps=s.steps, warmup=s.warmup,
+                model=asdict(s.model), batch=point.batch, steps=s.steps, warmup=s.warmup,
                 compute=s.compute, hardware=s.hardware, timeout_s=s.timeout_s)
 
 
@@ -59,13 +59,11 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
     if spec.workload != "tp_decode":
         raise ValueError(f"workload: jitterlab run drives tp_decode sweeps, got "
                          f"{spec.workload!r} (use jitterlab bench for microbenchmarks)")
-    if spec.model.name not in _presets():
-        raise ValueError("model: jitterlab run takes a preset name for now")
     store = Store(out)
     _take_lock(store.root)
     try:
         store.prepare()
-        store.write_manifest(spec_doc)
+        store.write_manifest(spec_doc, spec.name)
         points = expand(spec)
         todo = [p for p in points if not store.is_complete(p.id)]
         failed: list[str] = []
@@ -90,12 +88,6 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
                        failed=failed)
     finally:
         (store.root / ".lock").unlink(missing_ok=True)
-
-
-def _presets() -> set[str]:
-    from collectives.models import PRESETS
-
-    return set(PRESETS)
 
 
 def _run_point(store: Store, point: Point) -> None:

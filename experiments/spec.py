@@ -125,10 +125,14 @@ def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
             or name.startswith("."):
         raise ValueError(f"name: must be a plain folder name, got {name!r}")
     workload = _choice(doc, "workload", "tp_decode")
+    raw = doc.get("model", "tiny")
+    if not isinstance(raw, (str, dict)):
+        raise ValueError(f"model: expected a preset name or a table of dims, got {raw!r}")
     try:
-        model = model_config(doc.get("model", "tiny"))
-    except ValueError as exc:
-        raise ValueError(f"model: {exc}") from None
+        model = model_config(raw)
+    except (ValueError, TypeError) as exc:
+        text = str(exc)
+        raise ValueError(text if text.startswith("model") else f"model: {text}") from None
     world_sizes = tuple(sorted(_ints(doc, "world_sizes", [1, 2], 1, MAX_WORLD)))
     if workload == "tp_decode":
         for n in world_sizes:

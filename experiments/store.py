@@ -60,9 +60,10 @@ class Store:
     def record_failure(self, point_id: str, info: dict[str, Any]) -> None:
         write_text_atomic(self.failed / f"{point_id}.json", json.dumps(info, indent=2) + "\n")
 
-    def write_manifest(self, spec_doc: dict[str, Any]) -> None:
+    def write_manifest(self, spec_doc: dict[str, Any], name: str) -> None:
+        doc = {"name": name, **manifest(spec_doc)}
         write_text_atomic(self.root / "manifest.json",
-                          json.dumps(manifest(spec_doc), indent=2, default=str) + "\n")
+                          json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def manifest(spec_doc: dict[str, Any]) -> dict[str, Any]:

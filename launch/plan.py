@@ -52,8 +52,8 @@ class Plan:
     timeout_s: float = 300.0
     """Init and collective timeout: a run with no rank making progress for this long
     fails, naming the rank that stopped."""
-    model: str = "tiny"
-    """Model preset (tp_decode)."""
+    model: str | dict = "tiny"
+    """Model preset name, or a table of dims (tp_decode)."""
     batch: int = 1
     """Sequences decoded together (tp_decode)."""
     steps: int = 16

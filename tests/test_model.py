@@ -15,7 +15,7 @@ SITES = 4
 
 def point(schedule: str, n: int, *, compute_site: float, a: float, b: float,
           delay_site: float) -> dict:
-    coll = a + b * (n - 1)
+    coll = a + b * (n - 1) if n > 1 else 0.0  # one rank: the all-reduce is a local call
     return {"schedule": schedule, "world_size": n, "compute_us": SITES * compute_site,
             "collective_us": SITES * coll,
             "mean_us": SITES * (compute_site + delay_site + coll)}
@@ -33,6 +33,15 @@ def test_one_multi_rank_size_holds_the_collective_instead_of_inventing_growth():
            for n in (1, 2)]
     a, b, fitted = fit_collective(pts, SITES)
     assert (a, b, fitted) == (pytest.approx(5.5), 0.0, False)
+
+
+def test_a_fit_never_makes_a_cost_negative():
+    # Noisy measurements whose straight line would cross zero before N = 2.
+    pts = [{"world_size": 2, "collective_us": SITES * 1.0},
+           {"world_size": 4, "collective_us": SITES * 9.0}]
+    a, b, fitted = fit_collective(pts, SITES)
+    assert fitted and a == 0.0 and b > 0
+    assert all(a + b * (n - 1) >= 0 for n in (2, 4, 4096))
 
 
 def test_the_model_reproduces_points_made_by_its_own_formula_and_extrapolates():
