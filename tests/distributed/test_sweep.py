@@ -111,3 +111,23 @@ def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps
     assert os.path.exists(tmp_path / "out" / "report.html")
+
+
+def test_batch_lists_a_single_world_size_and_a_changed_spec_are_reported(tmp_path):
+    # Regressions: a batch list collided in the scaling table; no N = 1 point broke the
+    # plots; a rerun with a changed spec mixed the old points into the new report.
+    text = SPEC.format(steps=3, launcher="auto").replace("world_sizes = [1, 2]",
+                                                         "world_sizes = [2]")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text.replace('warmup = 1', 'warmup = 1\nbatch = [1, 2]'))
+    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "exp (batch 1)" in report and "exp (batch 2)" in report
+    assert "4 of 4 points complete" in report
+    spec.write_text(spec.read_text().replace("steps = 3", "steps = 4"))
+    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "4 of 4 points complete" in report  # only the new spec's points
+    assert len(list((tmp_path / "out" / "points").iterdir())) == 8  # old ones kept on disk
