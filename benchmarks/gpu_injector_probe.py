@@ -5,7 +5,8 @@ the stream, timed with CUDA events from an idle stream (the harness's situation)
 
 - triton+fill: the delay written into a device tensor (fill_), then a Triton kernel
   spinning on %globaltimer (what CudaInjector did first).
-- triton+arg: the same kernel taking the delay as an argument (one launch).
+- triton+arg: the same kernel taking the delay as an argument (one launch): the one
+  ``collectives.cuda_inject`` ships.
 - torch._sleep: torch.cuda._sleep(cycles), calibrated after warm-up with events.
 Also: the tick of %globaltimer as a kernel sees it.
 """
@@ -14,11 +15,15 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from collectives.cuda_inject import _kernel  # noqa: E402
 
 
 @triton.jit
@@ -33,21 +38,14 @@ def spin_ptr(delay_ptr):
 
 
 @triton.jit
-def spin_arg(d):
-    t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,l", [d],
-                                   dtype=tl.int64, is_pure=False, pack=1)
-    t = t0
-    while t - t0 < d:
-        t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,l", [d],
-                                      dtype=tl.int64, is_pure=False, pack=1)
-
-
-@triton.jit
 def ticks(out_ptr, n: tl.constexpr):
     for i in range(n):
         t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,l", [i],
                                       dtype=tl.int64, is_pure=False, pack=1)
         tl.store(out_ptr + i, t)
+
+
+spin_arg = _kernel()
 
 
 def timed(fn, reps=200):
