@@ -11,7 +11,7 @@ VPY    := $(VENV)/bin/python
 CPU_TORCH ?= torch==2.13.0
 STAMP  := $(VENV)/.jitterlab-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean slurm-deps
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,18 @@ demo: install
 
 test: install
 	$(VPY) -m pytest -q -p no:cacheprovider
+
+# Optional: SLURM and munge from Debian, for the test that runs a real two-node SLURM
+# cluster in network namespaces (tests/distributed/test_slurm.py; it skips without them).
+slurm-deps:
+	@command -v slurmd >/dev/null && command -v munged >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null || { \
+	    echo "slurm-deps: needs root and apt-get (install slurm-wlm and munge yourself)"; \
+	    exit 1; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null || { \
+	    apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; }; }
+	@echo "slurm-deps: $$(slurmd -V) and munge are installed"
 
 lint: install
 	$(VENV)/bin/ruff check .

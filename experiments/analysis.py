@@ -80,7 +80,23 @@ def latency_stats(samples_s: Any) -> dict[str, Any]:
         out[f"{key}_ci_us"] = list(quantile_interval(us, p, CI_LEVEL))
     out["max_us"] = float(us.max())
     out["mean_us"] = float(us.mean())
+    out["mean_se_us"] = batch_means_se(us)
     return out
+
+
+def batch_means_se(x: Any) -> float | None:
+    """Standard error of the mean of a series that may be autocorrelated (bursty or AR(1)
+    jitter, slow drifts): the series in order is cut into b = floor(sqrt(n)) batches of
+    equal length (the first n mod b values dropped), and the SE is the standard deviation
+    of the batch means over sqrt(b). Consistent when batches outlast the correlation;
+    None for fewer than 4 values (fewer than 2 batches)."""
+    v = np.asarray(x, dtype=np.float64).ravel()
+    b = int(math.isqrt(v.size))
+    if b < 2:
+        return None
+    m = v.size // b
+    means = v[v.size - b * m:].reshape(b, m).mean(axis=1)
+    return float(means.std(ddof=1) / math.sqrt(b))
 
 
 def _site_grid(tables: Sequence[Table]) -> dict[str, np.ndarray]:
@@ -121,7 +137,9 @@ def decompose(tables: Sequence[Table], offsets_ns: Sequence[int | None]) -> dict
       ``skew_wait_us`` is None).
 
     What is averaged: for each (rank, step) the sum over that step's sites of each part;
-    the result is the mean of these sums over all ranks and all steps.
+    the result is the mean of these sums over all ranks and all steps. ``compute_se_us``
+    and ``collective_se_us`` are the standard errors of those two means (batch means over
+    the steps in order, ``batch_means_se``), the inputs of the model's uncertainty band.
     """
     g = _site_grid(tables)
     n_ranks = g["step"].shape[0]
@@ -140,11 +158,21 @@ def decompose(tables: Sequence[Table], offsets_ns: Sequence[int | None]) -> dict
     def per_step_us(ns: np.ndarray) -> float:
         return float(ns.sum()) / (n_ranks * n_steps) * 1e-3
 
+    step_of = np.unique(g["step"][0], return_inverse=True)[1]
+
+    def se_us(ns: np.ndarray) -> float | None:  # of the same mean, over steps in order
+        steps = np.bincount(step_of, weights=ns.sum(axis=0).astype(np.float64),
+                            minlength=n_steps) / n_ranks * 1e-3
+        return batch_means_se(steps)
+
+    compute = g["t_arrive_ns"] - g["t_start_ns"] - g["delay_ns"]
     return {
-        "compute_us": per_step_us(g["t_arrive_ns"] - g["t_start_ns"] - g["delay_ns"]),
+        "compute_us": per_step_us(compute),
         "delay_us": per_step_us(g["delay_ns"]),
         "skew_wait_us": None if skew is None else per_step_us(skew),
         "collective_us": per_step_us(collective),
+        "compute_se_us": se_us(compute),
+        "collective_se_us": se_us(collective),
         "n_ranks": n_ranks,
         "n_steps": n_steps,
     }

@@ -122,6 +122,21 @@ def _parser() -> argparse.ArgumentParser:
                                    "write report.md, report.html and CSV tables.")
     r.add_argument("spec", help="SPEC.toml, or a preset name such as quickstart")
     r.add_argument("--out", metavar="DIR", help="result folder (default runs/<spec name>)")
+    g = r.add_argument_group(
+        "several nodes", "One agent per node, node 0 coordinating (it hosts a store on "
+        "--master and writes the results). Inside a SLURM allocation of several nodes a "
+        "plain 'jitterlab run SPEC' starts the agents with srun; elsewhere start each "
+        "node's command (--print-commands prints them).")
+    g.add_argument("--nnodes", type=int, metavar="K", help="nodes in the sweep")
+    g.add_argument("--node-rank", metavar="R", help="this node's rank, 0..K-1, or 'slurm' "
+                   "(SLURM_NODEID)")
+    g.add_argument("--master", metavar="HOST:PORT", help="node 0's address as the other "
+                   "nodes reach it, and a free port there for the store (default: this "
+                   "host, port 29400; under SLURM the first node and a port from the job id)")
+    g.add_argument("--join-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds node 0 waits for the others to join (default 600)")
+    g.add_argument("--print-commands", action="store_true",
+                   help="print each node's command (the srun line under SLURM) and exit")
     rp = sub.add_parser("report", help="(re)write the report of a result folder")
     rp.add_argument("dir")
     sh = sub.add_parser("show", help="a result folder's scaling table in the terminal")
@@ -302,14 +317,75 @@ def _load_spec_arg(text: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import math
+    import socket
     from pathlib import Path
 
+    from . import nodes
     from .report import write_report
     from .runner import run_sweep
 
     spec, doc = _load_spec_arg(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
-    outcome = run_sweep(spec, doc, out)
+    if args.nnodes is not None and args.nnodes < 1:
+        raise ValueError(f"nnodes: must be >= 1, got {args.nnodes}")
+    if not (math.isfinite(args.join_timeout) and 0 < args.join_timeout <= 86_400):
+        raise ValueError(f"join-timeout: must be > 0 and at most 86400 s, got "
+                         f"{args.join_timeout}")
+    job = nodes.slurm_job() if args.nnodes is None else None
+    if args.nnodes is None and args.node_rank is not None:
+        raise ValueError("node-rank: needs --nnodes")
+    nnodes = args.nnodes or (len(job.hosts) if job else 1)
+    if args.master:
+        host, port = nodes.parse_master(args.master)
+    elif job is not None:
+        host, port = job.hosts[0], job.port
+    else:
+        host, port = socket.getfqdn(), nodes.DEFAULT_PORT
+    master = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if nnodes > 1:
+        nodes.check_layout(spec, nnodes)
+    if args.print_commands:
+        spec_arg = str(Path(args.spec).resolve()) if Path(args.spec).exists() else args.spec
+        out_arg = str(out.resolve())
+        if job is not None:
+            print(nodes.print_commands([nodes.srun_agents_argv(job, spec_arg, out_arg, master)],
+                                       f"# SLURM job {job.job_id}: one agent on each of "
+                                       f"{len(job.hosts)} nodes"))
+        elif nnodes > 1:
+            argvs = [nodes.agent_argv(spec_arg, out_arg, nnodes=nnodes, node_rank=r,
+                                      master=master) for r in range(nnodes)]
+            print(nodes.print_commands(argvs, f"# {nnodes} nodes: run line r on node r "
+                                              "(node 0 first or last, any order)"))
+        else:
+            print(nodes.print_commands([["jitterlab", "run", spec_arg, "--out", out_arg]],
+                                       "# one node"))
+        return 0
+    if job is not None:  # a SLURM allocation of several nodes: one agent per node
+        import subprocess
+
+        spec_arg = str(Path(args.spec).resolve()) if Path(args.spec).exists() else args.spec
+        exe = Path(sys.executable).with_name("jitterlab")
+        argv = nodes.srun_agents_argv(job, spec_arg, str(out.resolve()), master,
+                                      jitterlab=str(exe) if exe.exists() else "jitterlab")
+        print(f"starting one agent per node: {' '.join(argv[:4])} ...", file=sys.stderr)
+        return subprocess.run(argv).returncode
+    if nnodes > 1:
+        if args.node_rank is None:
+            raise ValueError(f"node-rank: needed with --nnodes {nnodes} (0 on the node that "
+                             "coordinates)")
+        if not args.master:
+            raise ValueError(f"master: needed with --nnodes {nnodes} (node 0's HOST:PORT, as "
+                             "every node reaches it)")
+        rank = nodes.node_rank_from(args.node_rank, nnodes)
+        setup = nodes.NodeSetup(nnodes=nnodes, node_rank=rank, master_host=host,
+                                master_port=port, join_timeout_s=args.join_timeout)
+        if rank > 0:
+            return nodes.run_agent(spec, out, setup)
+        coordinator = nodes.Coordinator(setup, spec)
+        outcome = run_sweep(spec, doc, out, coordinator=coordinator)
+    else:
+        outcome = run_sweep(spec, doc, out)
     data = write_report(out)
     print(f"{outcome.done} points run, {outcome.skipped} already complete, "
           f"{len(outcome.failed)} failed")

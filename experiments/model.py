@@ -18,8 +18,17 @@ every rank a site costs its compute, plus the expected max over the N ranks' del
 - at N = 1 the collective is the measured local call; overhead: the step's host time
   outside its sites, measured at the smallest N and held.
 
-``validate`` puts the model next to every measured point; ``extrapolate`` goes to world
-sizes never run (up to thousands), where only the model speaks.
+``build`` puts the model next to every measured point and extrapolates to world sizes never
+run (up to thousands), where only the model speaks. Two checks of how far to trust that:
+
+- a band: the measured inputs (each point's mean compute and collective time per step)
+  carry sampling error, their batch-means standard errors. ``BAND_DRAWS`` replicates
+  perturb them by independent normal errors with those SEs, refit the collective and
+  recompute every prediction; the band is the replicates' 2.5th to 97.5th percentile of
+  the mean step (and of the efficiency). It assumes the model's form: the validation
+  errors show how well that form fits;
+- held out: with three or more multi-rank world sizes, the model is refitted without the
+  largest one and predicts it, a measured test of extrapolation (``holdout``).
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from jitter_models import Schedule
 from .analysis import predicted_site_max_us
 
 EXTRAPOLATE_TO = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+BAND_DRAWS = 2000
+BAND_SEED = 20261128  # the band is part of the report: the same data gives the same band
 
 
 def fit_collective(points: Sequence[dict[str, Any]], n_sites: int
@@ -67,13 +78,68 @@ def predict_step_us(schedule: Schedule, world_size: int, *, compute_site_us: flo
     return n_sites * (compute_site_us + delay + c) + overhead_us
 
 
+def _fit_many(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``fit_collective``'s rule for many replicates at once: x (points,) = N - 1 of the
+    multi-rank points, y (draws, points) their per-site collective times."""
+    if np.unique(x).size < 2:
+        top = x == x.max()
+        return y[:, top].mean(axis=1), np.zeros(y.shape[0])
+    xm = x.mean()
+    b = ((x - xm) * (y - y.mean(axis=1, keepdims=True))).sum(axis=1) / ((x - xm) ** 2).sum()
+    a = y.mean(axis=1) - b * xm
+    through_zero = (y @ x) / (x @ x)
+    a, b = np.where(a < 0, 0.0, a), np.where(a < 0, through_zero, b)
+    a, b = np.where(b < 0, y.mean(axis=1), a), np.where(b < 0, 0.0, b)
+    return a, b
+
+
+class _Inputs:
+    """The measured inputs of the model, as arrays over points, with their SEs."""
+
+    def __init__(self, points: Sequence[dict[str, Any]], n_sites: int):
+        self.points = list(points)
+        self.n_sites = n_sites
+        self.n = np.array([p["world_size"] for p in points], dtype=float)
+        self.compute = np.array([p["compute_us"] for p in points], dtype=float)
+        self.coll = np.array([p["collective_us"] for p in points], dtype=float)
+        self.compute_se = np.array([p.get("compute_se_us") or 0.0 for p in points])
+        self.coll_se = np.array([p.get("collective_se_us") or 0.0 for p in points])
+        self.n_min = self.n.min()
+
+    def draws(self, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(compute, collective) per point, k perturbed replicates: (k, points) each."""
+        z = rng.standard_normal((2, k, self.n.size))
+        return self.compute + z[0] * self.compute_se, self.coll + z[1] * self.coll_se
+
+    def terms(self, compute: np.ndarray, coll: np.ndarray) -> dict[str, np.ndarray]:
+        """Per replicate: compute per site at N_min, local call, collective fit a and b."""
+        at_min = self.n == self.n_min
+        multi = self.n >= 2
+        if not multi.any():
+            multi = np.ones_like(multi)
+        a, b = _fit_many(self.n[multi] - 1, coll[:, multi] / self.n_sites)
+        ones = self.n == 1
+        local = (coll[:, ones].mean(axis=1) / self.n_sites if ones.any()
+                 else np.zeros(coll.shape[0]))
+        return {"compute_min": compute[:, at_min].mean(axis=1) / self.n_sites,
+                "local": local, "a": a, "b": b}
+
+
+def _step_us(t: dict[str, np.ndarray], n: int, n_min: float, delay_us: float, n_sites: int,
+             overhead_us: float) -> np.ndarray:
+    c = t["a"] + t["b"] * (n - 1) if n > 1 else t["local"]
+    return n_sites * (t["compute_min"] * n_min / n + delay_us + c) + overhead_us
+
+
 def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n_sites: int,
-          seed: int, ranks_per_node: int) -> dict[str, Any]:
-    """Validation rows (measured vs model at each measured point) and extrapolation rows,
-    from report points (``schedule``, ``world_size``, ``mean_us``, ``compute_us``,
-    ``collective_us``)."""
+          seed: int, ranks_per_node: int, holdout: bool = True) -> dict[str, Any]:
+    """Validation rows (measured vs model at each measured point, with the band), a
+    held-out check where possible, and extrapolation rows with the band, from report
+    points (``schedule``, ``world_size``, ``mean_us``, ``compute_us``, ``collective_us``
+    and, where recorded, ``mean_se_us``, ``compute_se_us``, ``collective_se_us``)."""
     if not points:
-        return {"validation": [], "extrapolation": [], "collective_fit_us": None}
+        return {"validation": [], "extrapolation": [], "holdout": None,
+                "collective_fit_us": None}
     coll = fit_collective(points, n_sites)
     n_min = min(p["world_size"] for p in points)
     base = [p["compute_us"] for p in points if p["world_size"] == n_min]
@@ -92,6 +158,19 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n
     overhead = max(float(np.mean(rest)), 0.0) if rest else 0.0
     extra = {"local_coll_us": local, "overhead_us": overhead}
 
+    inputs = _Inputs(points, n_sites)
+    rng = np.random.default_rng(BAND_SEED)
+    replicas = inputs.terms(*inputs.draws(BAND_DRAWS, rng))
+    delays: dict[tuple[str, int], float] = {}
+
+    def delay(name: str, n: int) -> float:
+        if (name, n) not in delays:
+            delays[name, n] = predicted_site_max_us(schedules[name], seed, n, ranks_per_node)
+        return delays[name, n]
+
+    def band(name: str, n: int) -> np.ndarray:
+        return _step_us(replicas, n, inputs.n_min, delay(name, n), n_sites, overhead)
+
     validation = []
     for p in points:
         sched = schedules.get(p["schedule"])
@@ -100,19 +179,61 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n
         model = predict_step_us(sched, p["world_size"], compute_site_us=compute_at(
             p["world_size"]), coll=coll, n_sites=n_sites, seed=seed,
             ranks_per_node=ranks_per_node, **extra)
+        lo, hi = np.percentile(band(p["schedule"], p["world_size"]), [2.5, 97.5])
+        se = p.get("mean_se_us")
         validation.append({"schedule": p["schedule"], "world_size": p["world_size"],
-                           "measured_mean_us": p["mean_us"], "model_mean_us": model,
-                           "rel_error": model / p["mean_us"] - 1})
+                           "measured_mean_us": p["mean_us"],
+                           "measured_ci95_us": None if se is None else 1.96 * se,
+                           "model_mean_us": model, "model_lo_us": float(lo),
+                           "model_hi_us": float(hi), "rel_error": model / p["mean_us"] - 1})
     extrapolation = []
     for name, sched in schedules.items():
-        t1 = None
+        t1 = band(name, 1)
         for n in EXTRAPOLATE_TO:
             t = predict_step_us(sched, n, compute_site_us=compute_at(n), coll=coll,
                                 n_sites=n_sites, seed=seed, ranks_per_node=ranks_per_node,
                                 **extra)
-            t1 = t if n == 1 else t1
+            t_1 = t if n == 1 else predict_step_us(
+                sched, 1, compute_site_us=compute_at(1), coll=coll, n_sites=n_sites,
+                seed=seed, ranks_per_node=ranks_per_node, **extra)
+            tn = band(name, n)
+            lo, hi = np.percentile(tn, [2.5, 97.5])
+            e_lo, e_hi = np.percentile(t1 / tn / n, [2.5, 97.5])
             extrapolation.append({"schedule": name, "world_size": n, "model_mean_us": t,
-                                  "efficiency": (t1 / t / n) if t1 else None})
+                                  "model_lo_us": float(lo), "model_hi_us": float(hi),
+                                  "efficiency": t_1 / t / n, "efficiency_lo": float(e_lo),
+                                  "efficiency_hi": float(e_hi)})
     return {"validation": validation, "extrapolation": extrapolation,
+            "holdout": _holdout(points, schedules, n_sites=n_sites, seed=seed,
+                                ranks_per_node=ranks_per_node) if holdout else None,
             "collective_fit_us": {"a": coll[0], "b_per_rank": coll[1], "fitted": coll[2],
                                   **extra}}
+
+
+def _holdout(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *,
+             n_sites: int, seed: int, ranks_per_node: int) -> dict[str, Any] | None:
+    """Refit without the largest world size and predict it: None unless three or more
+    multi-rank world sizes were measured (two are left to fit the collective's growth)."""
+    sizes = sorted({p["world_size"] for p in points if p["world_size"] >= 2})
+    if len(sizes) < 3:
+        return None
+    top = sizes[-1]
+    fit = build([p for p in points if p["world_size"] != top], schedules, n_sites=n_sites,
+                seed=seed, ranks_per_node=ranks_per_node, holdout=False)
+    rows = []
+    for p in points:
+        if p["world_size"] != top or p["schedule"] not in schedules:
+            continue
+        terms = fit["collective_fit_us"]
+        n_min = min(q["world_size"] for q in points if q["world_size"] != top)
+        base = [q["compute_us"] for q in points if q["world_size"] == n_min]
+        model = predict_step_us(
+            schedules[p["schedule"]], top,
+            compute_site_us=float(np.mean(base)) / n_sites * n_min / top,
+            coll=(terms["a"], terms["b_per_rank"], terms["fitted"]), n_sites=n_sites,
+            seed=seed, ranks_per_node=ranks_per_node, local_coll_us=terms["local_coll_us"],
+            overhead_us=terms["overhead_us"])
+        rows.append({"schedule": p["schedule"], "world_size": top,
+                     "measured_mean_us": p["mean_us"], "model_mean_us": model,
+                     "rel_error": model / p["mean_us"] - 1})
+    return {"held_out_world_size": top, "fitted_on": sizes[:-1], "rows": rows}

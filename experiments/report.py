@@ -59,6 +59,7 @@ def build(root: str | Path) -> dict[str, Any]:
                        "batch": s["batch"], "n_steps": lat["n"],
                        "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
                        "p99_ci_us": lat["p99_ci_us"], "mean_us": lat["mean_us"],
+                       "mean_se_us": lat.get("mean_se_us"),
                        "mean_s": lat["mean_us"] / 1e6, "p99_s": lat["p99_us"] / 1e6,
                        **{f"{k}": v for k, v in s["decomposition_us"].items()
                           if k.endswith("_us")},
@@ -125,7 +126,12 @@ def _headlines(rows: list[dict], useful: dict, by_batch: bool) -> dict[str, str]
         if last["jitter_tax_p99"] is not None and name != "none":
             parts.append(f"jitter tax on p99 x{last['jitter_tax_p99']:.3f}")
         u = useful[batch].get(name, {})
-        parts.append(f"useful parallelism {u.get('n_useful')}, N_opt {u.get('n_opt')}")
+        n_useful = u.get("n_useful")
+        if n_useful is None and all(r["efficiency_mean"] is None for r in mine):
+            useful_text = "n/a (no N = 1 point to measure efficiency against)"
+        else:
+            useful_text = "n/a" if n_useful is None else str(n_useful)
+        parts.append(f"useful parallelism {useful_text}, N_opt {u.get('n_opt')}")
         out[label] = "; ".join(parts) + "."
     return out
 
@@ -208,11 +214,16 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
             mine = [r for r in model["extrapolation"] if r["schedule"] == name
                     and r["efficiency"] is not None]
             if mine:
-                ax.plot([r["world_size"] for r in mine], [r["efficiency"] for r in mine],
-                        label=label((name, batch)))
+                xs = [r["world_size"] for r in mine]
+                line, = ax.plot(xs, [r["efficiency"] for r in mine],
+                                label=label((name, batch)))
+                if all("efficiency_lo" in r for r in mine):
+                    ax.fill_between(xs, [r["efficiency_lo"] for r in mine],
+                                    [r["efficiency_hi"] for r in mine],
+                                    color=line.get_color(), alpha=0.15, lw=0)
     log2_x(ax)
     ax.set_xlabel("world size N (ranks), model beyond the measured points")
-    ax.set_ylabel("efficiency E(N) of the mean step (model)")
+    ax.set_ylabel("efficiency E(N) of the mean step (model, 95% band)")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=7)
     out["model_efficiency_to_4096.png"] = save(fig)
@@ -321,11 +332,37 @@ def _markdown(data: dict, plots: dict[str, bytes]) -> str:
                   "step's host overhead measured at the smallest N; E[max] from the "
                   "schedule's order statistics.", ""]
         lines += _table(m["validation"], ["schedule", "world_size", "measured_mean_us",
-                                          "model_mean_us", "rel_error"])
+                                          "measured_ci95_us", "model_mean_us", "model_lo_us",
+                                          "model_hi_us", "rel_error"])
+        lines += ["", "measured_ci95_us: half-width of the 95% interval of the measured mean "
+                  "(1.96 batch-means SE). model_lo_us .. model_hi_us: the model's 95% band "
+                  "from the sampling error of its measured inputs (compute and collective "
+                  "time per step), assuming the model's form; rel_error = model / measured "
+                  "- 1 is the test of that form."]
+        hold = m.get("holdout")
+        lines += ["", f"## Model held out{tag}", ""]
+        if hold:
+            lines += [f"Refitted on N = {', '.join(map(str, hold['fitted_on']))} only, the "
+                      f"model predicts the largest measured N = "
+                      f"{hold['held_out_world_size']}:", ""]
+            lines += _table(hold["rows"], ["schedule", "world_size", "measured_mean_us",
+                                           "model_mean_us", "rel_error"])
+        else:
+            sizes = sorted({r["world_size"] for r in m["validation"] if r["world_size"] >= 2})
+            lines += [f"Not possible here: a held-out test needs three or more multi-rank "
+                      f"world sizes (two to fit the collective's growth, one to predict); "
+                      f"measured: {sizes or 'none'}. Until then the extrapolation rests on "
+                      "the fit at the measured N alone."]
         keep = {1, 8, 64, 512, 4096}
         lines += ["", f"## Extrapolation (model only){tag}", ""]
         lines += _table([r for r in m["extrapolation"] if r["world_size"] in keep],
-                        ["schedule", "world_size", "model_mean_us", "efficiency"])
+                        ["schedule", "world_size", "model_mean_us", "model_lo_us",
+                         "model_hi_us", "efficiency", "efficiency_lo", "efficiency_hi"])
+        lines += ["", "The band (lo .. hi, 95%) carries the sampling error of the measured "
+                  "inputs only" + ("." if fit["fitted"] else
+                                   ": with the collective held at one measured world size, "
+                                   "how it grows with N is unknown and not in the band; "
+                                   "measure more world sizes to fit it.")]
     lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in plots]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
     return "\n".join(lines) + "\n"

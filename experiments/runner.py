@@ -18,10 +18,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collectives.timing import read_rank_file
 from launch.plan import Plan
+from launch.progress import BOARD
 from launch.runner import RunFailed, run_plan, stop_stale
 
 from .analysis import decompose, latency_stats, measured_site_max_us, step_latencies
@@ -29,6 +30,9 @@ from .atomic import write_text_atomic
 from .spec import Spec
 from .store import Store
 from .sweep import Point, expand
+
+if TYPE_CHECKING:
+    from .nodes import Coordinator
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,25 @@ def plan_for(point: Point, out_dir: Path) -> Plan:
 
 
 def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
-              progress: bool = True) -> Outcome:
+              progress: bool = True, coordinator: Coordinator | None = None) -> Outcome:
+    """Run every point not yet complete. With a ``coordinator`` (node 0 of a multi-node
+    sweep, see ``nodes.py``), points that need several nodes run with the other agents."""
     if spec.workload != "tp_decode":
         raise ValueError(f"workload: jitterlab run drives tp_decode sweeps, got "
                          f"{spec.workload!r} (use jitterlab bench for microbenchmarks)")
     store = Store(out)
-    _take_lock(store.root)
+    fresh = not store.root.exists()
+    take_lock(store.root)
+    ended = "the sweep was interrupted"
     try:
+        if coordinator is not None:
+            coordinator.join(store.root)
         store.prepare()
-        store.write_manifest(spec_doc, spec.name)
+        nodes = None if coordinator is None else [
+            {"node": r, "host": h} for r, h in enumerate(coordinator.hosts)]
+        store.write_manifest(spec_doc, spec.name,
+                             extra={"nodes": nodes, "shared_folder": coordinator.shared}
+                             if coordinator is not None else None)
         points = expand(spec)
         todo = [p for p in points if not store.is_complete(p.id)]
         failed: list[str] = []
@@ -72,7 +86,7 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
             if progress:
                 _progress(i, len(todo), t_begin, point)
             try:
-                _run_point(store, point)
+                _run_point(store, point, coordinator)
             except (RunFailed, ValueError) as exc:
                 failed.append(point.id)
                 store.record_failure(point.id, {
@@ -84,13 +98,18 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
         if progress and todo:
             _progress(len(todo), len(todo), t_begin, None)
             print(file=sys.stderr)
+        ended = "the sweep ended"
         return Outcome(done=len(todo) - len(failed), skipped=len(points) - len(todo),
                        failed=failed)
     finally:
-        (store.root / ".lock").unlink(missing_ok=True)
+        if coordinator is not None:
+            coordinator.finish(ended)
+        release_lock(store.root)
+        if fresh and not any(store.root.iterdir()):
+            store.root.rmdir()  # refused before anything was written: leave no trace
 
 
-def _run_point(store: Store, point: Point) -> None:
+def _run_point(store: Store, point: Point, coordinator: Coordinator | None = None) -> None:
     tmp = store.tmp_dir(point.id)
     tmp.mkdir(parents=True)
     plan = plan_for(point, tmp)
@@ -101,8 +120,11 @@ def _run_point(store: Store, point: Point) -> None:
         write_text_atomic(lock, f"{os.getpid()} {pgid} {tmp}\n")
 
     try:
-        run_plan(tmp / "plan.json", launcher=launcher_for(point.spec, point.world_size),
-                 nproc=point.world_size, timeout_s=plan.timeout_s, on_start=remember)
+        if coordinator is not None and coordinator.nodes_for(point) > 1:
+            coordinator.run_point(point, tmp / "plan.json", plan, on_start=remember)
+        else:
+            run_plan(tmp / "plan.json", launcher=launcher_for(point.spec, point.world_size),
+                     nproc=point.world_size, timeout_s=plan.timeout_s, on_start=remember)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the failure is recorded by the caller
         raise
@@ -124,10 +146,14 @@ def _run_point(store: Store, point: Point) -> None:
     store.commit(point.id)
 
 
-def _take_lock(root: Path) -> None:
-    """Refuse a folder a live sweep uses; after a dead one, stop what it left running."""
+def take_lock(root: Path, name: str = ".lock", board: str = BOARD) -> None:
+    """Refuse a folder a live sweep uses; after a dead one, stop what it left running.
+
+    The lock holds the runner's pid, and while a point runs also its launcher's process
+    group, the point's folder and the progress board there (``pid [pgid folder [board]]``).
+    Each node of a multi-node sweep keeps its own (``.lock-node-<r>``)."""
     root.mkdir(parents=True, exist_ok=True)
-    lock = root / ".lock"
+    lock = root / name
     if lock.exists():
         try:
             fields = lock.read_text().split()
@@ -137,8 +163,12 @@ def _take_lock(root: Path) -> None:
         if pid > 0 and _alive(pid):
             raise ValueError(f"out: {str(root)!r} is in use by a running sweep (pid {pid})")
         if len(fields) >= 3:
-            stop_stale(int(fields[1]), fields[2])
+            stop_stale(int(fields[1]), fields[2], fields[3] if len(fields) > 3 else board)
     write_text_atomic(lock, f"{os.getpid()}\n")
+
+
+def release_lock(root: Path, name: str = ".lock") -> None:
+    (root / name).unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -60,8 +60,9 @@ class Store:
     def record_failure(self, point_id: str, info: dict[str, Any]) -> None:
         write_text_atomic(self.failed / f"{point_id}.json", json.dumps(info, indent=2) + "\n")
 
-    def write_manifest(self, spec_doc: dict[str, Any], name: str) -> None:
-        doc = {"name": name, **manifest(spec_doc)}
+    def write_manifest(self, spec_doc: dict[str, Any], name: str,
+                       extra: dict[str, Any] | None = None) -> None:
+        doc = {"name": name, **manifest(spec_doc), **(extra or {})}
         write_text_atomic(self.root / "manifest.json",
                           json.dumps(doc, indent=2, default=str) + "\n")
 

@@ -277,3 +277,19 @@ _LAYOUTS: tuple[_Layout, ...] = (
                                  "SLURM_NTASKS_PER_NODE"),
                  node=("SLURM_NODEID",)),
 )
+
+
+def single_process_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without what would make a process look like one rank of a launcher's world:
+    a run started by hand inside an srun task or an mpirun rank (a node's agent) is a
+    world of its own. Drops every variable a layout reads and the PMI/PMIx/Open MPI rank
+    wiring, so an MPI library initialises as a singleton."""
+    names = {n for layout in _LAYOUTS for group in (layout.markers, layout.rank,
+                                                    layout.world_size, layout.local_rank,
+                                                    layout.ranks_per_node, layout.node)
+             for n in group}
+    names |= {"SLURM_STEPID", "SLURM_STEP_ID", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES",
+              "SLURM_GTIDS", "SLURM_TASK_PID", "MASTER_ADDR", "MASTER_PORT",
+              "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE"}
+    prefixes = ("OMPI_COMM_WORLD_", "PMI_", "PMIX_", "OMPI_MCA_orte_", "OMPI_MCA_ess")
+    return {k: v for k, v in env.items() if k not in names and not k.startswith(prefixes)}

@@ -29,13 +29,22 @@ SLOTS = 3            # mark, beat, pid
 BEAT_S = 1.0
 
 
-def board_path(out_dir: str | os.PathLike[str]) -> Path:
-    return Path(out_dir) / "progress.bin"
+BOARD = "progress.bin"
+BOARD_ENV = "JITTERLAB_BOARD"
+"""Names the board file in the run folder when it is not ``progress.bin``: in a multi-node
+run each node's agent makes its own (ranks of different hosts never share a mapped file,
+which a network file system would not keep coherent)."""
 
 
-def create_board(out_dir: str | os.PathLike[str], world_size: int) -> Path:
+def board_path(out_dir: str | os.PathLike[str], name: str = BOARD) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"board: a plain file name, got {name!r}")
+    return Path(out_dir) / name
+
+
+def create_board(out_dir: str | os.PathLike[str], world_size: int, name: str = BOARD) -> Path:
     """The parent's side: a fresh board with every rank NOT_STARTED."""
-    path = board_path(out_dir)
+    path = board_path(out_dir, name)
     board = np.zeros((world_size, SLOTS), dtype=np.int64)
     board[:, 0] = NOT_STARTED
     board.tofile(path)
@@ -64,18 +73,19 @@ class RankSlot:
 
 
 def rank_slot(out_dir: str | os.PathLike[str], rank: int) -> RankSlot | None:
-    """None if no board exists (a worker started by hand, or on another host)."""
-    path = board_path(out_dir)
+    """None if no board exists (a worker started by hand, or on another host). The file
+    is ``$JITTERLAB_BOARD`` when the parent set it, else ``progress.bin``."""
+    path = board_path(out_dir, os.environ.get(BOARD_ENV) or BOARD)
     if not path.exists():
         return None
     board = np.memmap(path, dtype=np.int64, mode="r+").reshape(-1, SLOTS)
     return RankSlot(board, rank) if rank < board.shape[0] else None
 
 
-def read_board(out_dir: str | os.PathLike[str]) -> np.ndarray:
+def read_board(out_dir: str | os.PathLike[str], name: str = BOARD) -> np.ndarray:
     """(ranks, SLOTS) int64; empty if the board is missing or unreadable."""
     try:
-        flat = np.fromfile(board_path(out_dir), dtype=np.int64)
+        flat = np.fromfile(board_path(out_dir, name), dtype=np.int64)
     except OSError:
         flat = np.empty(0, dtype=np.int64)
     if flat.size % SLOTS:

@@ -14,14 +14,26 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .commands import mpirun_cmd, needs_oversubscribe, running_as_root, srun_cmd, torchrun_cmd
+from .context import single_process_env
 from .plan import Plan
-from .progress import BEAT_S, READY, Watch, create_board, describe_stall, rank_pids, read_board
+from .progress import (
+    BEAT_S,
+    BOARD,
+    BOARD_ENV,
+    DONE,
+    READY,
+    Watch,
+    create_board,
+    describe_stall,
+    rank_pids,
+    read_board,
+)
 from .worker import error_file
 
 LAUNCHERS = ("local", "torchrun", "mpirun", "srun")
@@ -74,7 +86,21 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
     if shutil.which("srun") is None:
         raise ValueError("launcher: srun is not on PATH (srun runs inside a SLURM "
                          "allocation; use torchrun or mpirun here)")
+    if "SLURM_JOB_ID" not in os.environ:
+        raise ValueError("launcher: srun needs a SLURM allocation (no SLURM_JOB_ID here: "
+                         "use sbatch or salloc, or torchrun or mpirun)")
     return srun_cmd(worker, ntasks=nproc)
+
+
+def torchrun_node_argv(worker: list[str], *, nproc_per_node: int, nnodes: int,
+                       node_rank: int, master_addr: str, master_port: int) -> list[str]:
+    """torchrun starting one node's ranks of a multi-node run (static rendezvous: node
+    ``node_rank`` holds global ranks node_rank * nproc_per_node onwards)."""
+    torchrun = _beside_python("torchrun")
+    cmd = torchrun_cmd(worker, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                       node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+                       rdzv="static", python=None if torchrun else sys.executable)
+    return [torchrun, *cmd[1:]] if torchrun else cmd
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,14 +126,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-def stop_stale(pgid: int, out_dir: str | Path) -> None:
+def stop_stale(pgid: int, out_dir: str | Path, board: str = BOARD) -> None:
     """Stop what a killed parent left running: the launcher's group and the ranks on its
     progress board (which may sit in sessions of their own)."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    for pid in rank_pids(read_board(out_dir)):
+    for pid in rank_pids(read_board(out_dir, board)):
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -115,51 +141,85 @@ def stop_stale(pgid: int, out_dir: str | Path) -> None:
 
 
 def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: float,
-             on_start: Callable[[int], None] | None = None) -> None:
+             on_start: Callable[[int], None] | None = None, argv: list[str] | None = None,
+             board: str = BOARD, watch_ranks: Sequence[int] | None = None,
+             expect_ranks: Sequence[int] | None = None,
+             should_stop: Callable[[], str | None] | None = None,
+             log_name: str = "launcher.log") -> None:
     """Run the plan's ranks; raise RunFailed unless every rank wrote its records file.
 
     A watchdog reads the progress board: when no rank's mark has moved for ``timeout_s``
     (start-up included), or a rank's heartbeat stops for as long, the run is stopped and
     the rank that fell behind is named. However this function is left (an error, Ctrl-C),
-    the launcher and every rank it started are stopped first."""
+    the launcher and every rank it started are stopped first.
+
+    For one node's share of a multi-node run (``experiments.nodes``): ``argv`` replaces the
+    launcher's command, ``board`` names this node's progress board (the ranks learn it from
+    ``$JITTERLAB_BOARD``), ``watch_ranks`` are the board rows this call answers for (default: all),
+    ``expect_ranks`` the records files that must exist afterwards (default: all), and
+    ``should_stop`` is polled: a reason stops the run (another node failed), and
+    ``log_name`` names the launcher's log in the run folder."""
     plan = Plan.load(plan_path)
-    argv = launch_argv(launcher, nproc, worker_argv(plan_path))
-    create_board(plan.out_dir, nproc)
-    log_path = Path(plan.out_dir) / "launcher.log"
+    if argv is None:
+        argv = launch_argv(launcher, nproc, worker_argv(plan_path))
+    create_board(plan.out_dir, nproc, board)
+    env = dict(os.environ) if launcher != "local" else single_process_env(os.environ)
+    if board != BOARD:
+        env[BOARD_ENV] = board
+    mine = range(nproc) if watch_ranks is None else list(watch_ranks)
+    log_path = Path(plan.out_dir) / log_name
     watch = Watch()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
             if on_start is not None:
                 on_start(proc.pid)  # the launcher leads its own process group
-            rc = _watch(proc, plan, watch, timeout_s, nproc, log_path)
+            rc = _watch(proc, plan, board, watch, timeout_s, mine, log_path, should_stop)
         except BaseException:
-            _stop(proc, read_board(plan.out_dir))
+            _stop(proc, _rows(read_board(plan.out_dir, board), mine))
             raise
-    missing = [r for r in range(nproc) if not plan.rank_file(r).exists()]
+    expect = range(nproc) if expect_ranks is None else expect_ranks
+    missing = [r for r in expect if not plan.rank_file(r).exists()]
     if rc != 0 or missing:
-        _stop(proc, read_board(plan.out_dir))  # a launcher may leave ranks behind
-        raise RunFailed(_explain(plan, nproc, log_path, f"{launcher} exited with code {rc}",
-                                 watch))
+        _stop(proc, _rows(read_board(plan.out_dir, board), mine))  # a launcher may leave ranks
+        raise RunFailed(_explain(plan, board, mine, log_path,
+                                 f"{launcher} exited with code {rc}", watch))
 
 
-def _watch(proc: subprocess.Popen, plan: Plan, watch: Watch, timeout_s: float, nproc: int,
-           log_path: Path) -> int:
+def _rows(board: np.ndarray, mine: Sequence[int]) -> np.ndarray:
+    """The board as this call sees it: rows it does not answer for count as done (another
+    node watches them) and carry no pid to stop."""
+    if board.size == 0 or len(mine) == board.shape[0]:
+        return board
+    view = board.copy()
+    others = np.ones(board.shape[0], dtype=bool)
+    others[[r for r in mine if r < board.shape[0]]] = False
+    view[others, 0] = DONE
+    view[others, 2] = 0
+    return view
+
+
+def _watch(proc: subprocess.Popen, plan: Plan, board_name: str, watch: Watch, timeout_s: float,
+           mine: Sequence[int], log_path: Path,
+           should_stop: Callable[[], str | None] | None) -> int:
     while True:
         try:
             return proc.wait(timeout=_POLL_S)
         except subprocess.TimeoutExpired:
             pass
-        board = read_board(plan.out_dir)
+        board = _rows(read_board(plan.out_dir, board_name), mine)
         watch.update(board)
         starting = board.size == 0 or bool((board[:, 0] < READY).any())
         limit = timeout_s + (_START_GRACE_S if starting else 0.0)
         silent = watch.silent(board, after_s=max(timeout_s, 3 * BEAT_S))
         if watch.idle_s() > limit or silent:
-            raise RunFailed(_explain(plan, nproc, log_path,
+            raise RunFailed(_explain(plan, board_name, mine, log_path,
                                      f"no progress for {timeout_s:g} s", watch))
+        reason = should_stop() if should_stop is not None else None
+        if reason:
+            raise RunFailed(reason)
 
 
 def _stop(proc: subprocess.Popen, board: np.ndarray) -> None:
@@ -186,16 +246,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _explain(plan: Plan, nproc: int, log_path: Path, what: str, watch: Watch) -> str:
+def _explain(plan: Plan, board_name: str, mine: Sequence[int], log_path: Path, what: str,
+             watch: Watch) -> str:
     """One line: what happened, which rank fell behind (the culprit: the others' errors
     are usually timeouts or broken connections caused by it), what ranks reported."""
     errors = []
-    for r in range(nproc):
+    for r in mine:
         path = error_file(plan.out_dir, r)
         if path.exists():
             text = path.read_text(errors="replace").strip()
             errors.append(f"rank {r} reported {text[:200]}{'...' if len(text) > 200 else ''}")
-    board = read_board(plan.out_dir)
+    board = _rows(read_board(plan.out_dir, board_name), mine)
     parts = [what, describe_stall(board, watch.silent(board)), *errors]
     if not errors:
         tail = _tail(log_path)

@@ -332,3 +332,22 @@ def test_node_of(rank, per_node, node):
 def test_node_of_rejects(rank, per_node, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         node_of(rank, per_node)
+
+
+def test_a_local_run_started_inside_a_launchers_rank_is_a_world_of_its_own():
+    """An agent in an srun task (or an mpirun rank) starts a one-rank point: the worker
+    must not take the agent's place in the outer world."""
+    from launch.context import single_process_env
+
+    outer = {"SLURM_JOB_ID": "4", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
+             "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+             "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "PMI_FD": "5", "PMIX_RANK": "1",
+             "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "RANK": "1",
+             "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "1",
+             "TORCHELASTIC_RUN_ID": "x", "MASTER_ADDR": "h0", "PATH": "/usr/bin",
+             "GLOO_SOCKET_IFNAME": "eth0"}
+    assert RunContext.detect(outer).world_size == 2
+    env = single_process_env(outer)
+    assert env == {"SLURM_JOB_ID": "4", "PATH": "/usr/bin", "GLOO_SOCKET_IFNAME": "eth0"}
+    ctx = RunContext.detect(env, hostname="h")
+    assert (ctx.launcher, ctx.rank, ctx.world_size) == ("single", 0, 1)

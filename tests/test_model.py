@@ -69,3 +69,60 @@ def test_predict_step_is_sites_times_the_three_terms():
                           seed=0, ranks_per_node=8)
     assert got == pytest.approx(3 * (10.0 + 7.0 + 1.0 + 0.5 * 7))
     assert math.isfinite(got)
+
+
+def test_without_sampling_error_the_band_is_the_point_estimate():
+    none = jm.parse_schedule("constant(0s); name=none")
+    pts = [point("none", n, compute_site=400 / n, a=3.0, b=2.0, delay_site=0.0)
+           for n in (1, 2, 4)]
+    out = build(pts, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
+    for r in out["extrapolation"] + out["validation"]:
+        assert r["model_lo_us"] == pytest.approx(r["model_mean_us"])
+        assert r["model_hi_us"] == pytest.approx(r["model_mean_us"])
+
+
+def test_the_band_propagates_the_inputs_standard_errors():
+    """Compute from N = 1 (SE s_c per step), the collective fitted exactly through N = 2
+    and 4 (SE s_k per step each): T(N) is linear in them, so its SD is known, and the band
+    is about 1.96 SD each side. 2000 draws estimate a 2.5% point to about 3% of the
+    half-width; the 10% tolerance is over 3 sigma (seed fixed)."""
+    none = jm.parse_schedule("constant(0s); name=none")
+    s_c, s_k = 40.0, 8.0
+    pts = []
+    for n in (1, 2, 4):
+        p = point("none", n, compute_site=4000 / n, a=300.0, b=200.0, delay_site=0.0)
+        p["compute_se_us"], p["collective_se_us"] = s_c, (s_k if n > 1 else 0.0)
+        pts.append(p)
+    out = build(pts, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
+    by = {r["world_size"]: r for r in out["extrapolation"]}
+    for n in (8, 64, 4096):
+        w = (n - 2) / 2  # a + b (N - 1) = y2 + (y4 - y2) (N - 2) / 2
+        sd = math.hypot(s_c / n, s_k * math.hypot(1 - w, w))
+        r = by[n]
+        assert (r["model_hi_us"] - r["model_lo_us"]) / 2 == pytest.approx(1.96 * sd, rel=0.1)
+        assert r["model_lo_us"] < r["model_mean_us"] < r["model_hi_us"]
+        assert r["efficiency_lo"] < r["efficiency"] < r["efficiency_hi"]
+
+
+def test_holding_out_the_largest_world_size_tests_the_extrapolation():
+    none = jm.parse_schedule("constant(0s); name=none")
+    linear = [point("none", n, compute_site=400 / n, a=3.0, b=2.0, delay_site=0.0)
+              for n in (1, 2, 4, 8)]
+    out = build(linear, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
+    hold = out["holdout"]
+    assert hold["held_out_world_size"] == 8 and hold["fitted_on"] == [2, 4]
+    assert [r["world_size"] for r in hold["rows"]] == [8]
+    assert abs(hold["rows"][0]["rel_error"]) < 1e-9  # the model's own form: exact
+    # A collective that grows like log2 N instead (5 and 7 µs/site at N = 2 and 4): the line
+    # through them, 4 + (N - 1), says 11 µs/site at N = 8, where 3 + 2*3 = 9 was measured.
+    curved = [p | {"collective_us": SITES * (3.0 + 2.0 * math.log2(p["world_size"]))
+                   if p["world_size"] > 1 else 0.0} for p in linear]
+    for p in curved:
+        p["mean_us"] = p["compute_us"] + p["collective_us"]
+    bad = build(curved, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)["holdout"]
+    t8 = curved[-1]["mean_us"]
+    predicted = SITES * (400 / 8 + 11.0)
+    assert bad["rows"][0]["model_mean_us"] == pytest.approx(predicted)
+    assert bad["rows"][0]["rel_error"] == pytest.approx(predicted / t8 - 1)
+    few = build(linear[:3], {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
+    assert few["holdout"] is None  # two multi-rank sizes: nothing left to predict

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -194,12 +195,17 @@ def test_a_rank_stopped_inside_a_collective_is_named_and_nothing_is_left(tmp_pat
                 time.sleep(0.1)
 
 
+# Outside a SLURM allocation: srun missing, or installed but with no job to run in.
+SRUN_REFUSAL = ("launcher: srun is not on PATH" if shutil.which("srun") is None
+                else "launcher: srun needs a SLURM allocation")
+
+
 @pytest.mark.parametrize("args,message", [
     (["-b", "3", "-e", "3"], "all_reduce: size_bytes=3 is smaller than one element"),
     (["--coll", "all_gather", "-b", "2", "-e", "2", "--nproc", "2", "--launcher", "mpirun"],
      "all_gather: size_bytes=2 is smaller than 2 elements (one per rank)"),
     (["--timeout", "1e15"], "timeout_s: must be > 0 s and at most a day"),
-    (["--launcher", "srun"], "launcher: srun is not on PATH"),
+    (["--launcher", "srun"], SRUN_REFUSAL),
     (["--json", "/proc/x.json"], "json: cannot write '/proc/x.json'"),
     (["--csv", "/tmp"], "csv: '/tmp' is a directory"),
     (["--jitter", "exponential(20us"], "column 17"),

@@ -1,0 +1,208 @@
+"""Multi-node sweeps with real agents: two ``jitterlab run --nnodes 2`` processes on this
+host, each starting torchrun for its node's ranks (gloo on loopback). Separate --out
+folders behave as nodes with local disks (records gathered to rank 0 on node 0); one
+shared --out as nodes on a shared file system. Failures: a killed agent, a spec that
+differs between nodes, a node that never joins."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sweep_specs  # beside this file: pytest puts its folder on sys.path
+
+from collectives.timing import read_rank_file
+from launch.bootstrap import free_port
+
+JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
+ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+
+def write_spec(tmp_path: Path, steps: int = 5, name: str = "spec.toml") -> Path:
+    return sweep_specs.write_spec(tmp_path / name, name="mn", backend="gloo", steps=steps,
+                                  ranks_per_node=1, timeout_s=60)
+
+
+def agent(spec: Path, out: Path, rank: int, port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([JITTERLAB, "run", str(spec), "--out", str(out), "--nnodes", "2",
+                             "--node-rank", str(rank), "--master", f"127.0.0.1:{port}",
+                             *extra], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(*procs: subprocess.Popen, timeout: float = 240) -> list[tuple[int, str, str]]:
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
+def leftovers(marker: str) -> list[str]:
+    """Processes whose command line mentions ``marker`` (our tmp folder)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def points(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "points").iterdir())
+
+
+def test_two_agents_with_local_folders_run_report_and_resume(tmp_path):
+    spec = write_spec(tmp_path)
+    a, b = tmp_path / "node0", tmp_path / "node1"
+    port = free_port()
+    res = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
+    (rc0, out0, err0), (rc1, out1, err1) = res
+    assert rc0 == 0, err0[-3000:]
+    assert rc1 == 0, err1[-3000:]
+    assert "4 points run, 0 already complete, 0 failed" in out0
+    assert "this node ran its part of 2 points, 0 failed" in out1
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert [n["node"] for n in manifest["nodes"]] == [0, 1]
+    assert manifest["shared_folder"] is False
+    assert len(points(a)) == 4 and not any(p.startswith(".") for p in points(a))
+    assert points(b) == []  # node 1 keeps nothing: its ranks sent their records to rank 0
+    two = [p for p in points(a)
+           if json.loads((a / "points" / p / "summary.json").read_text())["world_size"] == 2]
+    assert len(two) == 2
+    for p in two:
+        metas = [read_rank_file(a / "points" / p / f"rank-{r:05d}.parquet")[1] for r in (0, 1)]
+        assert [(m["rank"], m["node"], m["launcher"]) for m in metas] == [
+            (0, 0, "torchrun"), (1, 1, "torchrun")]
+        assert metas[1]["written_by"] == 0
+        summary = json.loads((a / "points" / p / "summary.json").read_text())
+        assert summary["step_latency"]["n"] == 5
+    assert (a / "report.html").exists() and (a / "report.md").exists()
+    port = free_port()
+    (rc0, out0, _), (rc1, out1, _) = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
+    assert (rc0, rc1) == (0, 0)
+    assert "0 points run, 4 already complete, 0 failed" in out0
+    assert "this node ran its part of 0 points" in out1
+    assert leftovers(str(tmp_path)) == []
+
+
+def test_two_agents_sharing_one_folder(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "shared"
+    port = free_port()
+    one = agent(spec, out, 1, port)  # any start order
+    time.sleep(1.0)
+    (rc1, _, err1), (rc0, out0, err0) = finish(one, agent(spec, out, 0, port))
+    assert rc0 == 0, err0[-3000:]
+    assert rc1 == 0, err1[-3000:]
+    assert json.loads((out / "manifest.json").read_text())["shared_folder"] is True
+    assert len(points(out)) == 4
+    for p in points(out):
+        summary = json.loads((out / "points" / p / "summary.json").read_text())
+        files = sorted(f.name for f in (out / "points" / p).glob("rank-*.parquet"))
+        assert len(files) == summary["world_size"]
+        if summary["world_size"] == 2:  # each rank wrote its own file; node 1 its own log
+            meta = read_rank_file(out / "points" / p / "rank-00001.parquet")[1]
+            assert "written_by" not in meta and meta["node"] == 1
+            assert (out / "points" / p / "launcher-node1.log").exists()
+            assert (out / "points" / p / "progress-node1.bin").exists()
+
+
+def test_a_killed_agent_fails_its_points_and_a_rerun_resumes(tmp_path):
+    spec = write_spec(tmp_path, steps=1500)
+    a, b = tmp_path / "node0", tmp_path / "node1"
+    port = free_port()
+    zero, one = agent(spec, a, 0, port), agent(spec, b, 1, port)
+    deadline = time.monotonic() + 120
+    while not list(b.glob("points/.tmp-*/progress-node1.bin")):  # node 1 is running a part
+        assert time.monotonic() < deadline and zero.poll() is None, finish(zero)[0][2][-2000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    one.send_signal(signal.SIGKILL)
+    one.communicate()
+    (rc0, out0, err0), = finish(zero)
+    assert rc0 == 1, err0[-3000:]
+    assert "2 points run, 0 already complete, 2 failed" in out0
+    failures = [json.loads(f.read_text()) for f in sorted((a / "failed").glob("*.json"))]
+    assert len(failures) == 2 and all(f["world_size"] == 2 for f in failures)
+    assert all("node 1" in f["error"] for f in failures), failures
+    assert len(points(a)) == 2  # the one-node points completed
+    deadline = time.monotonic() + 60  # node 1's orphaned rank ends once its peer is gone
+    while leftovers(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftovers(str(tmp_path)) == []
+    spec = write_spec(tmp_path, steps=1500)
+    port = free_port()
+    (rc0, out0, err0), (rc1, _, err1) = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
+    assert (rc0, rc1) == (0, 0), (err0[-2000:], err1[-2000:])
+    assert "2 points run, 2 already complete, 0 failed" in out0
+    assert len(points(a)) == 4 and not list((a / "failed").iterdir())
+
+
+def test_nodes_with_different_specs_are_refused_and_nothing_is_written(tmp_path):
+    spec = write_spec(tmp_path)
+    other = write_spec(tmp_path, steps=6, name="other.toml")
+    a, b = tmp_path / "node0", tmp_path / "node1"
+    port = free_port()
+    (rc0, out0, err0), (rc1, _, err1) = finish(agent(spec, a, 0, port),
+                                               agent(other, b, 1, port))
+    assert rc0 == 2 and out0 == ""
+    assert "jitterlab: error: spec: node 1 (" in err0
+    assert "has a different spec or nnodes" in err0
+    assert rc1 == 1 and "node 0 ended the sweep: spec: node 1" in err1
+    assert not a.exists()
+
+
+def test_a_node_that_never_joins_times_out(tmp_path):
+    spec = write_spec(tmp_path)
+    a = tmp_path / "node0"
+    (rc0, _, err0), = finish(agent(spec, a, 0, free_port(), "--join-timeout", "2"))
+    assert rc0 == 1
+    assert "node 1 did not join within 2 s (start its command: jitterlab run ... " \
+           "--node-rank 1)" in err0
+    assert not a.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--nnodes", "2", "--master", "h:1"], "node-rank: needed with --nnodes 2"),
+    (["--nnodes", "2", "--node-rank", "0"], "master: needed with --nnodes 2"),
+    (["--nnodes", "2", "--node-rank", "2", "--master", "h:1"],
+     "node-rank: must be in [0, 1] for nnodes=2, got 2"),
+    (["--node-rank", "1"], "node-rank: needs --nnodes"),
+    (["--nnodes", "0"], "nnodes: must be >= 1, got 0"),
+    (["--nnodes", "3", "--node-rank", "0", "--master", "h:1", "--join-timeout", "0"],
+     "join-timeout: must be > 0"),
+    (["--nnodes", "2", "--node-rank", "0", "--master", "h"], "master: expected HOST:PORT"),
+])
+def test_bad_node_flags_fail_before_anything_starts(tmp_path, args, message):
+    spec = write_spec(tmp_path)
+    res = subprocess.run([JITTERLAB, "run", str(spec), "--out", str(tmp_path / "o"), *args],
+                         capture_output=True, text=True, timeout=60, env=ENV)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"jitterlab: error: {message}"] or \
+        res.stderr.startswith(f"jitterlab: error: {message}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_print_commands_gives_each_node_its_line(tmp_path):
+    spec = write_spec(tmp_path)
+    res = subprocess.run([JITTERLAB, "run", str(spec), "--out", "o", "--nnodes", "2",
+                          "--master", "head:29400", "--print-commands"], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path, env=ENV)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].startswith("# 2 nodes")
+    for r, line in enumerate(lines[1:]):
+        assert line == (f"jitterlab run {spec} --out {tmp_path / 'o'} --nnodes 2 "
+                        f"--node-rank {r} --master head:29400")
+    assert len(lines) == 3 and not (tmp_path / "o").exists()

@@ -1,0 +1,132 @@
+"""Multi-node sweeps, the pure parts: SLURM host lists and allocations, node layouts,
+command lines, and the checks a K-node spec must pass before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import nodes
+from experiments.spec import parse_spec
+
+BASE = {"name": "t", "model": "tiny", "compute": "none", "backend": "gloo",
+        "jitter": [{"name": "none", "dist": "constant(0s)"}]}
+
+
+def spec(**kw):
+    return parse_spec(BASE | kw)
+
+
+@pytest.mark.parametrize("expr,hosts", [
+    ("node1", ["node1"]),
+    ("a,b", ["a", "b"]),
+    ("gpu[01-03,07]", ["gpu01", "gpu02", "gpu03", "gpu07"]),
+    ("gpu[8-11]", ["gpu8", "gpu9", "gpu10", "gpu11"]),
+    ("gpu[098-101],login", ["gpu098", "gpu099", "gpu100", "gpu101", "login"]),
+    ("r[1-2]-n[1-2]", ["r1-n1", "r1-n2", "r2-n1", "r2-n2"]),
+    ("x[3]", ["x3"]),
+])
+def test_slurm_host_lists_expand_as_slurm_does(expr, hosts):
+    assert nodes.expand_hostlist(expr) == hosts
+
+
+@pytest.mark.parametrize("expr,message", [
+    ("", "empty host list"),
+    ("gpu[01-03", "unbalanced brackets"),
+    ("gpu]1[", "unbalanced brackets"),
+    ("gpu[3-1]", "descending range '3-1'"),
+    ("gpu[a-b]", "bad range 'a-b'"),
+    ("a,,b", "empty host name"),
+])
+def test_bad_host_lists_are_named(expr, message):
+    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST: ") as err:
+        nodes.expand_hostlist(expr)
+    assert message in str(err.value)
+
+
+def test_a_slurm_allocation_is_seen_only_outside_a_step_and_with_several_nodes():
+    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[1-2]"}
+    job = nodes.slurm_job(env)
+    assert job == nodes.SlurmJob("4242", ("gpu1", "gpu2"))
+    assert job.port == 20000 + 4242 % 20000
+    assert nodes.slurm_job(env | {"SLURM_STEP_ID": "0"}) is None      # an srun task
+    assert nodes.slurm_job(env | {"SLURM_JOB_NODELIST": "gpu1"}) is None  # one node
+    assert nodes.slurm_job({"SLURM_JOB_NODELIST": "gpu[1-2]"}) is None    # no job
+    assert nodes.slurm_job({"SLURM_JOB_ID": "7", "SLURM_NODELIST": "a,b"}).hosts == ("a", "b")
+    assert nodes.slurm_job(env | {"SLURM_GPUS_PER_NODE": "8"}).gpus_per_node == "8"
+
+
+def test_the_srun_line_starts_one_agent_per_node():
+    job = nodes.SlurmJob("9", ("n1", "n2", "n3"))
+    argv = nodes.srun_agents_argv(job, "/s/spec.toml", "/r/out", "n1:20009")
+    assert argv == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "jitterlab",
+                    "run", "/s/spec.toml", "--out", "/r/out", "--nnodes", "3",
+                    "--node-rank", "slurm", "--master", "n1:20009"]
+    gpus = nodes.srun_agents_argv(nodes.SlurmJob("9", ("n1", "n2"), "h100:8"), "s", "o", "n1:1")
+    assert gpus[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                        "--gpus-per-node=h100:8"]
+
+
+def test_node_rank_from_a_flag_or_from_slurm():
+    assert nodes.node_rank_from("1", 2, env={}) == 1
+    assert nodes.node_rank_from("slurm", 4, env={"SLURM_NODEID": "3"}) == 3
+    with pytest.raises(ValueError, match=r"node-rank: must be in \[0, 1\] for nnodes=2, "
+                                         r"got 2"):
+        nodes.node_rank_from("2", 2, env={})
+    with pytest.raises(ValueError, match="node-rank: 'slurm' needs SLURM_NODEID"):
+        nodes.node_rank_from("slurm", 2, env={})
+    with pytest.raises(ValueError, match="node-rank: expected an integer or 'slurm', "
+                                         "got 'x'"):
+        nodes.node_rank_from("x", 2, env={})
+
+
+@pytest.mark.parametrize("text,parsed", [
+    ("node0:29400", ("node0", 29400)), ("10.0.0.1:1", ("10.0.0.1", 1)),
+    ("[fe80::1]:29500", ("fe80::1", 29500)),
+])
+def test_master_addresses_parse(text, parsed):
+    assert nodes.parse_master(text) == parsed
+
+
+@pytest.mark.parametrize("text,message", [
+    ("node0", "expected HOST:PORT, got 'node0'"), ("node0:", "expected HOST:PORT"),
+    ("node0:70000", "port must be in [1, 65535], got 70000"), ("::1:5", "expected HOST:PORT"),
+])
+def test_bad_master_addresses_are_named(text, message):
+    with pytest.raises(ValueError, match="master: ") as err:
+        nodes.parse_master(text)
+    assert message in str(err.value)
+
+
+def test_points_fill_node_zero_then_whole_nodes():
+    assert nodes.layout(1, 8) == (1, 1)
+    assert nodes.layout(8, 8) == (1, 8)
+    assert nodes.layout(16, 8) == (2, 8)
+    assert nodes.layout(3, 1) == (3, 1)
+    with pytest.raises(ValueError, match="world_sizes: 12 is not a multiple of "
+                                         "ranks_per_node=8"):
+        nodes.layout(12, 8)
+
+
+@pytest.mark.parametrize("kw,nnodes,message", [
+    ({"model": "llama-3-8b", "world_sizes": [8, 16, 32]}, 2,
+     "world_sizes: 32 needs 4 nodes of ranks_per_node=8, the sweep has nnodes=2"),
+    ({"world_sizes": [2, 4], "ranks_per_node": 3}, 2,
+     "world_sizes: 4 is not a multiple of ranks_per_node=3"),
+    ({"backend": "mpi", "world_sizes": [1, 2]}, 2, "backend: a multi-node sweep starts "
+                                                    "torchrun"),
+    ({"launcher": "mpirun", "world_sizes": [1, 2]}, 2, "launcher: a multi-node sweep starts "
+                                                        "torchrun on each node; got 'mpirun'"),
+])
+def test_a_spec_that_cannot_run_on_k_nodes_is_refused(kw, nnodes, message):
+    with pytest.raises(ValueError) as err:
+        nodes.check_layout(spec(**kw), nnodes)
+    assert str(err.value).startswith(message)
+
+
+def test_fitting_specs_pass_and_nodes_agree_only_on_identical_points():
+    a = spec(world_sizes=[2, 4, 8], ranks_per_node=2)
+    nodes.check_layout(a, 4)
+    assert nodes.digest(a, 4) == nodes.digest(spec(world_sizes=[2, 4, 8], ranks_per_node=2), 4)
+    assert nodes.digest(a, 4) != nodes.digest(a, 5)
+    assert nodes.digest(a, 4) != nodes.digest(spec(world_sizes=[2, 4, 8], ranks_per_node=2,
+                                                   steps=51), 4)
