@@ -164,3 +164,24 @@ def site_kv_read_bytes(layout: ShardLayout, site: int, pos: int, batch: int,
     if site % 2:
         return 0
     return 2 * batch * layout.kv_heads_per_rank * (pos + 1) * layout.cfg.head_dim * dtype_bytes
+
+
+def weight_share(cfg: ModelConfig, n: int | float) -> float:
+    """The fraction of a layer's weights one rank holds at tensor-parallel width ``n``,
+    for any n >= 1, including widths no real split reaches: query heads and MLP columns
+    divide n ways, KV heads never below one per rank (replicated beyond kv_heads, as vLLM
+    does), norms are whole on every rank. Decode reads every weight once per token, so this
+    is also the rank's share of the compute (the KV cache, small at short contexts, is left
+    out). Past n = heads the share stays at its value at n = heads: tensor parallelism
+    cannot split attention further than one head per rank, so the extra ranks of such an
+    extrapolation add jitter and collective cost and no speed."""
+    if isinstance(n, bool) or not n >= 1:
+        raise ValueError(f"world size: must be >= 1, got {n!r}")
+
+    def params(width: float) -> float:
+        q = max(cfg.heads / width, 1.0) * cfg.head_dim
+        kv = max(cfg.kv_heads / width, 1.0) * cfg.head_dim
+        ffn = max(cfg.ffn / width, 1.0)
+        return 2 * cfg.hidden + cfg.hidden * (q + 2 * kv) + q * cfg.hidden + 3 * cfg.hidden * ffn
+
+    return params(float(min(n, cfg.heads))) / params(1.0)

@@ -203,9 +203,14 @@ def _launchers(mpi_library: Check | None) -> list[Check]:
     return [torchrun, mpirun, *slurm]
 
 
+def stack_checks() -> list[Check]:
+    """The software and devices a run depends on (no launchers): for a result's manifest."""
+    return [*_python(), *_torch(), *_mpi()]
+
+
 def probe() -> list[Check]:
     """Every component, in table order; never raises."""
-    checks = _python() + _torch() + _mpi()
+    checks = stack_checks()
     mpi_library = next((c for c in checks if c.component == "mpi"), None)
     return checks + _launchers(mpi_library)
 

@@ -6,8 +6,11 @@ every rank a site costs its compute, plus the expected max over the N ranks' del
 
     T(N) = sites * ( compute_site(N) + E[max of N delays] + coll(N) ) + overhead
 
-- compute_site(N): measured at the smallest measured N and scaled by N_min / N (weights
-  and KV heads split N ways);
+- compute_site(N): measured at the smallest measured N and scaled by the rank's share of
+  the layer's weights, share(N) / share(N_min) (``collectives.models.weight_share``: 1/N
+  while heads and KV heads split, more once KV heads replicate, and constant past
+  N = heads, where tensor parallelism cannot split attention further); 1/N when the
+  model's shape is not given;
 - coll(N) = a + b * (N - 1): a least-squares fit of the measured per-site collective time
   (the decomposition's ``collective_us``, without the skew wait) over the points with
   N >= 2, the latency term of a ring (one hop per extra rank). With fewer than two such
@@ -33,7 +36,7 @@ run (up to thousands), where only the model speaks. Two checks of how far to tru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,14 +128,16 @@ class _Inputs:
                 "local": local, "a": a, "b": b}
 
 
-def _step_us(t: dict[str, np.ndarray], n: int, n_min: float, delay_us: float, n_sites: int,
+def _step_us(t: dict[str, np.ndarray], n: int, scale: float, delay_us: float, n_sites: int,
              overhead_us: float) -> np.ndarray:
+    """Replicates of T(N); ``scale`` = compute at N over compute at N_min."""
     c = t["a"] + t["b"] * (n - 1) if n > 1 else t["local"]
-    return n_sites * (t["compute_min"] * n_min / n + delay_us + c) + overhead_us
+    return n_sites * (t["compute_min"] * scale + delay_us + c) + overhead_us
 
 
 def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n_sites: int,
-          seed: int, ranks_per_node: int, holdout: bool = True) -> dict[str, Any]:
+          seed: int, ranks_per_node: int, holdout: bool = True,
+          share: Callable[[int], float] | None = None) -> dict[str, Any]:
     """Validation rows (measured vs model at each measured point, with the band), a
     held-out check where possible, and extrapolation rows with the band, from report
     points (``schedule``, ``world_size``, ``mean_us``, ``compute_us``, ``collective_us``
@@ -145,8 +150,12 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n
     base = [p["compute_us"] for p in points if p["world_size"] == n_min]
     compute_min = float(np.mean(base)) / n_sites  # per site, at the smallest N
 
+    if share is None:
+        def share(n: int) -> float:
+            return 1.0 / n
+
     def compute_at(n: int) -> float:
-        return compute_min * n_min / n
+        return compute_min * share(n) / share(n_min)
 
     ones = [p["collective_us"] / n_sites for p in points if p["world_size"] == 1]
     local = float(np.mean(ones)) if ones else 0.0
@@ -169,7 +178,8 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n
         return delays[name, n]
 
     def band(name: str, n: int) -> np.ndarray:
-        return _step_us(replicas, n, inputs.n_min, delay(name, n), n_sites, overhead)
+        return _step_us(replicas, n, share(n) / share(n_min), delay(name, n), n_sites,
+                        overhead)
 
     validation = []
     for p in points:
@@ -205,13 +215,15 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n
                                   "efficiency_hi": float(e_hi)})
     return {"validation": validation, "extrapolation": extrapolation,
             "holdout": _holdout(points, schedules, n_sites=n_sites, seed=seed,
-                                ranks_per_node=ranks_per_node) if holdout else None,
+                                ranks_per_node=ranks_per_node, share=share)
+            if holdout else None,
             "collective_fit_us": {"a": coll[0], "b_per_rank": coll[1], "fitted": coll[2],
                                   **extra}}
 
 
 def _holdout(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *,
-             n_sites: int, seed: int, ranks_per_node: int) -> dict[str, Any] | None:
+             n_sites: int, seed: int, ranks_per_node: int,
+             share: Callable[[int], float]) -> dict[str, Any] | None:
     """Refit without the largest world size and predict it: None unless three or more
     multi-rank world sizes were measured (two are left to fit the collective's growth)."""
     sizes = sorted({p["world_size"] for p in points if p["world_size"] >= 2})
@@ -219,7 +231,7 @@ def _holdout(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *
         return None
     top = sizes[-1]
     fit = build([p for p in points if p["world_size"] != top], schedules, n_sites=n_sites,
-                seed=seed, ranks_per_node=ranks_per_node, holdout=False)
+                seed=seed, ranks_per_node=ranks_per_node, holdout=False, share=share)
     rows = []
     for p in points:
         if p["world_size"] != top or p["schedule"] not in schedules:
@@ -229,7 +241,7 @@ def _holdout(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *
         base = [q["compute_us"] for q in points if q["world_size"] == n_min]
         model = predict_step_us(
             schedules[p["schedule"]], top,
-            compute_site_us=float(np.mean(base)) / n_sites * n_min / top,
+            compute_site_us=float(np.mean(base)) / n_sites * share(top) / share(n_min),
             coll=(terms["a"], terms["b_per_rank"], terms["fitted"]), n_sites=n_sites,
             seed=seed, ranks_per_node=ranks_per_node, local_coll_us=terms["local_coll_us"],
             overhead_us=terms["overhead_us"])

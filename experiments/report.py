@@ -40,6 +40,10 @@ def load_summaries(root: Path, ids: set[str]) -> list[dict[str, Any]]:
 
 def build(root: str | Path) -> dict[str, Any]:
     """Tables for the report: per point, per (schedule, batch, N) scaling, headlines."""
+    import functools
+
+    from collectives.models import weight_share
+
     from .model import build as build_model
     from .spec import parse_spec
     from .sweep import expand
@@ -73,7 +77,8 @@ def build(root: str | Path) -> dict[str, Any]:
         rows += [{**r, "batch": batch} for r in part]
         useful[batch] = useful_parallelism(part)
         models[batch] = build_model(mine, schedules, n_sites=2 * spec.model.layers,
-                                    seed=spec.seed, ranks_per_node=spec.ranks_per_node)
+                                    seed=spec.seed, ranks_per_node=spec.ranks_per_node,
+                                    share=functools.partial(weight_share, spec.model))
     failed = []
     for pid in sorted(expected):
         path = root / "failed" / f"{pid}.json"
@@ -327,7 +332,10 @@ def _markdown(data: dict, plots: dict[str, bytes]) -> str:
                 "extrapolation shows the jitter's max-of-N effect alone)")
         tag = f" (batch {batch})" if len(data["models"]) > 1 else ""
         lines += ["", f"## Model: measured vs predicted mean step{tag}", "",
-                  "T(N) = sites x (compute/N + E[max of N delays] + collective(N)), with "
+                  "T(N) = sites x (compute(N) + E[max of N delays] + collective(N)), with "
+                  "compute(N) the measured compute scaled by the rank's share of the "
+                  f"weights (1/N while the {spec.model.heads} heads split, constant past "
+                  f"N = {spec.model.heads}), "
                   f"{coll}; at N = 1 the all-reduce is the measured local call; plus the "
                   "step's host overhead measured at the smallest N; E[max] from the "
                   "schedule's order statistics.", ""]

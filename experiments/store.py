@@ -80,6 +80,7 @@ def manifest(spec_doc: dict[str, Any]) -> dict[str, Any]:
         else None,
         "python": sys.version.split()[0],
         "versions": _versions(),
+        "stack": _stack(),
         "environment": {k: v for k, v in sorted(os.environ.items())
                         if k.startswith(ENV_PREFIXES)},
         "git_revision": _git_revision(),
@@ -94,6 +95,15 @@ def _cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+def _stack() -> dict[str, dict[str, Any]]:
+    """What ``jitterlab doctor`` sees, per component: torch and its build, the GPUs (CUDA),
+    NCCL, gloo, mpi4py and the MPI library's own version string."""
+    from .doctor import stack_checks
+
+    return {c.component: {"available": c.available, "version": c.version, "detail": c.detail}
+            for c in stack_checks()}
 
 
 def _versions() -> dict[str, str | None]:

@@ -115,6 +115,9 @@ def _run(plan: Plan, ctx: RunContext) -> int:
             "node": ctx.node, "local_rank": ctx.local_rank, "hostname": ctx.hostname,
             "launcher": ctx.launcher, "backend": getattr(backend, "backend_name", backend.name),
             "device": backend.device, "injector": name,
+            # The backend's own all-reduce (NCCL, gloo or MPI picks ring, tree, ...): the
+            # explicit ring and tree with per-hop jitter are a later addition.
+            "algorithm": "native",
             "timing": ("cuda_events: t_arrive and t_done from CUDA events, anchored at the "
                        "host's t_start (uncertain by the start event's launch latency)"
                        if backend.device.startswith("cuda") else "host: perf_counter_ns"),

@@ -126,3 +126,43 @@ def test_holding_out_the_largest_world_size_tests_the_extrapolation():
     assert bad["rows"][0]["rel_error"] == pytest.approx(predicted / t8 - 1)
     few = build(linear[:3], {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
     assert few["holdout"] is None  # two multi-rank sizes: nothing left to predict
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "llama-2-7b", "llama-3-8b", "llama-3-70b",
+                                  "llama-3.1-405b"])
+def test_weight_share_is_the_layouts_own_bytes_wherever_a_split_exists(name):
+    from collectives.models import model_config, shard_layout, site_weight_bytes, weight_share
+
+    cfg = model_config(name)
+    one = shard_layout(cfg, 1)
+    whole = site_weight_bytes(one, 0, 2) + site_weight_bytes(one, 1, 2)
+    last = 1.0
+    for n in range(1, 2 * cfg.heads + 1):
+        share = weight_share(cfg, n)
+        assert share <= last  # more ranks never hold more
+        last = share
+        try:
+            layout = shard_layout(cfg, n)
+        except ValueError:
+            continue
+        exact = (site_weight_bytes(layout, 0, 2) + site_weight_bytes(layout, 1, 2)) / whole
+        assert share == pytest.approx(exact, rel=1e-12), n
+    assert weight_share(cfg, 4096) == weight_share(cfg, cfg.heads)  # no split past heads
+
+
+def test_the_compute_term_follows_the_weight_share():
+    from collectives.models import model_config, weight_share
+
+    cfg = model_config("llama-3-8b")  # 32 heads, 8 KV heads: KV replicates past N = 8
+    none = jm.parse_schedule("constant(0s); name=none")
+    pts = [point("none", n, compute_site=400 * weight_share(cfg, n), a=3.0, b=2.0,
+                 delay_site=0.0) for n in (1, 2, 4)]
+    out = build(pts, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8,
+                share=lambda n: weight_share(cfg, n))
+    assert all(abs(v["rel_error"]) < 1e-9 for v in out["validation"])
+    by = {r["world_size"]: r for r in out["extrapolation"]}
+    for n in (16, 4096):
+        coll = 3.0 + 2.0 * (n - 1)
+        assert by[n]["model_mean_us"] == pytest.approx(
+            SITES * (400 * weight_share(cfg, n) + coll))
+    assert 400 * weight_share(cfg, 16) > 400 / 16  # replicated KV heads cost more than 1/N

@@ -85,6 +85,7 @@ def test_two_agents_with_local_folders_run_report_and_resume(tmp_path):
         assert [(m["rank"], m["node"], m["launcher"]) for m in metas] == [
             (0, 0, "torchrun"), (1, 1, "torchrun")]
         assert metas[1]["written_by"] == 0
+        assert [m["algorithm"] for m in metas] == ["native", "native"]
         summary = json.loads((a / "points" / p / "summary.json").read_text())
         assert summary["step_latency"]["n"] == 5
     assert (a / "report.html").exists() and (a / "report.md").exists()

@@ -48,6 +48,9 @@ def test_a_sweep_runs_reports_and_resumes(tmp_path):
     assert "## Model: measured vs predicted mean step" in report and "| 4096 |" in report
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["spec"]["name"] == "t" and manifest["versions"]["numpy"]
+    stack = manifest["stack"]  # what doctor sees: torch build, GPUs, NCCL, the MPI library
+    assert stack["torch"]["available"] and stack["mpi"]["available"]
+    assert stack["mpi"]["detail"].startswith(("Open MPI", "MPICH")) and "cuda" in stack
     again = run("run", str(spec), "--out", "out", cwd=tmp_path)
     assert again.returncode == 0 and "0 points run, 4 already complete" in again.stdout
     shown = run("show", "out", cwd=tmp_path)
