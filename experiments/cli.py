@@ -442,6 +442,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from launch.context import die_with_torchrun
+
+    die_with_torchrun()  # before the heavy imports below: a torchrun killed meanwhile
     from launch.worker import run
 
     return run(args.plan)

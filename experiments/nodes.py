@@ -261,13 +261,22 @@ class Link:
                                f"{setup.join_timeout_s:g} s ({first})") from None
 
     def put(self, key: str, value: Any) -> None:
-        self.store.set(key, json.dumps(value))
+        self._call(self.store.set, key, json.dumps(value))
 
     def has(self, key: str) -> bool:
-        return bool(self.store.check([key]))
+        return bool(self._call(self.store.check, [key]))
 
     def get(self, key: str) -> Any:
-        return json.loads(self.store.get(key))
+        return json.loads(self._call(self.store.get, key))
+
+    def _call(self, fn: Callable, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RuntimeError as exc:  # torch's message carries a C++ backtrace: first line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            who = ("an agent" if self.setup.node_rank == 0 else
+                   f"node 0's agent at {self.setup.master_host}:{self.setup.master_port}")
+            raise RuntimeError(f"lost the connection to {who} ({first})") from None
 
     def wait(self, key: str, deadline: float | None = None,
              poll: Callable[[], None] | None = None) -> Any:

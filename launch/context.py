@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -293,3 +294,23 @@ def single_process_env(env: Mapping[str, str]) -> dict[str, str]:
               "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE"}
     prefixes = ("OMPI_COMM_WORLD_", "PMI_", "PMIX_", "OMPI_MCA_orte_", "OMPI_MCA_ess")
     return {k: v for k, v in env.items() if k not in names and not k.startswith(prefixes)}
+
+
+def die_with_torchrun(env: Mapping[str, str] | None = None) -> None:
+    """Linux, under torchrun: die with it. torchrun starts each worker in a session of its
+    own, so a torchrun that is killed (its node's agent gone) would otherwise leave the
+    ranks running until their collectives time out. Call it first thing (before heavy
+    imports): if torchrun died before the request took effect the parent is already init
+    (pid 1), and the worker ends at once."""
+    env = os.environ if env is None else env
+    if "TORCHELASTIC_RUN_ID" not in env or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)

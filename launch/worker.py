@@ -8,8 +8,6 @@ fails leaves ``errors/rank-NNNNN.txt`` (one line) for the parent to report.
 from __future__ import annotations
 
 import os
-import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from collectives.timing import combine, measure_offsets, write_rank_file
 from jitter_models import parse_schedule
 
 from .bootstrap import bootstrap, shutdown
-from .context import RunContext
+from .context import RunContext, die_with_torchrun
 from .plan import Plan
 from .progress import DONE, READY, rank_slot
 
@@ -44,27 +42,11 @@ def error_file(out_dir: str, rank: int) -> Path:
     return Path(out_dir) / "errors" / f"rank-{rank:05d}.txt"
 
 
-def _die_with_torchrun(ctx: RunContext) -> None:
-    """torchrun starts each worker in a session of its own, so a torchrun that is killed
-    (its node's agent gone) would leave the ranks running. Linux: die with it instead."""
-    if ctx.launcher != "torchrun" or sys.platform != "linux":
-        return
-    try:
-        import ctypes
-
-        parent = os.getppid()
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # it died before the request took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-    except OSError:
-        pass
-
-
 def run(plan_path: str) -> int:
     """Run ``plan_path`` on this rank and write its records file; 0 on success."""
     plan = Plan.load(plan_path)
     ctx = RunContext.detect()
-    _die_with_torchrun(ctx)
+    die_with_torchrun()  # (again, for callers other than the CLI; cheap)
     try:
         return _run(plan, ctx)
     except BaseException as exc:

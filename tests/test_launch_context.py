@@ -3,6 +3,11 @@
 import itertools
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -351,3 +356,41 @@ def test_a_local_run_started_inside_a_launchers_rank_is_a_world_of_its_own():
     assert env == {"SLURM_JOB_ID": "4", "PATH": "/usr/bin", "GLOO_SOCKET_IFNAME": "eth0"}
     ctx = RunContext.detect(env, hostname="h")
     assert (ctx.launcher, ctx.rank, ctx.world_size) == ("single", 0, 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+@pytest.mark.parametrize("under_torchrun", [True, False])
+def test_a_worker_under_torchrun_dies_with_it(under_torchrun):
+    """A parent (standing in for torchrun) starts a child that calls die_with_torchrun and
+    sleeps, then exits: the child must go with it under torchrun, and only then."""
+    child = ("import sys, time; sys.path.insert(0, sys.argv[1]); "
+             "from launch.context import die_with_torchrun; die_with_torchrun(); "
+             "print('ready', flush=True); time.sleep(30)")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"}
+    if under_torchrun:
+        env["TORCHELASTIC_RUN_ID"] = "test"
+    parent = ("import subprocess, sys; "
+              "p = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]], "
+              "stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True); "
+              "print(p.pid, p.stdout.readline().strip(), flush=True)")
+    out = subprocess.run([sys.executable, "-c", parent, child, root], env=env,
+                         capture_output=True, text=True, timeout=60)
+    pid, state = out.stdout.split()
+    assert state == "ready", out.stderr
+    deadline = time.monotonic() + (10 if under_torchrun else 1)  # death is immediate
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert _alive(int(pid)) != under_torchrun
+    finally:
+        if _alive(int(pid)):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -150,6 +150,34 @@ def test_a_killed_agent_fails_its_points_and_a_rerun_resumes(tmp_path):
     assert len(points(a)) == 4 and not list((a / "failed").iterdir())
 
 
+def test_a_killed_coordinator_stops_the_other_agents_and_a_rerun_resumes(tmp_path):
+    spec = write_spec(tmp_path, steps=1500)
+    a, b = tmp_path / "node0", tmp_path / "node1"
+    port = free_port()
+    zero, one = agent(spec, a, 0, port), agent(spec, b, 1, port)
+    deadline = time.monotonic() + 120
+    while not list(b.glob("points/.tmp-*/progress-node1.bin")):
+        assert time.monotonic() < deadline and one.poll() is None, finish(one)[0][2][-2000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    zero.send_signal(signal.SIGKILL)
+    zero.communicate()
+    (rc1, _, err1), = finish(one, timeout=60)
+    assert rc1 == 1
+    assert f"jitterlab: run failed: lost the connection to node 0's agent at 127.0.0.1:{port}" \
+        in err1
+    deadline = time.monotonic() + 30  # node 0's ranks die with its torchrun
+    while leftovers(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftovers(str(tmp_path)) == []
+    port = free_port()
+    (rc0, out0, err0), (rc1, _, err1) = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
+    assert (rc0, rc1) == (0, 0), (err0[-2000:], err1[-2000:])
+    done = int(out0.split(" points run, ")[1].split(" already complete")[0])
+    assert done >= 1 and f"{4 - done} points run, {done} already complete, 0 failed" in out0
+    assert len(points(a)) == 4
+
+
 def test_nodes_with_different_specs_are_refused_and_nothing_is_written(tmp_path):
     spec = write_spec(tmp_path)
     other = write_spec(tmp_path, steps=6, name="other.toml")
