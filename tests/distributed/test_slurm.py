@@ -31,7 +31,7 @@ from collectives.timing import read_rank_file
 
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 NEEDED = ("ip", "nsenter", "unshare", "mount", "munged", "slurmctld", "slurmd", "salloc",
-          "srun", "sinfo", "runuser")
+          "sbatch", "squeue", "srun", "sinfo", "runuser")
 NODES = {"nodea": "169.254.79.1", "nodeb": "169.254.79.2"}
 
 CONF = """ClusterName=jl
@@ -218,3 +218,33 @@ def test_jitterlab_run_in_an_allocation_starts_one_agent_per_node(cluster):
         assert hosts[(name, 1)] == [("nodea", 0, "single")]
         assert hosts[(name, 2)] == [("nodea", 0, "torchrun"), ("nodeb", 1, "torchrun")]
     assert (out / "report.html").exists()
+
+
+def test_a_batch_script_runs_the_sweep_and_a_rerun_resumes(cluster):
+    """The usual way in: sbatch a two-line script (the batch step is no srun step, so
+    jitterlab starts the agents itself), then the same again: nothing left to run."""
+    spec = sweep_specs.write_spec(cluster.dir / "batch.toml", name="batch", backend="gloo",
+                                  ranks_per_node=1, timeout_s=60)
+    out = cluster.dir / "batch-out"
+    script = cluster.dir / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --nodes=2\n{JITTERLAB} run {spec} --out {out}\n")
+    for attempt, expected in ((1, "4 points run, 0 already complete, 0 failed"),
+                              (2, "0 points run, 4 already complete, 0 failed")):
+        log = cluster.dir / f"job-{attempt}.log"
+        res = subprocess.run(cluster.on("nodea", "sbatch", "--parsable", f"--output={log}",
+                                        str(script)),
+                             capture_output=True, text=True, env=cluster.env, timeout=60)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+        job = res.stdout.strip().split(";")[0]
+        deadline = time.monotonic() + 300  # (sbatch --wait polls every few tens of seconds)
+        while True:
+            state = subprocess.run(cluster.on("nodea", "squeue", "-h", "-j", job, "-o", "%T"),
+                                   capture_output=True, text=True, env=cluster.env).stdout
+            if not state.strip():
+                break
+            assert time.monotonic() < deadline, f"job {job} still {state.strip()}"
+            time.sleep(0.5)
+        text = log.read_text(errors="replace") if log.exists() else ""
+        assert expected in text, text[-3000:] + cluster.logs()
+    hosts = json.loads((out / "manifest.json").read_text())["nodes"]
+    assert [h["host"] for h in hosts] == ["nodea", "nodeb"]
