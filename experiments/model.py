@@ -196,6 +196,8 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n
                            "measured_ci95_us": None if se is None else 1.96 * se,
                            "model_mean_us": model, "model_lo_us": float(lo),
                            "model_hi_us": float(hi), "rel_error": model / p["mean_us"] - 1})
+    order = {name: i for i, name in enumerate(schedules)}
+    validation.sort(key=lambda r: (order[r["schedule"]], r["world_size"]))
     extrapolation = []
     for name, sched in schedules.items():
         t1 = band(name, 1)

@@ -85,7 +85,9 @@ def build(root: str | Path) -> dict[str, Any]:
         if path.exists() and not (root / "points" / pid / "summary.json").exists():
             failed.append(json.loads(path.read_text()))
     return {"spec": spec, "points": points, "scaling": rows, "useful": useful,
-            "headlines": _headlines(rows, useful, len(spec.batches) > 1),
+            "headlines": _headlines(rows, useful, len(spec.batches) > 1,
+                                    {(p["schedule"], p["batch"], p["world_size"]):
+                                     p["p99_ci_us"] for p in points}),
             "largest": _largest(root, points, len(spec.batches) > 1), "models": models,
             "failed": failed,
             "expected_points": len(expected)}
@@ -116,7 +118,21 @@ def _largest(root: Path, points: list[dict], by_batch: bool) -> dict[str, dict[s
     return out
 
 
-def _headlines(rows: list[dict], useful: dict, by_batch: bool) -> dict[str, str]:
+def _p99_text(p99_s: float, ci_us: list | None) -> str:
+    """'7.80 ms (95% CI 7.10-9.20)', or why no interval: too few steps to bound p99."""
+    text = f"{p99_s * 1e3:.2f} ms"
+    if not ci_us:
+        return text
+    lo, hi = ci_us
+    if lo is None or hi is None:
+        return f"{text} (too few steps to bound it: no 95% CI)"
+    return f"{text} (95% CI {lo / 1e3:.2f}-{hi / 1e3:.2f})"
+
+
+def _headlines(rows: list[dict], useful: dict, by_batch: bool,
+               p99_ci: dict | None = None) -> dict[str, str]:
+    """One sentence per schedule (and batch), at its largest N. ``p99_ci``: (schedule,
+    batch, N) -> the p99's 95% interval in µs, [lo, hi] with None for an unbounded side."""
     out = {}
     for key in sorted({(r["schedule"], r["batch"]) for r in rows}):
         name, batch = key
@@ -124,7 +140,8 @@ def _headlines(rows: list[dict], useful: dict, by_batch: bool) -> dict[str, str]
                       key=lambda r: r["world_size"])
         last = mine[-1]
         label = f"{name} (batch {batch})" if by_batch else name
-        parts = [f"{label}: p99 step latency {last['p99_s'] * 1e3:.2f} ms at N = "
+        ci = (p99_ci or {}).get((name, batch, last["world_size"]))
+        parts = [f"{label}: p99 step latency {_p99_text(last['p99_s'], ci)} at N = "
                  f"{last['world_size']}"]
         if last["efficiency_mean"] is not None:
             parts.append(f"efficiency {last['efficiency_mean']:.2f}")
