@@ -287,3 +287,16 @@ def test_measured_site_max_requested_and_achieved():
     got = an.measured_site_max_us(tables)
     assert got["achieved_us"] == pytest.approx((20 + 40) / 2)
     assert got["requested_us"] == pytest.approx((50 + 30) / 2)
+
+
+def test_headlines_give_the_p99_interval_or_say_there_is_none():
+    from experiments.report import _headlines
+
+    rows = [r | {"batch": 1} for r in an.scaling(POINTS)]
+    useful = {1: an.useful_parallelism(an.scaling(POINTS))}
+    ci = {("exp", 1, 8): [85_000.0, 97_500.0], ("none", 1, 4): [6_000.0, None]}
+    lines = _headlines(rows, useful, by_batch=False, p99_ci=ci)
+    assert lines["exp"].startswith("exp: p99 step latency 90.00 ms (95% CI 85.00-97.50) at "
+                                   "N = 8;")
+    assert lines["none"].startswith("none: p99 step latency 7.00 ms (too few steps to bound "
+                                    "it: no 95% CI) at N = 4;")
