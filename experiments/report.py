@@ -87,7 +87,8 @@ def build(root: str | Path) -> dict[str, Any]:
     return {"spec": spec, "points": points, "scaling": rows, "useful": useful,
             "headlines": _headlines(rows, useful, len(spec.batches) > 1,
                                     {(p["schedule"], p["batch"], p["world_size"]):
-                                     p["p99_ci_us"] for p in points}),
+                                     p["p99_ci_us"] for p in points},
+                                    [sch.name for sch in spec.schedules]),
             "largest": _largest(root, points, len(spec.batches) > 1), "models": models,
             "failed": failed,
             "expected_points": len(expected)}
@@ -130,11 +131,13 @@ def _p99_text(p99_s: float, ci_us: list | None) -> str:
 
 
 def _headlines(rows: list[dict], useful: dict, by_batch: bool,
-               p99_ci: dict | None = None) -> dict[str, str]:
+               p99_ci: dict | None = None, order: list[str] | None = None) -> dict[str, str]:
     """One sentence per schedule (and batch), at its largest N. ``p99_ci``: (schedule,
     batch, N) -> the p99's 95% interval in µs, [lo, hi] with None for an unbounded side."""
     out = {}
-    for key in sorted({(r["schedule"], r["batch"]) for r in rows}):
+    rank = {name: i for i, name in enumerate(order or [])}
+    for key in sorted({(r["schedule"], r["batch"]) for r in rows},
+                      key=lambda k: (rank.get(k[0], len(rank)), k)):
         name, batch = key
         mine = sorted((r for r in rows if (r["schedule"], r["batch"]) == key),
                       key=lambda r: r["world_size"])
@@ -329,11 +332,20 @@ def _markdown(data: dict, plots: dict[str, bytes]) -> str:
         lines += ["", "## Failed points", ""]
         lines += _table(data["failed"], ["point", "schedule", "world_size", "batch", "error"])
     lines += ["", "## Scaling", ""]
-    lines += _table(data["scaling"], ["schedule", "batch", "world_size", "mean_s", "p99_s",
-                                      "efficiency_mean", "efficiency_p99", "jitter_tax_p99",
-                                      "tail_amplification"])
+    order = {sch.name: i for i, sch in enumerate(spec.schedules)}
+
+    def in_order(rows: list[dict]) -> list[dict]:
+        return sorted(rows, key=lambda r: (order.get(r["schedule"], len(order)),
+                                           r.get("batch", 0), r["world_size"]))
+
+    scaled = [r | {"mean_ms": r["mean_s"] * 1e3, "p99_ms": r["p99_s"] * 1e3}
+              for r in in_order(data["scaling"])]  # (scaling.csv keeps seconds)
+    lines += _table(scaled, ["schedule", "batch", "world_size", "mean_ms", "p99_ms",
+                             "efficiency_mean", "efficiency_p99", "jitter_tax_p99",
+                             "tail_amplification"])
     lines += ["", "## Points (µs)", ""]
-    lines += _table(data["points"], ["schedule", "batch", "world_size", "n_steps", "p50_us",
+    lines += _table(in_order(data["points"]), ["schedule", "batch", "world_size", "n_steps",
+                                               "p50_us",
                                      "p99_us",
                                      "p99_ci_us", "compute_us", "delay_us", "skew_wait_us",
                                      "collective_us", "site_max_requested_us",
