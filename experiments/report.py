@@ -247,6 +247,11 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
                                     [r["efficiency_hi"] for r in mine],
                                     color=line.get_color(), alpha=0.15, lw=0)
     log2_x(ax)
+    measured = [q["world_size"] for q in data["points"]]
+    if measured:
+        ax.axvline(max(measured), color="grey", lw=0.8, ls="--")
+        ax.annotate(" largest measured N", (max(measured), 0.98), fontsize=7,
+                    xycoords=("data", "axes fraction"), va="top")
     ax.set_xlabel("world size N (ranks), model beyond the measured points")
     ax.set_ylabel("efficiency E(N) of the mean step (model, 95% band)")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
