@@ -145,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a sweep spec (fast: no torch, no processes)",
                        description="Parse and validate a TOML sweep spec and list its points.")
     v.add_argument("spec", help="SPEC.toml")
+    v.add_argument("--nnodes", type=int, metavar="K",
+                   help="also check that every point fits a K-node sweep")
 
     w = sub.add_parser("worker", help="run one rank of a plan (started by a launcher)")
     w.add_argument("plan", help="PLAN.json written by the parent")
@@ -433,11 +435,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     points = expand(spec)
+    where = ""
+    if args.nnodes is not None:
+        from .nodes import check_layout, layout
+
+        if args.nnodes < 1:
+            raise ValueError(f"nnodes: must be >= 1, got {args.nnodes}")
+        if args.nnodes > 1:
+            check_layout(spec, args.nnodes)
+        where = f", fits {args.nnodes} node{'s' * (args.nnodes > 1)}"
     print(f"{args.spec}: ok: {spec.name}, {spec.workload} {spec.model.name} "
           f"({spec.compute} compute), world sizes {list(spec.world_sizes)}, "
-          f"{len(spec.schedules)} schedules, {len(points)} points")
+          f"{len(spec.schedules)} schedules, {len(points)} points{where}")
     for p in points:
-        print(f"  {p.id}  N={p.world_size:<5} batch={p.batch:<4} {p.schedule.name}")
+        nodes = ""
+        if args.nnodes and args.nnodes > 1:
+            k, per = layout(p.world_size, spec.ranks_per_node)
+            nodes = f" on {k} node{'s' * (k > 1)} x {per}"
+        print(f"  {p.id}  N={p.world_size:<5} batch={p.batch:<4} {p.schedule.name}{nodes}")
     return 0
 
 

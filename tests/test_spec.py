@@ -72,6 +72,21 @@ def test_the_quickstart_preset_is_valid_and_lists_its_points():
     assert "10 points" in res.stdout
 
 
+def test_validate_checks_a_multi_node_layout_without_importing_torch():
+    two = PRESET.with_name("two-node-slurm.toml")
+    res = subprocess.run([sys.executable, "-X", "importtime", JITTERLAB, "validate", str(two),
+                          "--nnodes", "2"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "4 points, fits 2 nodes" in res.stdout
+    assert res.stdout.count("on 1 node x 8") == 2 and res.stdout.count("on 2 nodes x 8") == 2
+    assert "torch" not in {line.split("|")[-1].strip() for line in res.stderr.splitlines()}
+    res = subprocess.run([JITTERLAB, "validate", str(PRESET), "--nnodes", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("jitterlab: error: backend: a multi-node sweep starts "
+                                 "torchrun on each node")
+
+
 def test_points_are_the_product_and_ids_are_stable_and_content_addressed():
     spec = parse_spec(doc(batch=[1, 4]))
     points = expand(spec)
