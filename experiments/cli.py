@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -318,6 +319,10 @@ def _load_spec_arg(text: str):
     return spec, load_toml(Path(text).read_text(encoding="utf-8"), text)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import math
     import socket
@@ -329,6 +334,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     spec, doc = _load_spec_arg(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
+    # SIGTERM (scancel, a SLURM time limit, kill) unwinds like Ctrl-C: ranks stopped, the
+    # other nodes told, the lock released, so a rerun resumes cleanly.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     if args.nnodes is not None and args.nnodes < 1:
         raise ValueError(f"nnodes: must be >= 1, got {args.nnodes}")
     if not (math.isfinite(args.join_timeout) and 0 < args.join_timeout <= 86_400):
@@ -351,12 +359,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec_arg = str(Path(args.spec).resolve()) if Path(args.spec).exists() else args.spec
         out_arg = str(out.resolve())
         if job is not None:
-            print(nodes.print_commands([nodes.srun_agents_argv(job, spec_arg, out_arg, master)],
+            print(nodes.print_commands([nodes.srun_agents_argv(
+                job, spec_arg, out_arg, master, join_timeout_s=args.join_timeout)],
                                        f"# SLURM job {job.job_id}: one agent on each of "
                                        f"{len(job.hosts)} nodes"))
         elif nnodes > 1:
             argvs = [nodes.agent_argv(spec_arg, out_arg, nnodes=nnodes, node_rank=r,
-                                      master=master) for r in range(nnodes)]
+                                      master=master, join_timeout_s=args.join_timeout)
+                     for r in range(nnodes)]
             print(nodes.print_commands(argvs, f"# {nnodes} nodes: run line r on node r "
                                               "(node 0 first or last, any order)"))
         else:
@@ -369,7 +379,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec_arg = str(Path(args.spec).resolve()) if Path(args.spec).exists() else args.spec
         exe = Path(sys.executable).with_name("jitterlab")
         argv = nodes.srun_agents_argv(job, spec_arg, str(out.resolve()), master,
-                                      jitterlab=str(exe) if exe.exists() else "jitterlab")
+                                      jitterlab=str(exe) if exe.exists() else "jitterlab",
+                                      join_timeout_s=args.join_timeout)
         print(f"starting one agent per node: {' '.join(argv[:4])} ...", file=sys.stderr)
         return subprocess.run(argv).returncode
     if nnodes > 1:

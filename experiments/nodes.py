@@ -177,8 +177,11 @@ class SlurmJob:
     job_id: str
     hosts: tuple[str, ...]
     gpus_per_node: str | None = None
-    """The allocation's --gpus-per-node, passed on to the agents' step (whose ranks would
-    otherwise see no GPU on clusters that give steps only what they ask for)."""
+    """The allocation's GPUs per node (--gpus-per-node, or the count a --gres request gave),
+    asked for again by the agents' step: clusters give a step only what it asks for."""
+    cpus_per_node: int | None = None
+    """The allocation's CPUs on a node: the agent's step asks for all of them, else a
+    cluster that confines steps to their CPUs would put every rank of a node on one."""
 
     @property
     def port(self) -> int:
@@ -198,25 +201,33 @@ def slurm_job(env: Mapping[str, str] | None = None) -> SlurmJob | None:
     if not nodelist:
         return None
     hosts = tuple(expand_hostlist(nodelist))
-    gpus = env.get("SLURM_GPUS_PER_NODE") or None
-    return SlurmJob(env["SLURM_JOB_ID"], hosts, gpus) if len(hosts) > 1 else None
+    gpus = env.get("SLURM_GPUS_PER_NODE") or env.get("SLURM_GPUS_ON_NODE") or None
+    cpus = env.get("SLURM_CPUS_ON_NODE", "")
+    return SlurmJob(env["SLURM_JOB_ID"], hosts, gpus,
+                    int(cpus) if cpus.isdigit() and int(cpus) > 0 else None
+                    ) if len(hosts) > 1 else None
 
 
 def agent_argv(spec_arg: str, out: str, *, nnodes: int, node_rank: int | str, master: str,
-               jitterlab: str = "jitterlab") -> list[str]:
+               jitterlab: str = "jitterlab",
+               join_timeout_s: float = JOIN_TIMEOUT_S) -> list[str]:
     """The command one node runs."""
+    extra = [] if join_timeout_s == JOIN_TIMEOUT_S else ["--join-timeout", f"{join_timeout_s:g}"]
     return [jitterlab, "run", spec_arg, "--out", out, "--nnodes", str(nnodes),
-            "--node-rank", str(node_rank), "--master", master]
+            "--node-rank", str(node_rank), "--master", master, *extra]
 
 
 def srun_agents_argv(job: SlurmJob, spec_arg: str, out: str, master: str,
-                     jitterlab: str = "jitterlab") -> list[str]:
-    """One agent per node of the allocation, each learning its node rank from SLURM."""
+                     jitterlab: str = "jitterlab",
+                     join_timeout_s: float = JOIN_TIMEOUT_S) -> list[str]:
+    """One agent per node of the allocation, each learning its node rank from SLURM; the
+    step asks for the node's CPUs and GPUs, which the agent's ranks share."""
     k = len(job.hosts)
     gpus = [f"--gpus-per-node={job.gpus_per_node}"] if job.gpus_per_node else []
-    return ["srun", f"--nodes={k}", f"--ntasks={k}", "--ntasks-per-node=1", *gpus,
+    cpus = [f"--cpus-per-task={job.cpus_per_node}"] if job.cpus_per_node else []
+    return ["srun", f"--nodes={k}", f"--ntasks={k}", "--ntasks-per-node=1", *cpus, *gpus,
             *agent_argv(spec_arg, out, nnodes=k, node_rank="slurm", master=master,
-                        jitterlab=jitterlab)]
+                        jitterlab=jitterlab, join_timeout_s=join_timeout_s)]
 
 
 def print_commands(argvs: Sequence[Sequence[str]], header: str) -> str:
@@ -314,24 +325,29 @@ class _Heart:
 
 
 class _Pulse:
-    """Coordinator side: when did each agent's beat last move."""
+    """Coordinator side: when did each agent's beat last move. An agent that has never
+    beaten is not started (yet), not dead."""
 
     def __init__(self, link: Link, nodes: range):
         self.link = link
         now = time.monotonic()
-        self.seen = {r: (-1, now) for r in nodes}
+        self.seen = {r: (0, now) for r in nodes}
 
     def dead(self, nodes: Sequence[int]) -> list[int]:
         now = time.monotonic()
         out = []
         for r in nodes:
-            value = int(self.link.store.add(f"beat/{r}", 0))
+            value = int(self.link._call(self.link.store.add, f"beat/{r}", 0))
             last, when = self.seen[r]
             if value != last:
                 self.seen[r] = (value, now)
-            elif now - when > DEAD_AFTER_S:
+            elif value > 0 and now - when > DEAD_AFTER_S:
                 out.append(r)
         return out
+
+
+class _Remote(RunFailed):
+    """Node 0 stopped its part because another node failed: that node's report says why."""
 
 
 # ------------------------------------------------------------------ node 0
@@ -346,7 +362,7 @@ class Coordinator:
         self.pulse = _Pulse(self.link, range(1, setup.nnodes))
         self.hosts: list[str] = [platform.node()]
         self.shared = False
-        self._seq = 0
+        self._seq = 0            # the next point/<i> to publish
         self._in_flight: int | None = None
         self._went = False
         self._joined: list[int] = []
@@ -363,7 +379,11 @@ class Coordinator:
             deadline = time.monotonic() + self.setup.join_timeout_s
             hellos = {}
             for r in range(1, self.setup.nnodes):
-                hello = self.link.wait(f"hello/{r}", deadline)
+                def gone(r: int = r) -> None:
+                    if self.pulse.dead([r]):
+                        raise RuntimeError(self._refuse(
+                            f"node {r}'s agent started, then stopped before joining"))
+                hello = self.link.wait(f"hello/{r}", deadline, poll=gone)
                 if hello is None:
                     raise RuntimeError(self._refuse(
                         f"node {r} did not join within {self.setup.join_timeout_s:g} s "
@@ -372,12 +392,18 @@ class Coordinator:
                 self._joined.append(r)
         finally:
             (root / token).unlink(missing_ok=True)
+        for r, hello in hellos.items():
+            if hello.get("error"):
+                raise ValueError(self._refuse(f"node {r} ({hello.get('host')}): "
+                                              f"{hello['error']}"))
         mine = digest(self.spec, self.setup.nnodes)
         for r, hello in hellos.items():
             if hello.get("digest") != mine:
                 raise ValueError(self._refuse(
                     f"spec: node {r} ({hello.get('host')}) has a different spec or nnodes "
                     "(its points differ from node 0's); give every node the same command"))
+        # Only when all see node 0's folder is it shared; otherwise every other node works
+        # in private folders and its ranks send their records to rank 0 (safe either way).
         self.shared = all(h.get("shared") for h in hellos.values())
         self.hosts += [hellos[r]["host"] for r in range(1, self.setup.nnodes)]
         self.link.put("go", {"shared": self.shared, "hosts": self.hosts})
@@ -391,16 +417,17 @@ class Coordinator:
     def run_point(self, point: Point, plan_path: Path, plan: Plan,
                   on_start: Callable[[int], None]) -> None:
         """Node 0's part of a multi-node point, then every other node's report."""
-        seq, self._seq = self._seq, self._seq + 1
         n = point.world_size
         k, per = layout(n, self.spec.ranks_per_node)
         dead = self.pulse.dead(range(1, k))
-        if dead:
+        if dead:  # refused before anything is published: the agents' count is unchanged
             raise RunFailed(f"node {dead[0]}'s agent ({self.hosts[dead[0]]}) stopped "
                             "responding")
         port = free_port("0.0.0.0")
+        seq = self._seq
         self._in_flight = seq
         self.link.put(f"point/{seq}", {"id": point.id, "nodes": k, "port": port})
+        self._seq = seq + 1
         argv = torchrun_node_argv(worker_argv(plan_path), nproc_per_node=per, nnodes=k,
                                   node_rank=0, master_addr=self.setup.master_host,
                                   master_port=port)
@@ -410,16 +437,22 @@ class Coordinator:
                      on_start=on_start, argv=argv, watch_ranks=range(per),
                      expect_ranks=range(per) if self.shared else range(n),
                      should_stop=lambda: self._remote_failure(seq, k))
+        except _Remote:
+            self.link.put(f"abort/{seq}", "another node failed")
         except RunFailed as exc:
             errors.append(f"node 0: {exc}")
             self.link.put(f"abort/{seq}", errors[0])
-        reports = self._reports(seq, k, time.monotonic() + plan.timeout_s + REPORT_GRACE_S)
+        reports, dead = self._reports(seq, k, time.monotonic() + plan.timeout_s
+                                      + REPORT_GRACE_S)
         self._in_flight = None
         for r in range(1, k):
-            if r not in reports:
+            if r in reports:
+                if not reports[r]["ok"]:
+                    errors.append(f"node {r}: {reports[r]['error']}")
+            elif r in dead:
+                errors.append(f"node {r}'s agent ({self.hosts[r]}) stopped responding")
+            else:
                 errors.append(f"node {r} ({self.hosts[r]}) did not report")
-            elif not reports[r]["ok"]:
-                errors.append(f"node {r}: {reports[r]['error']}")
         if errors:
             raise RunFailed("; ".join(errors))
         files = [plan.rank_file(r) for r in range(n)]
@@ -428,29 +461,26 @@ class Coordinator:
             raise RunFailed(f"every node finished, but the records of ranks {missing} did "
                             f"not appear in {plan.out_dir} within {PLAN_WAIT_S:g} s")
 
-    def _remote_failure(self, seq: int, k: int) -> str | None:
+    def _remote_failure(self, seq: int, k: int) -> None:
+        """Polled while node 0's ranks run: stop them when another node has failed."""
         for r in range(1, k):
             key = f"report/{seq}/{r}"
-            if self.link.has(key):
-                report = self.link.get(key)
-                if not report["ok"]:
-                    return f"node {r}: {report['error']}"
-        dead = self.pulse.dead(range(1, k))
-        if dead:
-            return f"node {dead[0]}'s agent ({self.hosts[dead[0]]}) stopped responding"
-        return None
+            if self.link.has(key) and not self.link.get(key)["ok"]:
+                raise _Remote(f"node {r} failed")
+        if self.pulse.dead(range(1, k)):
+            raise _Remote("an agent stopped responding")
 
-    def _reports(self, seq: int, k: int, deadline: float) -> dict[int, dict]:
+    def _reports(self, seq: int, k: int, deadline: float) -> tuple[dict[int, dict], set[int]]:
         out: dict[int, dict] = {}
-        while len(out) < k - 1 and time.monotonic() < deadline:
+        dead: set[int] = set()
+        while len(out) + len(dead) < k - 1 and time.monotonic() < deadline:
             for r in range(1, k):
                 if r not in out and self.link.has(f"report/{seq}/{r}"):
                     out[r] = self.link.get(f"report/{seq}/{r}")
-            if len(out) < k - 1:
-                if set(self.pulse.dead(range(1, k))) - set(out):
-                    break
+            dead = set(self.pulse.dead(range(1, k))) - set(out)
+            if len(out) + len(dead) < k - 1:
                 time.sleep(_POLL_S)
-        return out
+        return out, dead
 
     def finish(self, reason: str = "the sweep ended") -> None:
         """Tell every agent to leave (a point in flight is aborted), then wait briefly for
@@ -458,17 +488,19 @@ class Coordinator:
         try:
             if not self._went:
                 self._refuse(f"node 0 stopped: {reason}")
+            end = self._seq
             if self._in_flight is not None:
                 self.link.put(f"abort/{self._in_flight}", f"node 0 stopped: {reason}")
-            self.link.put(f"point/{self._seq}", {"end": True})
-            deadline = time.monotonic() + 10.0
+                end = max(end, self._in_flight + 1)
+            self.link.put(f"point/{end}", {"end": True})
+            deadline = time.monotonic() + 20.0  # an agent may take ~10 s to stop its ranks
             for r in self._joined:
                 while not self.link.has(f"bye/{r}") and time.monotonic() < deadline:
                     if self.pulse.dead([r]):
                         break
                     time.sleep(_POLL_S)
-        except RuntimeError:
-            pass  # the store is going away with this process anyway
+        except (RuntimeError, KeyboardInterrupt):
+            pass  # the store goes away with this process anyway
 
 
 # ------------------------------------------------------------------ nodes 1..K-1
@@ -481,6 +513,9 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
 
     r = setup.node_rank
     link = Link(setup)
+    if link._call(link.store.add, f"claim/{r}", 1) != 1:
+        raise ValueError(f"node-rank: node {r} has already joined this sweep (another agent "
+                         f"with --node-rank {r}, or this one restarted: rerun every node)")
     heart = _Heart(setup)
     store = Store(out)
     lock = f".lock-node-{r}"
@@ -492,18 +527,22 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
         if token is None:
             raise RuntimeError(f"node 0 did not start the sweep within "
                                f"{setup.join_timeout_s:g} s")
-        saw = (out / token).exists()
-        link.put(f"hello/{r}", {"host": platform.node(), "digest": digest(spec, setup.nnodes),
-                                "shared": saw})
+        hello: dict[str, Any] = {"host": platform.node(),
+                                 "digest": digest(spec, setup.nnodes)}
+        try:
+            take_lock(out, name=lock, board=board)
+            took_lock = True
+            hello["shared"] = (out / token).exists()
+        except (ValueError, OSError) as exc:  # node 0 refuses the sweep with the reason
+            hello["error"] = str(exc)
+        link.put(f"hello/{r}", hello)
         go = link.wait("go")
         if "error" in go:
             link.put(f"bye/{r}", {})
             raise RuntimeError(f"node 0 ended the sweep: {go['error']}")
         shared = bool(go["shared"])
-        take_lock(out, name=lock, board=board)
-        took_lock = True
-        if not shared:
-            for tmp in store.points.glob(".tmp-*"):
+        if not shared:  # this node's private folders only (node 0's may be here too)
+            for tmp in store.points.glob(f".tmp-*-node{r}"):
                 shutil.rmtree(tmp, ignore_errors=True)
         points = {p.id: p for p in expand(spec)}
         failures = runs = 0
@@ -535,11 +574,15 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
 
 def _run_part(link: Link, setup: NodeSetup, seq: int, point: Point, msg: dict, store,
               shared: bool, lock: str, board: str) -> str | None:
-    from .runner import plan_for
+    """This node's ranks of one point; None on success, else why not (one line)."""
+    from .runner import plan_for, write_lock
 
     r = setup.node_rank
     k, per = layout(point.world_size, point.spec.ranks_per_node)
-    tmp = store.tmp_dir(point.id)
+    # Shared: node 0's folder. Otherwise a private one, so that a folder node 0 does use
+    # (seen late through a network file system, or shared by only some nodes) is never
+    # touched here.
+    tmp = store.tmp_dir(point.id) if shared else store.points / f".tmp-{point.id}-node{r}"
     try:
         if shared:
             plan_path = tmp / "plan.json"
@@ -556,7 +599,7 @@ def _run_part(link: Link, setup: NodeSetup, seq: int, point: Point, msg: dict, s
                                   master_port=int(msg["port"]))
 
         def remember(pgid: int) -> None:  # a rerun after a crash stops this group
-            write_text_atomic(store.root / lock, f"{os.getpid()} {pgid} {tmp} {board}\n")
+            write_lock(store.root / lock, pgid=pgid, folder=tmp, board=board)
 
         def aborted() -> str | None:
             key = f"abort/{seq}"
@@ -569,8 +612,10 @@ def _run_part(link: Link, setup: NodeSetup, seq: int, point: Point, msg: dict, s
         return None
     except RunFailed as exc:
         return str(exc)
+    except (OSError, ValueError) as exc:  # a folder, a plan: say so rather than vanish
+        return f"{type(exc).__name__}: {exc}"
     finally:
-        write_text_atomic(store.root / lock, f"{os.getpid()}\n")
+        write_lock(store.root / lock)
         if not shared:  # records went to rank 0 on node 0; nothing here is kept
             shutil.rmtree(tmp, ignore_errors=True)
 

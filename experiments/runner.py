@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import sys
 import time
@@ -67,7 +68,12 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
                          f"{spec.workload!r} (use jitterlab bench for microbenchmarks)")
     store = Store(out)
     fresh = not store.root.exists()
-    take_lock(store.root)
+    try:
+        take_lock(store.root)
+    except ValueError as exc:
+        if coordinator is not None:
+            coordinator.finish(str(exc))  # the agents learn why, instead of losing node 0
+        raise
     ended = "the sweep was interrupted"
     try:
         if coordinator is not None:
@@ -102,11 +108,13 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
         return Outcome(done=len(todo) - len(failed), skipped=len(points) - len(todo),
                        failed=failed)
     finally:
-        if coordinator is not None:
-            coordinator.finish(ended)
-        release_lock(store.root)
-        if fresh and not any(store.root.iterdir()):
-            store.root.rmdir()  # refused before anything was written: leave no trace
+        try:
+            if coordinator is not None:
+                coordinator.finish(ended)
+        finally:
+            release_lock(store.root)
+            if fresh and not any(store.root.iterdir()):
+                store.root.rmdir()  # refused before anything was written: leave no trace
 
 
 def _run_point(store: Store, point: Point, coordinator: Coordinator | None = None) -> None:
@@ -117,7 +125,7 @@ def _run_point(store: Store, point: Point, coordinator: Coordinator | None = Non
     lock = store.root / ".lock"
 
     def remember(pgid: int) -> None:  # a rerun after a crash stops this group
-        write_text_atomic(lock, f"{os.getpid()} {pgid} {tmp}\n")
+        write_lock(lock, pgid=pgid, folder=tmp, board=BOARD)
 
     try:
         if coordinator is not None and coordinator.nodes_for(point) > 1:
@@ -129,7 +137,7 @@ def _run_point(store: Store, point: Point, coordinator: Coordinator | None = Non
         shutil.rmtree(tmp, ignore_errors=True)  # the failure is recorded by the caller
         raise
     finally:
-        write_text_atomic(lock, f"{os.getpid()}\n")
+        write_lock(lock)
     tables, metas = [], []
     for rank in range(point.world_size):
         cols, meta = read_rank_file(plan.rank_file(rank))  # every file must read back
@@ -146,25 +154,55 @@ def _run_point(store: Store, point: Point, coordinator: Coordinator | None = Non
     store.commit(point.id)
 
 
+def write_lock(path: Path, *, pgid: int | None = None, folder: Path | None = None,
+               board: str | None = None) -> None:
+    """The lock's content (JSON): this runner's host and pid, and while a point runs its
+    launcher's process group, the point's folder and the progress board there."""
+    doc = {"host": platform.node(), "pid": os.getpid()}
+    if pgid is not None:
+        doc |= {"pgid": pgid, "folder": str(folder), "board": board or BOARD}
+    write_text_atomic(path, json.dumps(doc) + "\n")
+
+
 def take_lock(root: Path, name: str = ".lock", board: str = BOARD) -> None:
     """Refuse a folder a live sweep uses; after a dead one, stop what it left running.
 
-    The lock holds the runner's pid, and while a point runs also its launcher's process
-    group, the point's folder and the progress board there (``pid [pgid folder [board]]``).
-    Each node of a multi-node sweep keeps its own (``.lock-node-<r>``)."""
+    Each node of a multi-node sweep keeps its own lock (``.lock-node-<r>``). A lock that
+    another host wrote (a shared file system) cannot be checked from here: it is refused
+    with what to do, and nothing is signalled."""
     root.mkdir(parents=True, exist_ok=True)
     lock = root / name
     if lock.exists():
-        try:
-            fields = lock.read_text().split()
-            pid = int(fields[0])
-        except (ValueError, IndexError, OSError):
-            fields, pid = [], -1
+        doc = _read_lock(lock)
+        host, pid = doc.get("host"), doc.get("pid", -1)
+        if host not in (None, platform.node()):
+            raise ValueError(f"out: {str(root)!r} is locked by a sweep on host {host} (pid "
+                             f"{pid}); if that sweep has ended, remove {str(lock)!r}")
         if pid > 0 and _alive(pid):
             raise ValueError(f"out: {str(root)!r} is in use by a running sweep (pid {pid})")
-        if len(fields) >= 3:
-            stop_stale(int(fields[1]), fields[2], fields[3] if len(fields) > 3 else board)
-    write_text_atomic(lock, f"{os.getpid()}\n")
+        if "pgid" in doc and "folder" in doc:
+            stop_stale(int(doc["pgid"]), doc["folder"], doc.get("board") or board)
+    write_lock(lock)
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    """The lock's fields; older plain ``pid [pgid folder]`` text is read too."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    try:
+        doc = json.loads(text)
+        return doc if isinstance(doc, dict) else {}
+    except ValueError:
+        fields = text.split(maxsplit=2)
+        try:
+            out: dict[str, Any] = {"pid": int(fields[0])}
+            if len(fields) == 3:
+                out |= {"pgid": int(fields[1]), "folder": fields[2].strip()}
+            return out
+        except (ValueError, IndexError):
+            return {}
 
 
 def release_lock(root: Path, name: str = ".lock") -> None:

@@ -300,8 +300,8 @@ def die_with_torchrun(env: Mapping[str, str] | None = None) -> None:
     """Linux, under torchrun: die with it. torchrun starts each worker in a session of its
     own, so a torchrun that is killed (its node's agent gone) would otherwise leave the
     ranks running until their collectives time out. Call it first thing (before heavy
-    imports): if torchrun died before the request took effect the parent is already init
-    (pid 1), and the worker ends at once."""
+    imports): if torchrun died before the request took effect, the parent is already init
+    or a subreaper (no torchrun), and the worker ends at once."""
     env = os.environ if env is None else env
     if "TORCHELASTIC_RUN_ID" not in env or not sys.platform.startswith("linux"):
         return
@@ -312,5 +312,20 @@ def die_with_torchrun(env: Mapping[str, str] | None = None) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         return
-    if os.getppid() == 1:
+    if not _parent_is_torchrun():
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parent_is_torchrun() -> bool:
+    """Is the parent still a torchrun? After it dies, the parent is init or a subreaper.
+    True when it cannot be told (no /proc)."""
+    ppid = os.getppid()
+    if ppid == 1:
+        return False
+    try:
+        with open(f"/proc/{ppid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return True
+    return any(os.path.basename(a) == b"torchrun" or a == b"torch.distributed.run"
+               for a in argv)

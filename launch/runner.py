@@ -133,7 +133,11 @@ def stop_stale(pgid: int, out_dir: str | Path, board: str = BOARD) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    for pid in rank_pids(read_board(out_dir, board)):
+    try:
+        pids = rank_pids(read_board(out_dir, board))
+    except ValueError:  # a damaged lock named no usable board
+        pids = []
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -360,32 +360,49 @@ def test_a_local_run_started_inside_a_launchers_rank_is_a_world_of_its_own():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
 @pytest.mark.parametrize("under_torchrun", [True, False])
-def test_a_worker_under_torchrun_dies_with_it(under_torchrun):
-    """A parent (standing in for torchrun) starts a child that calls die_with_torchrun and
-    sleeps, then exits: the child must go with it under torchrun, and only then."""
+def test_a_worker_under_torchrun_dies_with_it(tmp_path, under_torchrun):
+    """A parent standing in for torchrun (a script called torchrun) starts a child that
+    calls die_with_torchrun and sleeps, then exits: the child must go with it under
+    torchrun, and only then."""
+    pid, state = _child_of_a_parent(tmp_path, "torchrun", under_torchrun)
+    assert state == "ready"
+    deadline = time.monotonic() + (10 if under_torchrun else 1)  # death is immediate
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert _alive(pid) != under_torchrun
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_a_worker_whose_torchrun_is_already_gone_ends_at_once(tmp_path):
+    """torchrun's variables but another parent (init or a subreaper adopted the worker
+    before it could ask to die with torchrun): it ends before doing anything."""
+    pid, state = _child_of_a_parent(tmp_path, "subreaper", True)
+    assert state == "" and not _alive(pid)
+
+
+def _child_of_a_parent(tmp_path: Path, parent_name: str, torchrun_env: bool
+                       ) -> tuple[int, str]:
     child = ("import sys, time; sys.path.insert(0, sys.argv[1]); "
              "from launch.context import die_with_torchrun; die_with_torchrun(); "
              "print('ready', flush=True); time.sleep(30)")
     root = str(Path(__file__).resolve().parents[1])
     env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"}
-    if under_torchrun:
+    if torchrun_env:
         env["TORCHELASTIC_RUN_ID"] = "test"
-    parent = ("import subprocess, sys; "
-              "p = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]], "
-              "stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True); "
-              "print(p.pid, p.stdout.readline().strip(), flush=True)")
-    out = subprocess.run([sys.executable, "-c", parent, child, root], env=env,
+    parent = tmp_path / parent_name
+    parent.write_text("import subprocess, sys\n"
+                      "p = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]], "
+                      "stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)\n"
+                      "print(p.pid, p.stdout.readline().strip(), flush=True)\n")
+    out = subprocess.run([sys.executable, str(parent), child, root], env=env,
                          capture_output=True, text=True, timeout=60)
-    pid, state = out.stdout.split()
-    assert state == "ready", out.stderr
-    deadline = time.monotonic() + (10 if under_torchrun else 1)  # death is immediate
-    while _alive(int(pid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        assert _alive(int(pid)) != under_torchrun
-    finally:
-        if _alive(int(pid)):
-            os.kill(int(pid), signal.SIGKILL)
+    fields = out.stdout.split()
+    time.sleep(0.2)
+    return int(fields[0]), (fields[1] if len(fields) > 1 else "")
 
 
 def _alive(pid: int) -> bool:

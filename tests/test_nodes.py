@@ -130,3 +130,66 @@ def test_fitting_specs_pass_and_nodes_agree_only_on_identical_points():
     assert nodes.digest(a, 4) != nodes.digest(a, 5)
     assert nodes.digest(a, 4) != nodes.digest(spec(world_sizes=[2, 4, 8], ranks_per_node=2,
                                                    steps=51), 4)
+
+
+def test_a_point_refused_for_a_dead_agent_publishes_nothing_and_keeps_the_count(tmp_path):
+    """Agents read point/0, point/1, ... in order: a point node 0 refuses before starting
+    (an agent it needs has stopped) must not use up a number, or every later point would
+    wait on a message that never comes. A real store on loopback; nothing is launched."""
+    from launch.bootstrap import free_port
+    from launch.runner import RunFailed
+
+    setup = nodes.NodeSetup(nnodes=3, node_rank=0, master_host="127.0.0.1",
+                            master_port=free_port(), join_timeout_s=5)
+    c = nodes.Coordinator(setup, spec(world_sizes=[1, 2, 4], ranks_per_node=1,
+                                      model="small"))
+    c.hosts += ["h1", "h2"]
+    c.pulse.dead = lambda ranks: [r for r in ranks if r == 2]  # node 2 stopped beating
+    point = next(p for p in nodes.expand(c.spec) if p.world_size == 4)
+    with pytest.raises(RunFailed, match="node 2's agent \\(h2\\) stopped responding"):
+        c.run_point(point, tmp_path / "plan.json", None, on_start=lambda pgid: None)
+    assert c._seq == 0 and not c.link.has("point/0")
+    c._joined = []
+    c.finish("test")
+    assert c.link.get("point/0") == {"end": True}  # where the agents are waiting
+
+
+def test_locks_with_spaces_old_formats_and_other_hosts(tmp_path):
+    import json
+    import os
+
+    from experiments.runner import release_lock, take_lock, write_lock
+
+    root = tmp_path / "a folder"
+    root.mkdir()
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    (root / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": dead,
+                                            "pgid": dead, "folder": str(root / "x y"),
+                                            "board": "progress.bin"}))
+    take_lock(root)  # a dead sweep's lock: taken over
+    assert json.loads((root / ".lock").read_text())["pid"] == os.getpid()
+    (root / ".lock").write_text(f"{dead} {dead} {root / 'points' / '.tmp-a b'}\n")  # older
+    take_lock(root)
+    write_lock(root / ".lock", pgid=dead, folder=root / "p q", board="progress-node1.bin")
+    assert json.loads((root / ".lock").read_text())["folder"] == str(root / "p q")
+    (root / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 7}))
+    with pytest.raises(ValueError, match="is locked by a sweep on host elsewhere \\(pid 7\\); "
+                                         "if that sweep has ended, remove"):
+        take_lock(root)
+    (root / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid()}))
+    with pytest.raises(ValueError, match="is in use by a running sweep"):
+        take_lock(root)
+    release_lock(root)
+    assert not (root / ".lock").exists()
+
+
+def test_the_slurm_step_asks_for_the_nodes_cpus_and_gpus_and_passes_the_join_timeout():
+    env = {"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "g[1-2]", "SLURM_CPUS_ON_NODE": "64",
+           "SLURM_GPUS_ON_NODE": "8"}
+    job = nodes.slurm_job(env)
+    argv = nodes.srun_agents_argv(job, "s.toml", "/o", "g1:1", join_timeout_s=30)
+    assert argv[:6] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                        "--cpus-per-task=64", "--gpus-per-node=8"]
+    assert argv[-2:] == ["--join-timeout", "30"]
+    assert "--join-timeout" not in nodes.agent_argv("s", "o", nnodes=2, node_rank=1,
+                                                    master="h:1")

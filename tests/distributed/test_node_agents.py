@@ -77,6 +77,7 @@ def test_two_agents_with_local_folders_run_report_and_resume(tmp_path):
     assert manifest["shared_folder"] is False
     assert len(points(a)) == 4 and not any(p.startswith(".") for p in points(a))
     assert points(b) == []  # node 1 keeps nothing: its ranks sent their records to rank 0
+    assert not list(b.glob(".lock*")) and not list(a.glob(".lock*"))
     two = [p for p in points(a)
            if json.loads((a / "points" / p / "summary.json").read_text())["world_size"] == 2]
     assert len(two) == 2
@@ -137,6 +138,7 @@ def test_a_killed_agent_fails_its_points_and_a_rerun_resumes(tmp_path):
     failures = [json.loads(f.read_text()) for f in sorted((a / "failed").glob("*.json"))]
     assert len(failures) == 2 and all(f["world_size"] == 2 for f in failures)
     assert all("node 1" in f["error"] for f in failures), failures
+    assert not any("node 0: node" in f["error"] for f in failures), failures  # said once
     assert len(points(a)) == 2  # the one-node points completed
     deadline = time.monotonic() + 60  # node 1's orphaned rank ends once its peer is gone
     while leftovers(str(tmp_path)) and time.monotonic() < deadline:
@@ -176,6 +178,33 @@ def test_a_killed_coordinator_stops_the_other_agents_and_a_rerun_resumes(tmp_pat
     done = int(out0.split(" points run, ")[1].split(" already complete")[0])
     assert done >= 1 and f"{4 - done} points run, {done} already complete, 0 failed" in out0
     assert len(points(a)) == 4
+
+
+def test_a_second_agent_for_the_same_node_is_refused_and_the_sweep_goes_on(tmp_path):
+    spec = write_spec(tmp_path)
+    a, b, c = tmp_path / "node0", tmp_path / "node1", tmp_path / "again"
+    port = free_port()
+    zero, one = agent(spec, a, 0, port), agent(spec, b, 1, port)
+    (rc, _, err), = finish(agent(spec, c, 1, port))
+    assert rc == 2 and "jitterlab: error: node-rank: node 1 has already joined this sweep" \
+        in err
+    (rc0, out0, err0), (rc1, _, _) = finish(zero, one)
+    assert (rc0, rc1) == (0, 0), err0[-2000:]
+    assert "4 points run" in out0
+
+
+def test_a_node_whose_folder_is_in_use_makes_node_0_refuse_with_its_reason(tmp_path):
+    spec = write_spec(tmp_path)
+    a, b = tmp_path / "node0", tmp_path / "node1"
+    b.mkdir()
+    (b / ".lock-node-1").write_text(json.dumps({"host": os.uname().nodename,
+                                                "pid": os.getpid()}))  # a live "sweep"
+    port = free_port()
+    (rc0, _, err0), (rc1, _, err1) = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
+    assert rc0 == 2 and "jitterlab: error: node 1 (" in err0
+    assert f"out: {str(b)!r} is in use by a running sweep (pid {os.getpid()})" in err0
+    assert rc1 == 1 and "node 0 ended the sweep: node 1" in err1
+    assert not a.exists() and (b / ".lock-node-1").exists()  # the other sweep's lock kept
 
 
 def test_nodes_with_different_specs_are_refused_and_nothing_is_written(tmp_path):

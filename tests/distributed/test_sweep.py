@@ -97,6 +97,29 @@ def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     assert os.path.exists(tmp_path / "out" / "report.html")
 
 
+def test_sigterm_stops_a_sweep_cleanly_and_a_rerun_resumes(tmp_path):
+    """scancel, a SLURM time limit or kill: the runner unwinds as for Ctrl-C (ranks
+    stopped, lock released, the partial point removed) and says so."""
+    spec = write_spec(tmp_path, steps=400)
+    proc = subprocess.Popen([JITTERLAB, "run", str(spec), "--out", "out"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    points = tmp_path / "out" / "points"
+    deadline = time.monotonic() + 120
+    while not list(points.glob(".tmp-*/progress.bin")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "jitterlab: interrupted" in err
+    assert not (tmp_path / "out" / ".lock").exists() and not list(points.glob(".tmp-*"))
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps
+    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert len([p for p in points.iterdir() if not p.name.startswith(".")]) == 4
+
+
 def test_batch_lists_a_single_world_size_and_a_changed_spec_are_reported(tmp_path):
     # Regressions: a batch list collided in the scaling table; no N = 1 point broke the
     # plots; a rerun with a changed spec mixed the old points into the new report.
