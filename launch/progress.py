@@ -131,6 +131,9 @@ def describe_stall(board: np.ndarray, silent: list[int] | None = None) -> str:
     never = [r for r, m in enumerate(marks) if m == NOT_STARTED]
     if never:
         return f"ranks {never} never started (bootstrap did not finish)"
+    # A silent rank whose process is gone exited (its mark says where, below); one that is
+    # still there is frozen or stuck holding the interpreter.
+    silent = [r for r in (silent or []) if _running(int(board[r, 2]))]
     if silent:
         who = f"rank {silent[0]}" if len(silent) == 1 else f"ranks {silent}"
         return f"{who} stopped responding (no heartbeat)"
@@ -145,6 +148,28 @@ def describe_stall(board: np.ndarray, silent: list[int] | None = None) -> str:
     if len(behind) == 1:
         return f"rank {behind[0]} stopped {where}{others}"
     return f"ranks {behind} stopped {where}{others}"
+
+
+def _running(pid: int) -> bool:
+    """Is ``pid`` a live process here (not a zombie)? True when unknown (0: a rank of
+    another host, whose row this board does not own)."""
+    if pid <= 0:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        if os.path.isdir("/proc"):
+            return False
+    except OSError:
+        return True
+    try:  # no /proc: ask the kernel
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def rank_pids(board: np.ndarray) -> list[int]:
