@@ -234,13 +234,13 @@ def _holdout(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *
     top = sizes[-1]
     fit = build([p for p in points if p["world_size"] != top], schedules, n_sites=n_sites,
                 seed=seed, ranks_per_node=ranks_per_node, holdout=False, share=share)
+    terms = fit["collective_fit_us"]
+    n_min = min(q["world_size"] for q in points if q["world_size"] != top)
+    base = [q["compute_us"] for q in points if q["world_size"] == n_min]
     rows = []
     for p in points:
         if p["world_size"] != top or p["schedule"] not in schedules:
             continue
-        terms = fit["collective_fit_us"]
-        n_min = min(q["world_size"] for q in points if q["world_size"] != top)
-        base = [q["compute_us"] for q in points if q["world_size"] == n_min]
         model = predict_step_us(
             schedules[p["schedule"]], top,
             compute_site_us=float(np.mean(base)) / n_sites * share(top) / share(n_min),

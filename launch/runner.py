@@ -70,10 +70,7 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
                              "(use --launcher torchrun or mpirun for more)")
         return worker
     if launcher == "torchrun":
-        torchrun = _beside_python("torchrun")
-        python = None if torchrun else sys.executable
-        cmd = torchrun_cmd(worker, nproc_per_node=nproc, python=python)
-        return [torchrun, *cmd[1:]] if torchrun else cmd
+        return _torchrun(worker, nproc_per_node=nproc)
     if launcher == "mpirun":
         mpirun = _beside_python("mpirun")
         if mpirun is None:
@@ -96,10 +93,15 @@ def torchrun_node_argv(worker: list[str], *, nproc_per_node: int, nnodes: int,
                        node_rank: int, master_addr: str, master_port: int) -> list[str]:
     """torchrun starting one node's ranks of a multi-node run (static rendezvous: node
     ``node_rank`` holds global ranks node_rank * nproc_per_node onwards)."""
+    return _torchrun(worker, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                     node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+                     rdzv="static")
+
+
+def _torchrun(worker: list[str], **kwargs: object) -> list[str]:
+    """``torchrun_cmd`` with the venv's torchrun, else ``python -m torch.distributed.run``."""
     torchrun = _beside_python("torchrun")
-    cmd = torchrun_cmd(worker, nproc_per_node=nproc_per_node, nnodes=nnodes,
-                       node_rank=node_rank, master_addr=master_addr, master_port=master_port,
-                       rdzv="static", python=None if torchrun else sys.executable)
+    cmd = torchrun_cmd(worker, python=None if torchrun else sys.executable, **kwargs)
     return [torchrun, *cmd[1:]] if torchrun else cmd
 
 
