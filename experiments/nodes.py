@@ -280,6 +280,10 @@ class Link:
     def get(self, key: str) -> Any:
         return json.loads(self._call(self.store.get, key))
 
+    def add(self, key: str, amount: int) -> int:
+        """Atomically add to a counter (made at 0); its new value."""
+        return int(self._call(self.store.add, key, amount))
+
     def _call(self, fn: Callable, *args: Any) -> Any:
         try:
             return fn(*args)
@@ -337,7 +341,7 @@ class _Pulse:
         now = time.monotonic()
         out = []
         for r in nodes:
-            value = int(self.link._call(self.link.store.add, f"beat/{r}", 0))
+            value = self.link.add(f"beat/{r}", 0)
             last, when = self.seen[r]
             if value != last:
                 self.seen[r] = (value, now)
@@ -513,7 +517,7 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
 
     r = setup.node_rank
     link = Link(setup)
-    if link._call(link.store.add, f"claim/{r}", 1) != 1:
+    if link.add(f"claim/{r}", 1) != 1:
         raise ValueError(f"node-rank: node {r} has already joined this sweep (another agent "
                          f"with --node-rank {r}, or this one restarted: rerun every node)")
     heart = _Heart(setup)
