@@ -185,6 +185,10 @@ def test_a_second_agent_for_the_same_node_is_refused_and_the_sweep_goes_on(tmp_p
     a, b, c = tmp_path / "node0", tmp_path / "node1", tmp_path / "again"
     port = free_port()
     zero, one = agent(spec, a, 0, port), agent(spec, b, 1, port)
+    deadline = time.monotonic() + 60
+    while not (b / ".lock-node-1").exists():  # the first node 1 has claimed its rank
+        assert time.monotonic() < deadline and one.poll() is None
+        time.sleep(0.1)
     (rc, _, err), = finish(agent(spec, c, 1, port))
     assert rc == 2 and "jitterlab: error: node-rank: node 1 has already joined this sweep" \
         in err
