@@ -43,6 +43,19 @@ def finish(*procs: subprocess.Popen, timeout: float = 240) -> list[tuple[int, st
     return out
 
 
+def two_agents_in_a_multi_node_point(spec: Path, a: Path, b: Path, port: int
+                                     ) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """Both agents started, returned once node 1's ranks are running a point."""
+    zero, one = agent(spec, a, 0, port), agent(spec, b, 1, port)
+    deadline = time.monotonic() + 120
+    while not list(b.glob("points/.tmp-*/progress-node1.bin")):
+        for proc in (zero, one):
+            assert time.monotonic() < deadline and proc.poll() is None, \
+                finish(proc)[0][2][-2000:]
+        time.sleep(0.2)
+    return zero, one
+
+
 def leftovers(marker: str) -> list[str]:
     """Processes whose command line mentions ``marker`` (our tmp folder)."""
     found = []
@@ -124,11 +137,7 @@ def test_a_killed_agent_fails_its_points_and_a_rerun_resumes(tmp_path):
     spec = write_spec(tmp_path, steps=1500)
     a, b = tmp_path / "node0", tmp_path / "node1"
     port = free_port()
-    zero, one = agent(spec, a, 0, port), agent(spec, b, 1, port)
-    deadline = time.monotonic() + 120
-    while not list(b.glob("points/.tmp-*/progress-node1.bin")):  # node 1 is running a part
-        assert time.monotonic() < deadline and zero.poll() is None, finish(zero)[0][2][-2000:]
-        time.sleep(0.2)
+    zero, one = two_agents_in_a_multi_node_point(spec, a, b, port)
     time.sleep(1.0)
     one.send_signal(signal.SIGKILL)
     one.communicate()
@@ -156,11 +165,7 @@ def test_a_killed_coordinator_stops_the_other_agents_and_a_rerun_resumes(tmp_pat
     spec = write_spec(tmp_path, steps=1500)
     a, b = tmp_path / "node0", tmp_path / "node1"
     port = free_port()
-    zero, one = agent(spec, a, 0, port), agent(spec, b, 1, port)
-    deadline = time.monotonic() + 120
-    while not list(b.glob("points/.tmp-*/progress-node1.bin")):
-        assert time.monotonic() < deadline and one.poll() is None, finish(one)[0][2][-2000:]
-        time.sleep(0.2)
+    zero, one = two_agents_in_a_multi_node_point(spec, a, b, port)
     time.sleep(1.0)
     zero.send_signal(signal.SIGKILL)
     zero.communicate()
