@@ -70,6 +70,15 @@ def _missing() -> str | None:
                 "slurm-wlm and munge)")
     if not Path("/etc/munge/munge.key").exists():
         return "munge has no key (/etc/munge/munge.key)"
+    probe = f"jl-probe-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"network namespaces cannot be made here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    ns = subprocess.run(["unshare", "--uts", "--mount", "true"], capture_output=True,
+                        text=True)
+    if ns.returncode != 0:
+        return f"UTS and mount namespaces cannot be made here: {ns.stderr.strip()}"
     return None
 
 
