@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import sweep_specs  # beside this file: pytest puts its folder on sys.path
+from namespaces import netns_unavailable  # beside this file, as sweep_specs
 
 from collectives.timing import read_rank_file
 
@@ -70,11 +71,9 @@ def _missing() -> str | None:
                 "slurm-wlm and munge)")
     if not Path("/etc/munge/munge.key").exists():
         return "munge has no key (/etc/munge/munge.key)"
-    probe = f"jl-probe-{uuid.uuid4().hex[:6]}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"network namespaces cannot be made here: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    reason = netns_unavailable()
+    if reason:
+        return reason
     ns = subprocess.run(["unshare", "--uts", "--mount", "true"], capture_output=True,
                         text=True)
     if ns.returncode != 0:

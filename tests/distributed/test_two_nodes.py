@@ -5,13 +5,13 @@ namespaces joined by a veth pair. The test removes the namespaces it creates."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from namespaces import netns_unavailable  # beside this file: pytest puts it on sys.path
 
 from collectives import microbench
 from collectives.timing import read_rank_file
@@ -66,26 +66,13 @@ def test_two_torchrun_agents_on_loopback(tmp_path):
     check_two_node_records(plan_path)
 
 
-def _netns_available() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "iproute2 (ip) is not installed"
-    probe = f"jl-probe-{uuid.uuid4().hex[:6]}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"ip netns add failed: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
 @pytest.fixture
 def two_namespaces():
-    reason = _netns_available()
+    reason = netns_unavailable()
     if reason:
         pytest.skip(reason)
     tag = uuid.uuid4().hex[:6]
