@@ -115,12 +115,13 @@ def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: 
     n, rank = backend.world_size, backend.rank
     esize = elem_size(dtype)
     todo = cases(colls, sizes)
+    clipped = 0
     if schedule is not None:
-        delays = np.rint(schedule.delays(seed, rank, node, n, iters, len(todo)) * 1e9)
-        delays_ns = delays.astype(np.int64)
+        delays_ns, clipped = schedule.delays_ns(seed, rank, node, n, iters, len(todo))
     else:
         delays_ns = np.zeros((iters, len(todo)), dtype=np.int64)
     records = Records(iters * len(todo))
+    records.delays_clipped = clipped
     wrong: list[int] = []
     mark = progress if progress is not None else np.zeros(1, dtype=np.int64)
     fault_at = fault.at if fault is not None and fault.rank == rank else -1
@@ -200,8 +201,11 @@ def summarize(tables: Sequence[dict[str, np.ndarray]], *, colls: Sequence[str],
                                "min_us": float(dur.min())}
         row.update({f"{k}_us": nearest_rank(dur, p) for k, p in PERCENTILES.items()})
         row["max_us"], row["mean_us"] = float(dur.max()), mean_us
-        row["algbw_gbps"] = nbytes / (mean_us * 1e-6) / 1e9
-        row["busbw_gbps"] = row["algbw_gbps"] * op.bus_factor(world_size)
+        if world_size > 1:
+            row["algbw_gbps"] = nbytes / (mean_us * 1e-6) / 1e9
+            row["busbw_gbps"] = row["algbw_gbps"] * op.bus_factor(world_size)
+        else:  # one rank moves no bytes between ranks: S / t of a local no-op is no bandwidth
+            row["algbw_gbps"] = row["busbw_gbps"] = None
         if all(o is not None for o in offsets_ns):
             arrive = np.array([r["t_arrive_ns"] + o for r, o in zip(per_rank, offsets_ns)])
             row["skew_us"] = float((arrive.max(axis=0) - arrive.min(axis=0)).mean() / 1e3)

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from jitter_models.syntax import check_printable
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -39,6 +41,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: must be a non-empty string, got {self.name!r}")
+        check_printable("name", self.name)
         for f in ("hidden", "layers", "heads", "kv_heads", "ffn", "vocab", "head_dim"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -22,6 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from jitter_models.files import named_error
+
+from .files import set_file_mode
+
 # One row per timed collective. All times int64 nanoseconds on this rank's monotonic clock.
 COLUMNS: dict[str, str] = {
     "step": "int64",          # iteration (microbench) or decode step
@@ -46,6 +50,9 @@ class Records:
             raise ValueError(f"capacity: must be >= 0, got {capacity}")
         self.columns = {k: np.zeros(capacity, dtype=v) for k, v in COLUMNS.items()}
         self.n = 0
+        # Draws of the schedule clipped to the maximum delay (jitter_models MAX_DELAY_NS)
+        # before this rank injected them; the rank file's metadata carries it.
+        self.delays_clipped = 0
 
     def add(self, step: int, site: int, op: int, nbytes: int, delay_req_ns: int,
             t_start_ns: int, t_arrive_ns: int, t_done_ns: int,
@@ -159,8 +166,11 @@ def write_rank_file(path: str | os.PathLike[str], columns: dict[str, np.ndarray]
     try:
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
+            set_file_mode(f.fileno())
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk: report the rank file, not its temporary name
+        raise named_error(exc, path) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

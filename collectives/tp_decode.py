@@ -136,12 +136,13 @@ def run(backend: Backend, *, cfg: Any, batch: int, steps: int, warmup: int, comp
     n, rank = backend.world_size, backend.rank
     n_sites = 2 * cfg.layers
     total = warmup + steps
+    clipped = 0
     if schedule is not None:
-        delays = np.rint(schedule.delays(seed, rank, node, n, total, n_sites) * 1e9)
-        delays_ns = delays.astype(np.int64)
+        delays_ns, clipped = schedule.delays_ns(seed, rank, node, n, total, n_sites)
     else:
         delays_ns = np.zeros((total, n_sites), dtype=np.int64)
     records = Records(total * (n_sites + 1))
+    records.delays_clipped = clipped  # warm-up steps included: they are injected too
     mark = progress if progress is not None else np.zeros(1, dtype=np.int64)
     esize = elem_size(dtype)
     sites = _Sites(backend, records, delays_ns, injector, batch * cfg.hidden * esize, mark,

@@ -6,18 +6,39 @@ import os
 import tempfile
 from pathlib import Path
 
+from collectives.files import FILE_MODE, make_dirs, set_file_mode
+from jitter_models.files import named_error
+
+__all__ = ["FILE_MODE", "check_writable", "make_dirs", "named_error", "write_bytes_atomic",
+           "write_text_atomic"]
+
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it over."""
+    """Write ``text`` (UTF-8) to a temporary file beside ``path``, fsync it, then rename it
+    over; see :func:`write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over.
+    On any failure (a full disk midway) the temporary file is removed and an OSError
+    names ``path``, the file asked for, not the temporary one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise named_error(exc, path) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            set_file_mode(f.fileno())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise named_error(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

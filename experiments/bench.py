@@ -7,8 +7,6 @@ rank's records file into one row per size.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 import uuid
@@ -21,6 +19,7 @@ from launch.plan import Plan
 from launch.runner import run_plan
 
 from .atomic import write_text_atomic
+from .csv_cells import csv_text
 
 ROW_KEYS = ("coll", "size_bytes", "min_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
             "mean_us", "algbw_gbps", "busbw_gbps", "skew_us", "wrong")
@@ -52,6 +51,8 @@ def run_bench(plan: Plan, *, launcher: str, nproc: int) -> dict[str, Any]:
     return {"rows": rows, "world_size": nproc, "launcher": launcher,
             "backend": metas[0]["backend"], "device": metas[0]["device"],
             "hosts": sorted({m["hostname"] for m in metas}), "plan": plan.as_dict(),
+            # draws above the maximum delay (one hour), clipped to it, over all ranks
+            "delays_clipped": sum(int(m.get("delays_clipped", 0)) for m in metas),
             "clock_offsets": [{"rank": m["rank"], "offset_ns": m.get("clock_offset_ns"),
                                "uncertainty_ns": m.get("clock_offset_uncertainty_ns")}
                               for m in metas],
@@ -67,15 +68,17 @@ def render_result(result: dict[str, Any]) -> str:
             f"{plan['iters']} warmup {plan['warmup']}  jitter: {plan['jitter'] or 'none'}")
     note = ("# time per iteration = max over ranks of (t_done - t_start), start after an "
             "untimed barrier; percentiles nearest-rank; bandwidths from the mean")
-    return "\n".join([head, note, microbench.render(result["rows"])])
+    if result["world_size"] == 1:  # nccl-tests prints busbw 0 here; we print n/a
+        note += " (n/a at world size 1: no bytes cross between ranks)"
+    lines = [head, note, microbench.render(result["rows"])]
+    if result.get("delays_clipped"):
+        lines.append(f"# {result['delays_clipped']} injected delays were clipped to the "
+                     "maximum delay (one hour)")
+    return "\n".join(lines)
 
 
 def write_outputs(result: dict[str, Any], json_path: str | None, csv_path: str | None) -> None:
     if json_path:
         write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
     if csv_path:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(ROW_KEYS), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(result["rows"])
-        write_text_atomic(csv_path, buf.getvalue())
+        write_text_atomic(csv_path, csv_text(result["rows"], ROW_KEYS))

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
 
 
 def _ints(text: str) -> list[int]:
@@ -42,6 +43,11 @@ def _colls(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"unknown collective {bad[0] if bad else text!r} "
                                          f"(known: {', '.join(COLLECTIVES)}, all)")
     return names
+
+
+_MAX_RANKS_HELP = ("refuse more ranks than this on one host (default: 4 per usable core, "
+                   "at most available memory / 333 MiB a rank; or "
+                   "$JITTERLAB_MAX_RANKS_PER_HOST)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl", "mpi"])
     b.add_argument("--launcher", default="local", choices=["local", "torchrun", "mpirun", "srun"])
     b.add_argument("--nproc", type=int, default=1, help="number of ranks (default 1)")
+    b.add_argument("--max-ranks-per-host", type=int, metavar="N", help=_MAX_RANKS_HELP)
     b.add_argument("--jitter", metavar="SCHEDULE", help="one-line jitter schedule injected "
                    "before each iteration, e.g. 'exponential(20us)'")
     b.add_argument("--seed", type=int, default=0)
@@ -123,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "write report.md, report.html and CSV tables.")
     r.add_argument("spec", help="SPEC.toml, or a preset name such as quickstart")
     r.add_argument("--out", metavar="DIR", help="result folder (default runs/<spec name>)")
+    r.add_argument("--max-ranks-per-host", type=int, metavar="N", help=_MAX_RANKS_HELP)
     g = r.add_argument_group(
         "several nodes", "One agent per node, node 0 coordinating (it hosts a store on "
         "--master and writes the results). Inside a SLURM allocation of several nodes a "
@@ -142,12 +150,17 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("dir")
     sh = sub.add_parser("show", help="a result folder's scaling table in the terminal")
     sh.add_argument("dir")
+    for sp in (rp, sh):
+        sp.add_argument("--skip-bad", action="store_true",
+                        help="leave out points whose files do not read back (listed), "
+                             "instead of stopping at the first with exit code 2")
 
     v = sub.add_parser("validate", help="check a sweep spec (fast: no torch, no processes)",
                        description="Parse and validate a TOML sweep spec and list its points.")
     v.add_argument("spec", help="SPEC.toml")
     v.add_argument("--nnodes", type=int, metavar="K",
                    help="also check that every point fits a K-node sweep")
+    v.add_argument("--max-ranks-per-host", type=int, metavar="N", help=_MAX_RANKS_HELP)
 
     w = sub.add_parser("worker", help="run one rank of a plan (started by a launcher)")
     w.add_argument("plan", help="PLAN.json written by the parent")
@@ -189,20 +202,14 @@ def _write_json(path: str | None, payload: object) -> None:
 
 
 def _cmd_maxtable(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from jitter_models import check_unique_names, parse_schedule, schedules_from_toml
 
-    from .maxtable import DEFAULT_NS, load_preset, load_toml, max_table, render_table
+    from .maxtable import DEFAULT_NS, load_preset, load_toml_file, max_table, render_table
 
     if args.jitter:
         schedules = check_unique_names([parse_schedule(s) for s in args.jitter])
     elif args.spec:
-        try:
-            text = Path(args.spec).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"spec: cannot read {args.spec!r} ({exc.strerror})") from None
-        schedules = schedules_from_toml(load_toml(text, f"spec {args.spec!r}"))
+        schedules = schedules_from_toml(load_toml_file(args.spec))
     else:
         schedules = schedules_from_toml(load_preset(args.preset or "jitter-zoo"))
     if args.ranks_per_node < 1:
@@ -250,6 +257,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from collectives.backends import elem_size
     from collectives.ops import get_op, size_sweep
     from jitter_models import parse_schedule
+    from launch.limits import check_ranks_per_host, host_limit
     from launch.plan import Plan
     from launch.runner import launch_argv
 
@@ -260,6 +268,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.jitter:
         parse_schedule(args.jitter)
     launch_argv(args.launcher, args.nproc, ["check"])
+    limit = host_limit(args.max_ranks_per_host)
+    if args.launcher != "srun":  # srun places the ranks on the allocation's nodes
+        check_ranks_per_host(args.nproc, "nproc", limit)
     sizes = size_sweep(args.min_bytes, args.max_bytes, args.step_factor)
     for coll in args.coll:
         for size in sizes:
@@ -307,16 +318,14 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _load_spec_arg(text: str):
     from pathlib import Path
 
-    from .maxtable import load_preset, preset_names
-    from .spec import load_spec, parse_spec
+    from .maxtable import load_preset, load_toml_file, preset_names
+    from .spec import parse_spec
 
     if not Path(text).exists() and text in preset_names():
         doc = load_preset(text)
         return parse_spec(doc, default_name=text), doc
-    spec = load_spec(text)
-    from .maxtable import load_toml
-
-    return spec, load_toml(Path(text).read_text(encoding="utf-8"), text)
+    doc = load_toml_file(text)  # read once: the spec and the document are the same bytes
+    return parse_spec(doc, default_name=Path(text).stem), doc
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -355,6 +364,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     master = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if nnodes > 1:
         nodes.check_layout(spec, nnodes)
+    _limit_ranks_per_host(spec, nnodes, args.max_ranks_per_host,  # srun: SLURM places them
+                          here=job is None and not args.print_commands
+                          and spec.launcher != "srun")
     if args.print_commands:
         spec_arg = str(Path(args.spec).resolve()) if Path(args.spec).exists() else args.spec
         out_arg = str(out.resolve())
@@ -382,7 +394,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                       jitterlab=str(exe) if exe.exists() else "jitterlab",
                                       join_timeout_s=args.join_timeout)
         print(f"starting one agent per node: {' '.join(argv[:4])} ...", file=sys.stderr)
-        return subprocess.run(argv).returncode
+        from .node_store import agents_env
+
+        # A fresh sweep key for this srun step's agents when the job set none (never on
+        # the command line, where ps and SLURM's records would show it).
+        return subprocess.run(argv, env=agents_env()).returncode
     if nnodes > 1:
         if args.node_rank is None:
             raise ValueError(f"node-rank: needed with --nnodes {nnodes} (0 on the node that "
@@ -408,14 +424,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def _skipped_lines(data: dict) -> list[str]:
+    return [f"skipped point {s['point']}: {s['file']}: {s['why']}" for s in data["skipped"]]
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .report import write_report
 
-    if not (Path(args.dir) / "manifest.json").exists():
-        raise ValueError(f"dir: {args.dir!r} is not a jitterlab result folder (no manifest)")
-    data = write_report(args.dir)
+    data = write_report(args.dir, skip_bad=args.skip_bad)
+    for line in _skipped_lines(data):
+        print(f"jitterlab: warning: {line}", file=sys.stderr)
     print(f"report: {Path(args.dir) / 'report.html'}")
     for line in data["headlines"].values():
         print(f"  {line}")
@@ -423,13 +443,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .report import build
 
-    if not (Path(args.dir) / "manifest.json").exists():
-        raise ValueError(f"dir: {args.dir!r} is not a jitterlab result folder (no manifest)")
-    data = build(args.dir)
+    data = build(args.dir, skip_bad=args.skip_bad)
+    for line in _skipped_lines(data):
+        print(f"jitterlab: warning: {line}", file=sys.stderr)
     head = f"{'schedule':>14}{'N':>6}{'mean_ms':>10}{'p99_ms':>10}{'eff_mean':>10}{'tax_p99':>9}"
     print(head)
     for r in data["scaling"]:
@@ -438,6 +456,24 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"{r['schedule']:>14}{r['world_size']:>6}{r['mean_s'] * 1e3:>10.3f}"
               f"{r['p99_s'] * 1e3:>10.3f}{eff:>10}{tax:>9}")
     return 0
+
+
+def _limit_ranks_per_host(spec, nnodes: int, override: int | None, *, here: bool = True
+                          ) -> None:
+    """Refuse, before anything starts, a sweep that puts more ranks on one host than it
+    can hold: a one-node sweep runs every rank of a point here; a K-node sweep runs
+    ranks_per_node (fewer for a point that fits one node) on each host. ``here``: ranks
+    start on this host (not so for a parent that only starts agents with srun)."""
+    from launch.limits import ENV, check_ranks_per_host, host_limit
+
+    limit = host_limit(override)
+    if override is not None:
+        os.environ[ENV] = str(override)  # the agents srun starts on each node inherit it
+    if here and nnodes > 1:
+        check_ranks_per_host(max(min(n, spec.ranks_per_node) for n in spec.world_sizes),
+                             "ranks_per_node", limit)
+    elif here:
+        check_ranks_per_host(max(spec.world_sizes), "world_sizes", limit)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -455,15 +491,38 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         if args.nnodes > 1:
             check_layout(spec, args.nnodes)
         where = f", fits {args.nnodes} node{'s' * (args.nnodes > 1)}"
-    print(f"{args.spec}: ok: {spec.name}, {spec.workload} {spec.model.name} "
-          f"({spec.compute} compute), world sizes {list(spec.world_sizes)}, "
-          f"{len(spec.schedules)} schedules, {len(points)} points{where}")
+    from jitter_models.syntax import escape  # names are checked; escape anything printed
+
+    try:  # validate starts nothing: a spec meant for bigger hosts is still a valid spec
+        _limit_ranks_per_host(spec, args.nnodes or 1, args.max_ranks_per_host,
+                              here=spec.launcher != "srun")
+        host_note = ""
+    except ValueError as exc:
+        if args.max_ranks_per_host is not None:
+            raise
+        host_note = f"  note: not on this host: {escape(exc)}"
+    from jitter_models.units import MAX_DELAY_S, format_duration
+
+    print(f"{escape(args.spec)}: ok: {escape(spec.name)}, {spec.workload} "
+          f"{escape(spec.model.name)} ({spec.compute} compute), world sizes "
+          f"{list(spec.world_sizes)}, {len(spec.schedules)} schedules, {len(points)} "
+          f"points{where}")
+    if host_note:
+        print(host_note)
+    for s in spec.schedules:  # a clip that will bite (more than one draw in a billion)
+        laws = [s.temporal.marginal(s.dist)] + ([s.stragglers.dist] if s.stragglers else [])
+        p_clip = max(float(d.sf(MAX_DELAY_S)) for d in laws)
+        if p_clip > 1e-9:
+            print(f"  note: {escape(s.name)}: P(delay > {format_duration(MAX_DELAY_S)}) = "
+                  f"{p_clip:.3g}: such draws are clipped to {format_duration(MAX_DELAY_S)} "
+                  "(the maximum delay) and counted as delays_clipped")
     for p in points:
         nodes = ""
         if args.nnodes and args.nnodes > 1:
             k, per = layout(p.world_size, spec.ranks_per_node)
             nodes = f" on {k} node{'s' * (k > 1)} x {per}"
-        print(f"  {p.id}  N={p.world_size:<5} batch={p.batch:<4} {p.schedule.name}{nodes}")
+        print(f"  {p.id}  N={p.world_size:<5} batch={p.batch:<4} "
+              f"{escape(p.schedule.name)}{nodes}")
     return 0
 
 
@@ -482,22 +541,52 @@ _COMMANDS = {"maxtable": _cmd_maxtable, "describe": _cmd_describe, "bench": _cmd
              "worker": _cmd_worker}
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at interpreter exit finds no closed pipe
+    (and prints no 'Exception ignored ... BrokenPipeError')."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout replaced by an object without a descriptor
+        pass
+
+
+def _printable(text: object) -> str:
+    """One line, safe for a terminal: a name or a file's excerpt in a message may hold
+    escapes (ANSI sequences) or line breaks; they are shown as escapes, never obeyed."""
+    from jitter_models.syntax import escape
+
+    return escape(str(text))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must reach the handler below
+        return code
+    except BrokenPipeError:
+        # `jitterlab validate spec.toml | head`: the reader has gone. Say nothing more; the
+        # status is what a tool killed by SIGPIPE reports (128 + 13), as `yes | head` does.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except ValueError as exc:
-        print(f"jitterlab: error: {exc}", file=sys.stderr)
+        print(f"jitterlab: error: {_printable(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("jitterlab: interrupted (every rank started was stopped)", file=sys.stderr)
         return 130
+    except RecursionError:  # input nested past what a recursive parser can follow
+        print("jitterlab: error: input nested too deeply", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RuntimeError as exc:  # a run that failed (launch.runner.RunFailed and kin)
-        print(f"jitterlab: run failed: {exc}", file=sys.stderr)
+        print(f"jitterlab: run failed: {_printable(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. --json into a folder that does not exist
         where = f" {exc.filename!r}" if exc.filename else ""
-        print(f"jitterlab: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"jitterlab: error: cannot write{_printable(where)}: "
+              f"{_printable(exc.strerror or exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -9,14 +9,20 @@ schedule (node-shared and global draws are fewer independent streams).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from jitter_models import Schedule, expected_max, format_us, max_quantile, schedules_from_toml
+from jitter_models.files import read_input_file
 
 STATS = {"mean": None, "p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
 DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+# A spec file is a regular file of at most this many bytes (a hand-written spec is a few KiB).
+MAX_SPEC_BYTES = 4 * 2**20
 
 
 def load_toml(text: str, where: str) -> dict[str, Any]:
@@ -28,6 +34,19 @@ def load_toml(text: str, where: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:  # the parser recurses per level of nested arrays and tables
+        raise ValueError(f"{where}: not valid TOML: arrays or tables nested too deeply"
+                         ) from None
+
+
+def load_toml_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The TOML document in the user-named file ``path`` (a regular file, at most
+    ``MAX_SPEC_BYTES``); ValueError naming ``spec`` and the file otherwise."""
+    try:
+        text = read_input_file(path, what=f"spec {str(path)!r}", max_bytes=MAX_SPEC_BYTES)
+    except OSError as exc:
+        raise ValueError(f"spec: cannot read {str(path)!r} ({exc.strerror or exc})") from None
+    return load_toml(text, f"spec {str(path)!r}")
 
 
 def preset_names() -> list[str]:

@@ -7,16 +7,20 @@ Every node runs the same command with its own node rank::
 ``jitterlab run --print-commands`` prints these lines; inside a SLURM allocation of several
 nodes, a plain ``jitterlab run SPEC`` starts them itself with one srun task per node.
 
-Node 0's agent is the coordinator. It hosts the store on HOST:PORT (a ``torch.distributed``
-TCPStore), owns the result folder (lock, manifest, points, failures, report), decides which
-points still have to run, and gives each multi-node point a fresh rendezvous port. A point
+Node 0's agent is the coordinator. It hosts the store on HOST:PORT (``node_store``: it
+listens on that address only, and every message is authenticated with the sweep's key,
+``$JITTERLAB_SWEEP_KEY`` or the 0600 file ``$JITTERLAB_SWEEP_KEY_FILE`` names, the same on
+every node; without one, a multi-node sweep is refused), owns the result folder (lock,
+manifest, points, failures, report), decides which points still have to run, and gives
+each multi-node point a fresh rendezvous port. A point
 of N ranks fills ceil(N / ranks_per_node) nodes from node 0 (N must then be a multiple of
 ranks_per_node); each of those nodes starts torchrun with a static rendezvous for its own
 ranks, the rest sit the point out. Points that fit on one node run on node 0 as in a
 single-node sweep.
 
-Keys (values are JSON)::
+Keys (values are JSON; ``claim`` and ``beat`` are counters)::
 
+    claim/<r>        agent r: its first request; a second agent for node r is refused
     token            coordinator: a file it made in the result folder (shared folder test)
     hello/<r>        agent r: its host, the digest of its points, whether it saw the token
     go               coordinator: {"shared": bool, "hosts": [...]}, or {"error": reason}
@@ -24,14 +28,19 @@ Keys (values are JSON)::
                      {"end": true}
     abort/<i>        coordinator: why its own part of point i failed
     report/<i>/<r>   agent r: {"ok": bool, "error": text} for point i
-    beat/<r>         agent r: a counter bumped every second (a dead agent stops it)
+    beat/<r>         agent r: a counter bumped every second (a dead agent stops it); node 0
+                     counts its deadline from the claim or the hello, so an agent that
+                     dies before its first beat is found dead too
     bye/<r>          agent r: leaving
 
 When every node sees the same result folder (a shared file system), each rank writes its
 own records there and only node 0 creates the point folders; otherwise each agent keeps a
 private temporary folder per point and the ranks send their records to rank 0, on node 0.
 Each node's ranks use a progress board of their own (``progress-node<r>.bin``), and each
-agent watches only its own ranks: a failure elsewhere arrives as that node's report.
+agent watches only its own ranks: a failure elsewhere arrives as that node's report. A
+message that does not have the shape its key promises is logged and dropped, never
+trusted: a point this node does not know is skipped, a report that does not read is a
+failure.
 """
 
 from __future__ import annotations
@@ -48,8 +57,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +65,10 @@ from launch.bootstrap import free_port
 from launch.plan import Plan
 from launch.runner import RunFailed, run_plan, torchrun_node_argv, worker_argv
 
-from .atomic import write_text_atomic
+from . import node_store
+from .atomic import make_dirs, write_text_atomic
+from .locks import RunLock, take_lock
+from .node_store import KEY_ENV, KeyRefused, StoreClient, StoreServer, log_dropped
 from .spec import Spec
 from .sweep import Point, expand
 
@@ -79,6 +90,8 @@ class NodeSetup:
     master_host: str
     master_port: int
     join_timeout_s: float = JOIN_TIMEOUT_S
+    key: bytes | None = field(default=None, repr=False)
+    """The sweep's secret; None: ``sweep_key()`` (the environment)."""
 
 
 def parse_master(text: str) -> tuple[str, int]:
@@ -230,8 +243,16 @@ def srun_agents_argv(job: SlurmJob, spec_arg: str, out: str, master: str,
                         jitterlab=jitterlab, join_timeout_s=join_timeout_s)]
 
 
+KEY_NOTE = (f"# every node needs the same secret in {KEY_ENV} (e.g. export {KEY_ENV}="
+            f"$(openssl rand -hex 32)), or {node_store.KEY_FILE_ENV} naming a file of mode "
+            "0600")
+
+
 def print_commands(argvs: Sequence[Sequence[str]], header: str) -> str:
-    return "\n".join([header, *(shlex.join(a) for a in argvs)])
+    """The header, then one line per command; agents of a multi-node sweep are reminded
+    of the key they need."""
+    note = [KEY_NOTE] if any("--nnodes" in a for a in argvs) else []
+    return "\n".join([header, *note, *(shlex.join(a) for a in argvs)])
 
 
 def node_rank_from(value: str, nnodes: int, env: Mapping[str, str] | None = None) -> int:
@@ -253,66 +274,88 @@ def node_rank_from(value: str, nnodes: int, env: Mapping[str, str] | None = None
 # ------------------------------------------------------------------ the store
 
 class Link:
-    """This agent's connection to the store (node 0 hosts it)."""
+    """This agent's connection to the store: node 0 serves it (and uses it in-process),
+    the others connect to it."""
 
     def __init__(self, setup: NodeSetup):
-        from torch.distributed import TCPStore
-
         self.setup = setup
+        self.key = setup.key if setup.key is not None else node_store.sweep_key()
+        self._unreadable: set[str] = set()
         where = f"{setup.master_host}:{setup.master_port}"
+        if setup.node_rank == 0:
+            try:
+                self.server = StoreServer(setup.master_host, setup.master_port, self.key,
+                                          max_connections=2 * setup.nnodes + 32)
+            except OSError as exc:
+                raise ValueError(f"master: cannot listen on {where} "
+                                 f"({exc.strerror or exc})") from None
+            self._request = self.server.apply
+            return
         try:
-            self.store = TCPStore(setup.master_host, setup.master_port,
-                                  is_master=setup.node_rank == 0, wait_for_workers=False,
-                                  timeout=timedelta(seconds=setup.join_timeout_s))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if setup.node_rank == 0:
-                raise ValueError(f"master: cannot listen on {where} ({first})") from None
+            self._request = StoreClient(setup.master_host, setup.master_port, self.key,
+                                        setup.join_timeout_s).request
+        except KeyRefused:
+            raise RuntimeError(f"node 0's agent at {where} refused this node's key (give "
+                               f"every node the same {KEY_ENV})") from None
+        except OSError as exc:
             raise RuntimeError(f"cannot reach node 0's agent at {where} within "
-                               f"{setup.join_timeout_s:g} s ({first})") from None
+                               f"{setup.join_timeout_s:g} s ({exc})") from None
 
     def put(self, key: str, value: Any) -> None:
-        self._call(self.store.set, key, json.dumps(value))
+        self._call("set", key, json.dumps(value))
 
     def has(self, key: str) -> bool:
-        return bool(self._call(self.store.check, [key]))
+        return self._call("get", key) is not None
 
     def get(self, key: str) -> Any:
-        return json.loads(self._call(self.store.get, key))
+        """The key's value; None when it is absent or does not parse (logged once)."""
+        text = self._call("get", key)
+        try:
+            return None if text is None else json.loads(text)
+        except (TypeError, ValueError):
+            if key not in self._unreadable:
+                self._unreadable.add(key)
+                log_dropped("the store", f"{key} holds {text!r:.60}, not JSON")
+            return None
 
     def add(self, key: str, amount: int) -> int:
         """Atomically add to a counter (made at 0); its new value."""
-        return int(self._call(self.store.add, key, amount))
+        return int(self._call("add", key, amount))
 
-    def _call(self, fn: Callable, *args: Any) -> Any:
+    def _call(self, op: str, key: str, value: Any = None) -> Any:
         try:
-            return fn(*args)
-        except RuntimeError as exc:  # torch's message carries a C++ backtrace: first line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return self._request(op, key, value)
+        except OSError as exc:
             who = ("an agent" if self.setup.node_rank == 0 else
                    f"node 0's agent at {self.setup.master_host}:{self.setup.master_port}")
-            raise RuntimeError(f"lost the connection to {who} ({first})") from None
+            raise RuntimeError(f"lost the connection to {who} ({exc})") from None
 
     def wait(self, key: str, deadline: float | None = None,
              poll: Callable[[], None] | None = None) -> Any:
-        """The key's value once it exists; None past ``deadline`` (time.monotonic)."""
-        while not self.has(key):
+        """The key's value once it exists and parses; None past ``deadline``
+        (time.monotonic)."""
+        while (value := self.get(key)) is None:
             if deadline is not None and time.monotonic() > deadline:
                 return None
             if poll is not None:
                 poll()
             time.sleep(_POLL_S)
-        return self.get(key)
+        return value
+
+
+def _shaped(value: Any, **types: type) -> bool:
+    """A JSON object whose fields have these types (what a message of a key promises)."""
+    return isinstance(value, dict) and all(isinstance(value.get(k), t)
+                                           for k, t in types.items())
 
 
 class _Heart:
     """Agent side: bumps beat/<r> every second over a connection of its own."""
 
-    def __init__(self, setup: NodeSetup):
-        from torch.distributed import TCPStore
-
-        self._store = TCPStore(setup.master_host, setup.master_port, is_master=False,
-                               timeout=timedelta(seconds=setup.join_timeout_s))
+    def __init__(self, link: Link):
+        setup = link.setup
+        self._store = StoreClient(setup.master_host, setup.master_port, link.key,
+                                  setup.join_timeout_s)
         self._key = f"beat/{setup.node_rank}"
         self._stop = threading.Event()
         threading.Thread(target=self._run, name="jitterlab-agent-beat", daemon=True).start()
@@ -320,8 +363,8 @@ class _Heart:
     def _run(self) -> None:
         while not self._stop.wait(BEAT_S):
             try:
-                self._store.add(self._key, 1)
-            except RuntimeError:
+                self._store.request("add", self._key, 1)
+            except (OSError, RuntimeError):
                 return  # node 0 is gone; the main loop finds out on its next request
 
     def stop(self) -> None:
@@ -329,13 +372,18 @@ class _Heart:
 
 
 class _Pulse:
-    """Coordinator side: when did each agent's beat last move. An agent that has never
-    beaten is not started (yet), not dead."""
+    """Coordinator side: when did each agent's beat last move. An agent's deadline runs
+    from its join (``joined``) or its first beat, whichever node 0 sees first: one that
+    dies before it ever beats is dead too. One not seen at all is not started (yet)."""
 
     def __init__(self, link: Link, nodes: range):
         self.link = link
-        now = time.monotonic()
-        self.seen = {r: (0, now) for r in nodes}
+        self.seen: dict[int, tuple[int, float | None]] = {r: (0, None) for r in nodes}
+
+    def joined(self, r: int) -> None:
+        last, when = self.seen[r]
+        if when is None:
+            self.seen[r] = (last, time.monotonic())
 
     def dead(self, nodes: Sequence[int]) -> list[int]:
         now = time.monotonic()
@@ -345,7 +393,7 @@ class _Pulse:
             last, when = self.seen[r]
             if value != last:
                 self.seen[r] = (value, now)
-            elif value > 0 and now - when > DEAD_AFTER_S:
+            elif when is not None and now - when > DEAD_AFTER_S:
                 out.append(r)
         return out
 
@@ -384,6 +432,8 @@ class Coordinator:
             hellos = {}
             for r in range(1, self.setup.nnodes):
                 def gone(r: int = r) -> None:
+                    if self.link.has(f"claim/{r}"):  # its deadline runs from here
+                        self.pulse.joined(r)
                     if self.pulse.dead([r]):
                         raise RuntimeError(self._refuse(
                             f"node {r}'s agent started, then stopped before joining"))
@@ -392,11 +442,17 @@ class Coordinator:
                     raise RuntimeError(self._refuse(
                         f"node {r} did not join within {self.setup.join_timeout_s:g} s "
                         f"(start its command: jitterlab run ... --node-rank {r})"))
+                self.pulse.joined(r)
                 hellos[r] = hello
                 self._joined.append(r)
         finally:
             (root / token).unlink(missing_ok=True)
         for r, hello in hellos.items():
+            if not (_shaped(hello, host=str) and (_shaped(hello, digest=str)
+                                                 or _shaped(hello, error=str))):
+                log_dropped(f"node {r}", f"an unreadable hello: {hello!r:.80}")
+                raise ValueError(self._refuse(f"node {r} sent an unreadable hello (the same "
+                                              "jitterlab version on every node?)"))
             if hello.get("error"):
                 raise ValueError(self._refuse(f"node {r} ({hello.get('host')}): "
                                               f"{hello['error']}"))
@@ -452,7 +508,7 @@ class Coordinator:
         for r in range(1, k):
             if r in reports:
                 if not reports[r]["ok"]:
-                    errors.append(f"node {r}: {reports[r]['error']}")
+                    errors.append(f"node {r}: {reports[r].get('error')}")
             elif r in dead:
                 errors.append(f"node {r}'s agent ({self.hosts[r]}) stopped responding")
             else:
@@ -468,8 +524,8 @@ class Coordinator:
     def _remote_failure(self, seq: int, k: int) -> None:
         """Polled while node 0's ranks run: stop them when another node has failed."""
         for r in range(1, k):
-            key = f"report/{seq}/{r}"
-            if self.link.has(key) and not self.link.get(key)["ok"]:
+            report = self._report(seq, r)
+            if report is not None and not report["ok"]:
                 raise _Remote(f"node {r} failed")
         if self.pulse.dead(range(1, k)):
             raise _Remote("an agent stopped responding")
@@ -479,12 +535,21 @@ class Coordinator:
         dead: set[int] = set()
         while len(out) + len(dead) < k - 1 and time.monotonic() < deadline:
             for r in range(1, k):
-                if r not in out and self.link.has(f"report/{seq}/{r}"):
-                    out[r] = self.link.get(f"report/{seq}/{r}")
+                if r not in out and (report := self._report(seq, r)) is not None:
+                    out[r] = report
             dead = set(self.pulse.dead(range(1, k))) - set(out)
             if len(out) + len(dead) < k - 1:
                 time.sleep(_POLL_S)
         return out, dead
+
+    def _report(self, seq: int, r: int) -> dict | None:
+        """Node r's report on point seq; None while there is none. One that does not read
+        counts as a failure, so that a broken node fails its points, not node 0."""
+        report = self.link.get(f"report/{seq}/{r}")
+        if report is None or _shaped(report, ok=bool):
+            return report
+        log_dropped(f"node {r}", f"an unreadable report on point {seq}: {report!r:.80}")
+        return {"ok": False, "error": "its report did not read"}
 
     def finish(self, reason: str = "the sweep ended") -> None:
         """Tell every agent to leave (a point in flight is aborted), then wait briefly for
@@ -512,7 +577,6 @@ class Coordinator:
 def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True) -> int:
     """Take part in node 0's sweep until it ends; 0 when every part this node ran
     succeeded, 1 otherwise."""
-    from .runner import release_lock, take_lock
     from .store import Store
 
     r = setup.node_rank
@@ -520,11 +584,11 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
     if link.add(f"claim/{r}", 1) != 1:
         raise ValueError(f"node-rank: node {r} has already joined this sweep (another agent "
                          f"with --node-rank {r}, or this one restarted: rerun every node)")
-    heart = _Heart(setup)
+    heart = _Heart(link)
     store = Store(out)
     lock = f".lock-node-{r}"
     board = f"progress-node{r}.bin"
-    took_lock = False
+    held: RunLock | None = None
     try:
         deadline = time.monotonic() + setup.join_timeout_s
         token = link.wait("token", deadline)
@@ -534,17 +598,21 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
         hello: dict[str, Any] = {"host": platform.node(),
                                  "digest": digest(spec, setup.nnodes)}
         try:
-            take_lock(out, name=lock, board=board)
-            took_lock = True
-            hello["shared"] = (out / token).exists()
+            held = take_lock(out, name=lock, board=board)
+            # the token names a file: only node 0's own kind of name is looked for
+            hello["shared"] = (isinstance(token, str) and
+                               re.fullmatch(r"\.join-[0-9a-f]{12}", token) is not None and
+                               (out / token).exists())
         except (ValueError, OSError) as exc:  # node 0 refuses the sweep with the reason
             hello["error"] = str(exc)
         link.put(f"hello/{r}", hello)
         go = link.wait("go")
-        if "error" in go:
+        if not _shaped(go, shared=bool):
             link.put(f"bye/{r}", {})
-            raise RuntimeError(f"node 0 ended the sweep: {go['error']}")
-        shared = bool(go["shared"])
+            why = go.get("error") if isinstance(go, dict) else None
+            raise RuntimeError(f"node 0 ended the sweep: "
+                               f"{why or f'an unreadable start message ({go!r:.80})'}")
+        shared = go["shared"]
         if not shared:  # this node's private folders only (node 0's may be here too)
             for tmp in store.points.glob(f".tmp-*-node{r}"):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -553,12 +621,16 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
         seq = 0
         while True:
             msg = link.wait(f"point/{seq}")
-            if msg.get("end"):
+            if _shaped(msg, end=bool) and msg["end"]:
                 break
-            if r < msg["nodes"]:
+            if not (_shaped(msg, id=str, nodes=int, port=int) and msg["id"] in points):
+                log_dropped(f"node 0 (point/{seq})", f"not a point of this sweep: {msg!r:.80}")
+                link.put(f"report/{seq}/{r}", {"ok": False, "error": "its point message did "
+                                               "not read"})  # node 0 need not wait for it
+            elif r < msg["nodes"]:
                 runs += 1
                 error = _run_part(link, setup, seq, points[msg["id"]], msg, store, shared,
-                                  lock, board)
+                                  held, board)
                 failures += error is not None
                 link.put(f"report/{seq}/{r}", {"ok": error is None, "error": error})
                 if progress:
@@ -572,14 +644,14 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
         return 1 if failures else 0
     finally:
         heart.stop()
-        if took_lock:
-            release_lock(out, lock)
+        if held is not None:
+            held.release()
 
 
 def _run_part(link: Link, setup: NodeSetup, seq: int, point: Point, msg: dict, store,
-              shared: bool, lock: str, board: str) -> str | None:
+              shared: bool, lock: RunLock, board: str) -> str | None:
     """This node's ranks of one point; None on success, else why not (one line)."""
-    from .runner import plan_for, write_lock
+    from .runner import plan_for
 
     r = setup.node_rank
     k, per = layout(point.world_size, point.spec.ranks_per_node)
@@ -594,7 +666,7 @@ def _run_part(link: Link, setup: NodeSetup, seq: int, point: Point, msg: dict, s
                 return f"plan {plan_path} did not appear within {PLAN_WAIT_S:g} s"
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            make_dirs(tmp)
             plan_path = tmp / "plan.json"
             write_text_atomic(plan_path, plan_for(point, tmp).to_json() + "\n")
         plan = Plan.load(plan_path)
@@ -603,7 +675,7 @@ def _run_part(link: Link, setup: NodeSetup, seq: int, point: Point, msg: dict, s
                                   master_port=int(msg["port"]))
 
         def remember(pgid: int) -> None:  # a rerun after a crash stops this group
-            write_lock(store.root / lock, pgid=pgid, folder=tmp, board=board)
+            lock.record(pgid=pgid, folder=tmp, board=board)
 
         def aborted() -> str | None:
             key = f"abort/{seq}"
@@ -615,11 +687,15 @@ def _run_part(link: Link, setup: NodeSetup, seq: int, point: Point, msg: dict, s
                  should_stop=aborted, log_name=f"launcher-node{r}.log")
         return None
     except RunFailed as exc:
-        return str(exc)
+        text = str(exc)
+        if not shared:  # the private folder goes: its log stays on this host, cited there
+            for old, new in store.keep_logs(point.id, tmp).items():
+                text = text.replace(old, f"{new} on {platform.node()}")
+        return text
     except (OSError, ValueError) as exc:  # a folder, a plan: say so rather than vanish
         return f"{type(exc).__name__}: {exc}"
     finally:
-        write_lock(store.root / lock)
+        lock.record()
         if not shared:  # records went to rank 0 on node 0; nothing here is kept
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
 from pathlib import Path
@@ -12,8 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from jitter_models.syntax import escape
+from jitter_models.units import MAX_DELAY_S, format_duration
+
 from .analysis import predicted_site_max_us, scaling, useful_parallelism
-from .atomic import write_text_atomic
+from .atomic import write_bytes_atomic, write_text_atomic
+from .csv_cells import csv_text
 
 DEFINITIONS = [
     ("step latency", "per token: the max over ranks of the step's duration on that rank"),
@@ -28,18 +31,32 @@ DEFINITIONS = [
 ]
 
 
-def load_summaries(root: Path, ids: set[str]) -> list[dict[str, Any]]:
+def load_summaries(root: Path, ids: dict[str, dict[str, Any]], *, skip_bad: bool = False
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The summaries of the points this spec expands to (a folder reused with another
-    spec may hold others: they are not this sweep's)."""
-    out = []
-    for path in sorted((root / "points").glob("*/summary.json")):
-        if path.parent.name in ids:
-            out.append(json.loads(path.read_text()))
-    return out
+    spec may hold others: they are not this sweep's), each checked against its files.
+    A bad point raises ``BadPoint`` naming the file; with ``skip_bad`` it is left out and
+    listed in the second value instead."""
+    from .store import BadPoint, check_point
+
+    out, skipped = [], []
+    points = root / "points"
+    for path in sorted(points.iterdir()) if points.is_dir() else ():
+        if path.name not in ids:
+            continue
+        try:
+            out.append(check_point(path, ids[path.name]))
+        except BadPoint as exc:
+            if not skip_bad:
+                raise
+            skipped.append({"point": path.name, "file": str(exc.file), "why": exc.why})
+    return out, skipped
 
 
-def build(root: str | Path) -> dict[str, Any]:
-    """Tables for the report: per point, per (schedule, batch, N) scaling, headlines."""
+def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
+    """Tables for the report: per point, per (schedule, batch, N) scaling, headlines. A
+    point whose files do not read back raises ``BadPoint``, or with ``skip_bad`` is left
+    out and listed under ``skipped``."""
     import functools
 
     from collectives.models import weight_share
@@ -49,12 +66,14 @@ def build(root: str | Path) -> dict[str, Any]:
     from .sweep import expand
 
     root = Path(root)
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = _read_manifest(root / "manifest.json")
     spec = parse_spec(manifest["spec"], default_name=manifest.get("name", root.name))
     expected = {p.id: p for p in expand(spec)}
     schedules = {s.name: s for s in spec.schedules}
     points = []
-    for s in load_summaries(root, set(expected)):
+    summaries, skipped = load_summaries(
+        root, {pid: p.identity() for pid, p in expected.items()}, skip_bad=skip_bad)
+    for s in summaries:
         lat = s["step_latency"]
         pred = predicted_site_max_us(schedules[s["schedule"]], spec.seed, s["world_size"],
                                      spec.ranks_per_node)
@@ -68,7 +87,9 @@ def build(root: str | Path) -> dict[str, Any]:
                        **{f"{k}": v for k, v in s["decomposition_us"].items()
                           if k.endswith("_us")},
                        "site_max_requested_us": s["site_max_us"]["requested_us"],
-                       "site_max_predicted_us": pred})
+                       "site_max_predicted_us": pred,
+                       # draws above the maximum delay, clipped to it (summed over ranks)
+                       "delays_clipped": int(s.get("delays_clipped") or 0)})
     rows, useful, models = [], {}, {}
     for batch in spec.batches:
         mine = [p for p in points if p["batch"] == batch]
@@ -83,15 +104,36 @@ def build(root: str | Path) -> dict[str, Any]:
     for pid in sorted(expected):
         path = root / "failed" / f"{pid}.json"
         if path.exists() and not (root / "points" / pid / "summary.json").exists():
-            failed.append(json.loads(path.read_text()))
+            try:
+                info = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                info = None
+            if not isinstance(info, dict):  # a damaged record still says the point failed
+                info = {"point": pid, "error": f"(unreadable failure record {path})"}
+            failed.append(info)
     return {"spec": spec, "points": points, "scaling": rows, "useful": useful,
             "headlines": _headlines(rows, useful, len(spec.batches) > 1,
                                     {(p["schedule"], p["batch"], p["world_size"]):
                                      p["p99_ci_us"] for p in points},
                                     [sch.name for sch in spec.schedules]),
             "largest": _largest(root, points, len(spec.batches) > 1), "models": models,
-            "failed": failed,
+            "failed": failed, "skipped": skipped,
             "expected_points": len(expected)}
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    from .store import MAX_MANIFEST_BYTES, read_json_file
+
+    if not path.exists() and not path.is_symlink():
+        raise ValueError(f"dir: {str(path.parent)!r} is not a jitterlab result folder "
+                         "(no manifest)")
+    try:
+        doc = read_json_file(path, max_bytes=MAX_MANIFEST_BYTES)
+    except OSError as exc:
+        raise ValueError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        raise ValueError(f"{path}: not a jitterlab manifest (no 'spec' table)")
+    return doc
 
 
 def _largest(root: Path, points: list[dict], by_batch: bool) -> dict[str, dict[str, Any]]:
@@ -142,7 +184,7 @@ def _headlines(rows: list[dict], useful: dict, by_batch: bool,
         mine = sorted((r for r in rows if (r["schedule"], r["batch"]) == key),
                       key=lambda r: r["world_size"])
         last = mine[-1]
-        label = f"{name} (batch {batch})" if by_batch else name
+        label = escape(f"{name} (batch {batch})" if by_batch else name)
         ci = (p99_ci or {}).get((name, batch, last["world_size"]))
         parts = [f"{label}: p99 step latency {_p99_text(last['p99_s'], ci)} at N = "
                  f"{last['world_size']}"]
@@ -280,15 +322,13 @@ def _slug(name: str) -> str:
     return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
-def write_report(root: str | Path) -> dict[str, Any]:
+def write_report(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
     """report.md, report.html, plots and CSV tables under ``root``; returns the data."""
     root = Path(root)
-    data = build(root)
+    data = build(root, skip_bad=skip_bad)
     plots = _plots(data)
     for name, png in plots.items():
-        tmp = root / f".{name}.tmp"
-        tmp.write_bytes(png)
-        tmp.replace(root / name)
+        write_bytes_atomic(root / name, png)  # a full disk leaves no partial .png.tmp
     for name, table in (("points.csv", data["points"]), ("scaling.csv", data["scaling"])):
         table = [{k: v for k, v in r.items()} for r in table]
         write_text_atomic(root / name, _csv(table))
@@ -300,11 +340,7 @@ def write_report(root: str | Path) -> dict[str, Any]:
 def _csv(rows: list[dict]) -> str:
     if not rows:
         return ""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+    return csv_text(rows, list(rows[0]))  # text cells guarded against formula injection
 
 
 def _fmt(v: Any) -> str:
@@ -314,7 +350,7 @@ def _fmt(v: Any) -> str:
         return f"{v:.3f}"
     if isinstance(v, list):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return str(v)
+    return escape(str(v))  # a name's control characters (an ANSI escape) are not raw
 
 
 def _table(rows: list[dict], keys: list[str]) -> list[str]:
@@ -326,16 +362,19 @@ def _table(rows: list[dict], keys: list[str]) -> list[str]:
 def _markdown(data: dict, plots: dict[str, bytes]) -> str:
     spec = data["spec"]
     hw = f", {spec.hardware} roofline" if spec.compute == "emulated" else ""
-    lines = [f"# jitterlab report: {spec.name}", "",
-             f"{spec.workload} of {spec.model.name} ({spec.compute} compute{hw}), world sizes "
-             f"{list(spec.world_sizes)}, batch {list(spec.batches)}, backend {spec.backend}, "
-             f"{spec.steps} recorded steps per point after {spec.warmup} warm-up; "
+    lines = [f"# jitterlab report: {escape(spec.name)}", "",
+             f"{spec.workload} of {escape(spec.model.name)} ({spec.compute} compute{hw}), "
+             f"world sizes {list(spec.world_sizes)}, batch {list(spec.batches)}, backend "
+             f"{spec.backend}, {spec.steps} recorded steps per point after {spec.warmup} warm-up; "
              f"{len(data['points'])} of {data['expected_points']} points complete.", "",
              "## Headlines", ""]
     lines += [f"- {h}" for h in data["headlines"].values()]
     if data["failed"]:
         lines += ["", "## Failed points", ""]
         lines += _table(data["failed"], ["point", "schedule", "world_size", "batch", "error"])
+    if data["skipped"]:
+        lines += ["", "## Skipped points (files that do not read back)", ""]
+        lines += _table(data["skipped"], ["point", "file", "why"])
     lines += ["", "## Scaling", ""]
     order = {sch.name: i for i, sch in enumerate(spec.schedules)}
 
@@ -354,7 +393,13 @@ def _markdown(data: dict, plots: dict[str, bytes]) -> str:
                                      "p99_us",
                                      "p99_ci_us", "compute_us", "delay_us", "skew_wait_us",
                                      "collective_us", "site_max_requested_us",
-                                     "site_max_predicted_us"])
+                                     "site_max_predicted_us", "delays_clipped"])
+    clipped = sum(p.get("delays_clipped", 0) for p in data["points"])
+    if clipped:
+        lines += ["", f"**{clipped} injected delays were clipped** to "
+                  f"{format_duration(MAX_DELAY_S)}, the maximum delay (delays_clipped: draws "
+                  "of an unbounded law above it, over all ranks and steps, warm-up "
+                  "included): those points measure the clipped law, not the schedule's."]
     for batch, m in data["models"].items():
         if not m["validation"]:
             continue

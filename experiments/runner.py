@@ -12,8 +12,6 @@ free; partial folders are removed at start. Rerunning the same command resumes.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -21,15 +19,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from collectives.files import DIR_MODE
 from collectives.timing import read_rank_file
 from launch.plan import Plan
 from launch.progress import BOARD
-from launch.runner import RunFailed, run_plan, stop_stale
+from launch.runner import RunFailed, run_plan
 
 from .analysis import decompose, latency_stats, measured_site_max_us, step_latencies
-from .atomic import write_text_atomic
+from .atomic import make_dirs, write_text_atomic
+from .locks import RunLock, take_lock
 from .spec import Spec
-from .store import Store
+from .store import (
+    SUMMARY_SCHEMA,
+    Store,
+    file_record,
+    new_run_id,
+    rank_file_name,
+    run_entry,
+    summary_digest,
+)
 from .sweep import Point, expand
 
 if TYPE_CHECKING:
@@ -69,36 +77,52 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
     store = Store(out)
     fresh = not store.root.exists()
     try:
-        take_lock(store.root)
+        lock = take_lock(store.root)
     except ValueError as exc:
         if coordinator is not None:
             coordinator.finish(str(exc))  # the agents learn why, instead of losing node 0
         raise
     ended = "the sweep was interrupted"
+    entry = run_entry(new_run_id())
+    if coordinator is not None:
+        entry |= {"nodes": [{"node": r, "host": h} for r, h in enumerate(coordinator.hosts)],
+                  "shared_folder": None}
+    wrote_manifest = False
     try:
         if coordinator is not None:
             coordinator.join(store.root)
+            entry |= {"nodes": [{"node": r, "host": h}
+                                for r, h in enumerate(coordinator.hosts)],
+                      "shared_folder": coordinator.shared}
         store.prepare()
-        nodes = None if coordinator is None else [
-            {"node": r, "host": h} for r, h in enumerate(coordinator.hosts)]
-        store.write_manifest(spec_doc, spec.name,
-                             extra={"nodes": nodes, "shared_folder": coordinator.shared}
-                             if coordinator is not None else None)
+        warning = store.write_manifest(spec_doc, spec.name, entry)
+        if warning:
+            print(f"jitterlab: warning: {warning}", file=sys.stderr)
+        wrote_manifest = True
         points = expand(spec)
-        todo = [p for p in points if not store.is_complete(p.id)]
+        todo = []
+        for p in points:
+            complete, warning = store.settle(p.id, p.identity())
+            if warning:
+                print(f"jitterlab: warning: {warning}", file=sys.stderr)
+            if not complete:
+                todo.append(p)
         failed: list[str] = []
         t_begin = time.monotonic()
         for i, point in enumerate(todo):
             if progress:
                 _progress(i, len(todo), t_begin, point)
             try:
-                _run_point(store, point, coordinator)
+                _run_point(store, point, lock, entry["run"], coordinator)
+                entry["points_run"].append(point.id)
             except (RunFailed, ValueError) as exc:
                 failed.append(point.id)
+                entry["points_failed"].append(point.id)
                 store.record_failure(point.id, {
                     "point": point.id, "schedule": point.schedule.name,
                     "world_size": point.world_size, "batch": point.batch,
-                    "error": str(exc)})
+                    "run": entry["run"], "error": str(exc),
+                    "logs": sorted(getattr(exc, "kept_logs", {}).values())})
                 if progress:
                     print(f"\n  point {point.id} failed: {exc}", file=sys.stderr)
         if progress and todo:
@@ -111,112 +135,91 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
         try:
             if coordinator is not None:
                 coordinator.finish(ended)
+            if wrote_manifest:  # when it ended, and how
+                entry |= {"end_time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "ended": ended}
+                try:
+                    store.write_manifest(spec_doc, spec.name, entry)
+                except OSError as exc:
+                    print(f"jitterlab: warning: could not update the manifest ({exc})",
+                          file=sys.stderr)
         finally:
-            release_lock(store.root)
-            if fresh and not any(store.root.iterdir()):
+            lock.release()
+            if fresh and store.root.is_dir() and not any(store.root.iterdir()):
                 store.root.rmdir()  # refused before anything was written: leave no trace
 
 
-def _run_point(store: Store, point: Point, coordinator: Coordinator | None = None) -> None:
+def _run_point(store: Store, point: Point, lock: RunLock, run_id: str,
+               coordinator: Coordinator | None = None) -> None:
     tmp = store.tmp_dir(point.id)
-    tmp.mkdir(parents=True)
+    make_dirs(tmp.parent)
+    tmp.mkdir(mode=DIR_MODE)
     plan = plan_for(point, tmp)
     write_text_atomic(tmp / "plan.json", plan.to_json() + "\n")
-    lock = store.root / ".lock"
 
     def remember(pgid: int) -> None:  # a rerun after a crash stops this group
-        write_lock(lock, pgid=pgid, folder=tmp, board=BOARD)
+        lock.record(pgid=pgid, folder=tmp, board=BOARD)
 
     try:
+        point.check_inputs()  # the files its id covers are still what they were
         if coordinator is not None and coordinator.nodes_for(point) > 1:
             coordinator.run_point(point, tmp / "plan.json", plan, on_start=remember)
         else:
             run_plan(tmp / "plan.json", launcher=launcher_for(point.spec, point.world_size),
                      nproc=point.world_size, timeout_s=plan.timeout_s, on_start=remember)
+    except RunFailed as exc:
+        _keep_logs(store, point.id, tmp, exc)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the failure is recorded by the caller
         raise
     finally:
-        write_lock(lock)
+        lock.record()
+    try:
+        point.check_inputs()  # (the ranks read them while they ran)
+        summary = _summarize(point, plan, run_id)
+    except BaseException as exc:
+        _keep_logs(store, point.id, tmp, exc)
+        raise
+    write_text_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
+    store.commit(point.id)
+
+
+def _keep_logs(store: Store, point_id: str, tmp: Path, exc: BaseException) -> None:
+    """A failed point's logs go beside its failure record (the temporary folder goes), and
+    the error cites them where they now are."""
+    moved = store.keep_logs(point_id, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if moved and exc.args and isinstance(exc.args[0], str):
+        text = exc.args[0]
+        for old, new in moved.items():
+            text = text.replace(old, new)
+        exc.args = (text, *exc.args[1:])
+    exc.kept_logs = moved  # type: ignore[attr-defined]
+
+
+def _summarize(point: Point, plan: Plan, run_id: str) -> dict[str, Any]:
+    """The point's summary.json: its statistics, which run made it, and the size and
+    checksum of every file it covers (so a later read can tell if one changed)."""
     tables, metas = [], []
     for rank in range(point.world_size):
         cols, meta = read_rank_file(plan.rank_file(rank))  # every file must read back
         tables.append(cols)
         metas.append(meta)
     offsets = [m.get("clock_offset_ns") for m in metas]
+    folder = Path(plan.out_dir)
+    covered = ["plan.json", *(rank_file_name(r) for r in range(point.world_size))]
     summary = {"point": point.id, "schedule": point.schedule.name,
-               "world_size": point.world_size, "batch": point.batch,
+               "world_size": point.world_size, "batch": point.batch, "run": run_id,
                "step_latency": latency_stats(step_latencies(tables)),
                "decomposition_us": decompose(tables, offsets),
                "site_max_us": measured_site_max_us(tables),
-               "hosts": sorted({m["hostname"] for m in metas})}
-    write_text_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
-    store.commit(point.id)
-
-
-def write_lock(path: Path, *, pgid: int | None = None, folder: Path | None = None,
-               board: str | None = None) -> None:
-    """The lock's content (JSON): this runner's host and pid, and while a point runs its
-    launcher's process group, the point's folder and the progress board there."""
-    doc = {"host": platform.node(), "pid": os.getpid()}
-    if pgid is not None:
-        doc |= {"pgid": pgid, "folder": str(folder), "board": board or BOARD}
-    write_text_atomic(path, json.dumps(doc) + "\n")
-
-
-def take_lock(root: Path, name: str = ".lock", board: str = BOARD) -> None:
-    """Refuse a folder a live sweep uses; after a dead one, stop what it left running.
-
-    Each node of a multi-node sweep keeps its own lock (``.lock-node-<r>``). A lock that
-    another host wrote (a shared file system) cannot be checked from here: it is refused
-    with what to do, and nothing is signalled."""
-    root.mkdir(parents=True, exist_ok=True)
-    lock = root / name
-    if lock.exists():
-        doc = _read_lock(lock)
-        host, pid = doc.get("host"), doc.get("pid", -1)
-        if host not in (None, platform.node()):
-            raise ValueError(f"out: {str(root)!r} is locked by a sweep on host {host} (pid "
-                             f"{pid}); if that sweep has ended, remove {str(lock)!r}")
-        if pid > 0 and _alive(pid):
-            raise ValueError(f"out: {str(root)!r} is in use by a running sweep (pid {pid})")
-        if "pgid" in doc and "folder" in doc:
-            stop_stale(int(doc["pgid"]), doc["folder"], doc.get("board") or board)
-    write_lock(lock)
-
-
-def _read_lock(path: Path) -> dict[str, Any]:
-    """The lock's fields; older plain ``pid [pgid folder]`` text is read too."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return {}
-    try:
-        doc = json.loads(text)
-        return doc if isinstance(doc, dict) else {}
-    except ValueError:
-        fields = text.split(maxsplit=2)
-        try:
-            out: dict[str, Any] = {"pid": int(fields[0])}
-            if len(fields) == 3:
-                out |= {"pgid": int(fields[1]), "folder": fields[2].strip()}
-            return out
-        except (ValueError, IndexError):
-            return {}
-
-
-def release_lock(root: Path, name: str = ".lock") -> None:
-    (root / name).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+               "delays_clipped": sum(int(m.get("delays_clipped", 0)) for m in metas),
+               "hosts": sorted({m["hostname"] for m in metas}),
+               "files": {name: file_record(folder / name) for name in covered},
+               "schema": SUMMARY_SCHEMA}
+    summary["summary_sha256"] = summary_digest(summary)
+    return summary
 
 
 def _progress(i: int, n: int, t_begin: float, point: Point | None) -> None:

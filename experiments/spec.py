@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from collectives.models import ModelConfig, model_config, shard_layout
-from jitter_models import Schedule, check_unique_names, schedule_from_table
+from jitter_models import Schedule, check_unique_names, parse_schedule, schedule_from_table
+from jitter_models.syntax import check_printable
 
-from .maxtable import load_toml
+from .maxtable import load_toml_file
 
 KEYS = ("name", "workload", "model", "batch", "compute", "hardware", "dtype", "world_sizes",
         "backend", "launcher", "steps", "warmup", "seed", "timeout_s", "ranks_per_node",
@@ -124,6 +125,7 @@ def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
     if not isinstance(name, str) or not name or any(c in name for c in "/\\\n") \
             or name.startswith("."):
         raise ValueError(f"name: must be a plain folder name, got {name!r}")
+    check_printable("name", name)
     workload = _choice(doc, "workload", "tp_decode")
     raw = doc.get("model", "tiny")
     if not isinstance(raw, (str, dict)):
@@ -150,9 +152,15 @@ def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
     schedules = []
     for i, table in enumerate(items):
         try:
-            schedules.append(schedule_from_table(table))
+            schedule = schedule_from_table(table)
         except ValueError as exc:
             raise ValueError(f"jitter[{i}].{_field(exc)}") from None
+        try:  # the ranks get it as one line: that form must parse too (nesting limits)
+            parse_schedule(str(schedule))
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"jitter[{i}]: as the ranks receive it (one line): "
+                             f"{str(exc) or 'nested too deeply'}"[:300]) from None
+        schedules.append(schedule)
     check_unique_names(schedules)
     return Spec(name=name, workload=workload, model=model,
                 batches=_ints(doc, "batch", 1, 1, 4096),
@@ -178,8 +186,4 @@ def _field(exc: ValueError) -> str:
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"spec: cannot read {str(path)!r} ({exc.strerror})") from None
-    return parse_spec(load_toml(text, f"spec {str(path)!r}"), default_name=path.stem)
+    return parse_spec(load_toml_file(path), default_name=path.stem)

@@ -3,12 +3,15 @@ with a stable id (a hash of exactly what it runs), so a rerun finds finished poi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from jitter_models import Schedule
+from jitter_models import Schedule, input_files
+from jitter_models.composite import MAX_SAMPLE_FILE_BYTES
+from jitter_models.files import read_input_file
 
 from .spec import Spec
 
@@ -32,16 +35,52 @@ class Point:
         """Everything that determines the point's results (and nothing that does not, such
         as the spec's name or timeout)."""
         s = self.spec
-        return {"workload": s.workload, "model": asdict(s.model), "batch": self.batch,
+        inputs = self.inputs
+        return {**({"inputs": inputs} if inputs else {}),
+                "workload": s.workload, "model": asdict(s.model), "batch": self.batch,
                 "compute": s.compute, "hardware": s.hardware, "dtype": s.dtype,
                 "backend": s.backend, "steps": s.steps, "warmup": s.warmup, "seed": s.seed,
                 "world_size": self.world_size, "ranks_per_node": s.ranks_per_node,
                 "jitter": self.schedule.to_table() | {"name": self.schedule.name}}
 
-    @property
-    def id(self) -> str:
+    @functools.cached_property
+    def inputs(self) -> dict[str, str]:
+        """SHA-256 of each file the schedule reads, when the sweep expanded."""
+        return _input_digests(self.schedule)
+
+    def check_inputs(self) -> None:
+        """Raise ValueError if a file the point's id covers has changed since: the ranks
+        read it by name, so results of edited samples would be kept under the old id."""
+        now = _input_digests(self.schedule)
+        for path, digest in self.inputs.items():
+            if now.get(path) != digest:
+                raise ValueError(f"jitter: {path!r} changed while the sweep ran (a point's "
+                                 "id covers its contents): rerun to run it as it is now")
+
+    def identity(self) -> dict[str, Any]:
+        """What the point's summary must say of itself (a summary copied or edited in
+        from another point does not pass)."""
+        return {"schedule": self.schedule.name, "world_size": self.world_size,
+                "batch": self.batch}
+
+    @functools.cached_property
+    def id(self) -> str:  # cached: it reads the input files
         text = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+
+
+def _input_digests(schedule: Schedule) -> dict[str, str]:
+    """SHA-256 of the contents of every file the schedule reads (an ``empirical`` sample
+    file): editing the samples makes a new point, never a reused stale one."""
+    out = {}
+    for path in input_files(schedule):
+        try:  # a regular file within the sample files' bound, as the parser read it
+            data = read_input_file(path, what=f"jitter: file {path!r}",
+                                   max_bytes=MAX_SAMPLE_FILE_BYTES)
+        except OSError as exc:
+            raise ValueError(f"jitter: cannot read {path!r} ({exc.strerror or exc})") from None
+        out[path] = hashlib.sha256(data.encode()).hexdigest()
+    return out
 
 
 def expand(spec: Spec) -> list[Point]:

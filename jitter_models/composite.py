@@ -10,15 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
 
 from .distributions import Distribution, _arr, _hidden, _out, register
+from .files import excerpt, read_input_file
 from .syntax import Param
-from .units import scaled_float
+from .units import MAX_DELAY_S, format_duration, scaled_float
 
 _WEIGHT_TOLERANCE = 1e-9
 
@@ -244,12 +244,19 @@ class Empirical(Distribution):
         return True
 
 
+# A sample file is a regular file of at most this many samples and bytes (10^7 samples is
+# a week of one sample per 60 ms; 256 MiB holds them with comments).
+MAX_SAMPLES = 10**7
+MAX_SAMPLE_FILE_BYTES = 256 * 2**20
+
+
 def _read_samples(path: str) -> np.ndarray:
     where = f"empirical: file {path!r}"
     try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+        text = read_input_file(path, what=where, max_bytes=MAX_SAMPLE_FILE_BYTES)
     except OSError as exc:
         raise ValueError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    lines = text.splitlines()
     exponent = None
     values: list[float] = []
     for lineno, raw in enumerate(lines, start=1):
@@ -260,16 +267,22 @@ def _read_samples(path: str) -> np.ndarray:
             units = {"latency_us": -6, "latency_ns": -9}
             if line not in units:
                 raise ValueError(f"{where}: line {lineno}: the header must be latency_us or "
-                                 f"latency_ns, got {line!r}")
+                                 f"latency_ns, got {excerpt(line)}")
             exponent = units[line]
             continue
         try:
             v = scaled_float(line, exponent)
         except Exception:
-            raise ValueError(f"{where}: line {lineno}: not a number: {line!r}") from None
+            raise ValueError(f"{where}: line {lineno}: not a number: {excerpt(line)}") from None
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"{where}: line {lineno}: samples must be finite and >= 0, "
-                             f"got {line!r}")
+                             f"got {excerpt(line)}")
+        if v > MAX_DELAY_S:
+            raise ValueError(f"{where}: line {lineno}: samples must be at most "
+                             f"{format_duration(MAX_DELAY_S)} (the maximum delay, one hour), "
+                             f"got {excerpt(line)}")
+        if len(values) == MAX_SAMPLES:
+            raise ValueError(f"{where}: line {lineno}: more than {MAX_SAMPLES} samples")
         values.append(v)
     if not values:
         raise ValueError(f"{where}: no samples")

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from .syntax import Call, Param, kwargs_from_call, kwargs_from_table, parse_call
-from .units import format_duration
+from .units import MAX_DELAY_S, format_duration
 
 FAMILIES: dict[str, type[Distribution]] = {}
 
@@ -126,6 +126,10 @@ class Distribution(ABC):
             raise ValueError(f"{self.family}: {name}: must be > 0, got {value!r}")
         if value < 0:
             raise ValueError(f"{self.family}: {name}: must be >= 0, got {value!r}")
+        if attr.endswith("_s") and value > MAX_DELAY_S:  # a duration: at most the max delay
+            raise ValueError(f"{self.family}: {name}: must be at most "
+                             f"{format_duration(MAX_DELAY_S)} (the maximum delay, one hour), "
+                             f"got {format_duration(value)}")
         object.__setattr__(self, attr, value)
         return value
 

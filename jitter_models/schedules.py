@@ -20,7 +20,9 @@ from typing import Any, Literal
 import numpy as np
 
 from .distributions import Distribution, parse
+from .syntax import check_printable
 from .temporal import IID, Temporal, parse_temporal
+from .units import MAX_DELAY_NS, MAX_DELAY_S
 
 Scope = Literal["rank", "node", "global"]
 SCOPES: tuple[str, ...] = ("rank", "node", "global")
@@ -99,6 +101,7 @@ class Schedule:
                 or self.name != self.name.strip()):
             raise ValueError(f"jitter: name: must be text without ';', newlines or "
                              f"surrounding spaces, got {self.name!r}")
+        check_printable("jitter: name", self.name)
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
 
@@ -122,6 +125,19 @@ class Schedule:
         rng = np.random.default_rng(np.random.SeedSequence(entropy))
         out = np.asarray(self.temporal.draw(dist, rng, length), dtype=np.float64)
         return out.reshape(n_steps, n_sites)
+
+    def delays_ns(self, seed: int, rank: int, node: int, world_size: int, n_steps: int,
+                  n_sites: int) -> tuple[np.ndarray, int]:
+        """:meth:`delays` as int64 nanoseconds, what an injector is given: each draw
+        clipped to ``MAX_DELAY_NS`` (one hour), and the number of draws clipped. An
+        unbounded law (pareto, lognormal, ...) can draw more than any clock can wait; as
+        an int64, 2**63 ns or more would wrap to a negative delay and inject nothing."""
+        s = self.delays(seed, rank, node, world_size, n_steps, n_sites)
+        if np.isnan(s).any():
+            raise ValueError(f"jitter {self.name!r}: drew a NaN delay")
+        over = s > MAX_DELAY_S
+        ns = np.rint(np.where(over, MAX_DELAY_S, s) * 1e9).astype(np.int64)
+        return np.minimum(ns, MAX_DELAY_NS), int(np.count_nonzero(over))
 
     def rank_dist(self, seed: int, rank: int, world_size: int) -> Distribution:
         """The marginal law of one delay of ``rank`` at this world size."""

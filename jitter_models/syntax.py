@@ -78,6 +78,9 @@ class Call:
 Node = Word | Text | Product | Call
 
 _SPECIAL = "(),=*"
+# Calls nested deeper than this are refused (the parser recurses once per level; a real
+# spec nests a handful: clip(shifted(mixture(...)))).
+MAX_NESTING = 64
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
@@ -119,6 +122,7 @@ class _Parser:
         self.text = text
         self.toks = _tokenize(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self, k: int = 0) -> tuple[str, str, int]:
         return self.toks[min(self.i + k, len(self.toks) - 1)]
@@ -135,6 +139,9 @@ class _Parser:
         _, name, col = self.take("word", "a name")
         if self.peek()[0] != "(":
             return Call(name, (), col)
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise SpecSyntaxError(self.text, col, f"calls nested more than {MAX_NESTING} deep")
         self.take("(", "'('")
         args: list[Arg] = []
         if self.peek()[0] != ")":
@@ -145,6 +152,7 @@ class _Parser:
                     continue
                 break
         self.take(")", "',' or ')'")
+        self.depth -= 1
         return Call(name, tuple(args), col)
 
     def arg(self) -> Arg:
@@ -185,6 +193,31 @@ def parse_call(text: str) -> Call:
     return call
 
 
+# --- names a user gives (schedules, specs, models) ---------------------------------
+
+
+def _printable(c: str) -> bool:
+    return c == " " or c.isprintable()
+
+
+def check_printable(field: str, value: str) -> str:
+    """``value``, or a ValueError naming ``field`` if it holds a character that is not
+    printable: NUL, a control character (the ESC of an ANSI sequence), a line or paragraph
+    separator, a format character (a bidi override). Names reach terminals, reports, CSV
+    cells and file names; the space is the one separator allowed."""
+    for i, c in enumerate(value):
+        if not _printable(c):
+            raise ValueError(f"{field}: must be printable text (no control characters), "
+                             f"got {value!r} (U+{ord(c):04X} at index {i})")
+    return value
+
+
+def escape(text: str) -> str:
+    """``text`` with each non-printable character written as its escape (``\\x1b``,
+    ``\\u202e``), printable ones (accents, µ) kept: safe to print to a terminal."""
+    return "".join(c if _printable(c) else repr(c)[1:-1] for c in str(text))
+
+
 # --- conversion of arguments to constructor keywords -------------------------------
 
 DistBuilder = Callable[[object], object]
@@ -223,7 +256,7 @@ def _convert(family: str, param: Param, value: object, dist: DistBuilder) -> obj
         raw = value.text if isinstance(value, (Word, Text)) else value
         if not isinstance(raw, str) or not raw:
             raise ValueError(f"{family}: {field}: expected a file name, got {raw!r}")
-        return raw
+        return check_printable(f"{family}: {field}", raw)
     if param.kind == "dist":
         if isinstance(value, Word):
             raise ValueError(f"{family}: {field}: expected a distribution, got {value.text!r}")

@@ -21,6 +21,13 @@ _DURATION_RE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z\u00b5\u03bc]+)\s*$")
 _BARE_RE = re.compile(rf"^\s*({_NUMBER})\s*$")
 _UNIT_HELP = "ns, us (or µs), ms or s"
 
+# The longest delay a schedule may ask for. A duration parameter of a distribution above it
+# is rejected when parsed; a draw above it (the tail of an unbounded law, a sum) is clipped
+# to it and counted. Without a bound a delay of 2**63 ns or more wraps to INT64_MIN as an
+# int64 and nothing at all is injected.
+MAX_DELAY_S = 3600.0
+MAX_DELAY_NS = 3_600_000_000_000
+
 
 def scaled_float(text: str, exponent: int) -> float:
     """Exact decimal text * 10**exponent, rounded once to the nearest float."""

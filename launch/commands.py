@@ -17,10 +17,15 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
-Rendezvous = Literal["standalone", "static", "c10d"]
+Rendezvous = Literal["standalone", "static", "c10d", "file"]
 RENDEZVOUS: tuple[str, ...] = get_args(Rendezvous)
 MpiFlavour = Literal["openmpi", "mpich"]
 MPI_FLAVOURS: tuple[str, ...] = get_args(MpiFlavour)
+LOOPBACK = "127.0.0.1"
+# torchrun's agent hosts a TCPStore for its workers unless this is "1" in its environment.
+NO_AGENT_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+# Open MPI transports that open no socket: ob1 over shared memory (no TCP BTL, no UCX/OFI).
+OPENMPI_SHARED_MEMORY = ("--mca", "pml", "ob1", "--mca", "btl", "self,sm")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Slurm --time: min, min:sec, h:min:sec, d-h, d-h:min, d-h:min:sec.
@@ -82,16 +87,24 @@ def torchrun_cmd(worker_argv: Sequence[str], *, nproc_per_node: int, nnodes: int
                  node_rank: int = 0, master_addr: str | None = None,
                  master_port: int | None = None, rdzv: Rendezvous = "standalone",
                  rdzv_endpoint: str | None = None, rdzv_id: str | None = None,
-                 python: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+                 python: str | None = None, torchrun: str = "torchrun",
+                 extra: Sequence[str] = ()) -> list[str]:
     """torchrun starting `nproc_per_node` copies of `worker_argv` on this node.
 
     rdzv="standalone": one node, torchrun picks a free port (nnodes must be 1).
     rdzv="static": run once per node with its `node_rank`; rank 0's node listens on
     `master_addr`:`master_port`. rdzv="c10d": every node runs the same command;
     `rdzv_endpoint` ("host:port") and `rdzv_id` name the rendezvous, ranks are assigned by
-    it. `python`: run torchrun as `python -m torch.distributed.run` with that interpreter.
-    `extra`: more torchrun flags. The worker is a console script, so it follows
-    --no-python (torchrun would otherwise run it with python).
+    it. rdzv="file": one node, and torchrun's agent opens no socket: its rendezvous lives
+    in a file store at `rdzv_endpoint` (a path), it shares no TCP store with its workers
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, set through env(1) ahead of torchrun) and tells
+    them MASTER_ADDR=127.0.0.1 (--local-addr), where rank 0 hosts their store
+    (``launch.bootstrap`` binds it to loopback). torchrun's TCPStore server binds every
+    interface whatever address it is given, so this is how a one-node run keeps its
+    sockets on loopback. `python`: run torchrun as `python -m torch.distributed.run` with
+    that interpreter; else `torchrun` is the program. `extra`: more torchrun flags. The
+    worker is a console script, so it follows --no-python (torchrun would otherwise run it
+    with python).
     """
     argv = _worker(worker_argv)
     per_node = _count("nproc_per_node", nproc_per_node)
@@ -103,11 +116,26 @@ def torchrun_cmd(worker_argv: Sequence[str], *, nproc_per_node: int, nnodes: int
     if rdzv != "static" and node_rank != 0:
         raise ValueError(f"node_rank={node_rank} is only used with rdzv='static'")
     if python is None:
-        head = ["torchrun"]
+        head = [_text("torchrun", torchrun)]
+    elif torchrun != "torchrun":
+        raise ValueError(f"give python or torchrun, not both (python={python!r}, "
+                         f"torchrun={torchrun!r})")
     else:
         head = [_text("python", python), "-m", "torch.distributed.run"]
 
-    if rdzv == "standalone":
+    if rdzv == "file":
+        if nnodes != 1:
+            raise ValueError(f"rdzv='file' runs on one node, got nnodes={nnodes}")
+        if rdzv_endpoint is None or rdzv_id is None:
+            raise ValueError(f"rdzv='file' needs rdzv_endpoint (a path) and rdzv_id, got "
+                             f"rdzv_endpoint={rdzv_endpoint!r}, rdzv_id={rdzv_id!r}")
+        _unused(rdzv, master_addr=master_addr, master_port=master_port)
+        head = ["env", f"{NO_AGENT_STORE}=1", *head]
+        rendezvous = ["--nnodes", "1", "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", _text("rdzv_endpoint", rdzv_endpoint),
+                      "--rdzv-conf", "store_type=file", "--rdzv-id", _word("rdzv_id", rdzv_id),
+                      "--local-addr", LOOPBACK]
+    elif rdzv == "standalone":
         if nnodes != 1:
             raise ValueError(f"rdzv='standalone' runs on one node, got nnodes={nnodes}")
         _unused(rdzv, master_addr=master_addr, master_port=master_port,
@@ -157,6 +185,7 @@ def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "op
                hostfile: str | os.PathLike[str] | None = None,
                hosts: Sequence[str] | None = None, map_by: str | None = None,
                as_root: bool = False, oversubscribe: bool = False,
+               shared_memory: bool = False,
                env: Mapping[str, str] | None = None, mpirun: str = "mpirun") -> list[str]:
     """`mpirun` starting `np` ranks of `worker_argv`, for Open MPI or MPICH (Hydra).
 
@@ -165,8 +194,10 @@ def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "op
     derives the node index assuming block mapping, so give counts with MPICH.
     `map_by`: Open MPI --map-by, Hydra -map-by. `as_root` (--allow-run-as-root) and
     `oversubscribe` (--oversubscribe) exist only in Open MPI; Hydra needs neither, so they
-    are ignored for MPICH. `env`: variables set on every rank (Open MPI -x NAME=VALUE,
-    Hydra -genv NAME VALUE).
+    are ignored for MPICH. `shared_memory` (Open MPI only, ranks on one node): the ranks
+    talk over shared memory alone (pml ob1, btl self,sm), so they open no TCP listener
+    (the TCP BTL binds every interface). `env`: variables set on every rank (Open MPI
+    -x NAME=VALUE, Hydra -genv NAME VALUE).
     """
     argv = _worker(worker_argv)
     _count("np", np)
@@ -175,16 +206,22 @@ def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "op
     if hostfile is not None and hosts is not None:
         raise ValueError(f"give hostfile or hosts, not both (hostfile={hostfile!r}, "
                          f"hosts={hosts!r})")
-    for name, flag in (("as_root", as_root), ("oversubscribe", oversubscribe)):
+    for name, flag in (("as_root", as_root), ("oversubscribe", oversubscribe),
+                       ("shared_memory", shared_memory)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
     openmpi = flavour == "openmpi"
+    if shared_memory and not openmpi:
+        raise ValueError("shared_memory: only for Open MPI (MPICH picks its transports "
+                         "itself)")
 
     cmd = [_text("mpirun", mpirun), "-np" if openmpi else "-n", str(np)]
     if openmpi and as_root:
         cmd.append("--allow-run-as-root")
     if openmpi and oversubscribe:
         cmd.append("--oversubscribe")
+    if shared_memory:
+        cmd += OPENMPI_SHARED_MEMORY
     if hostfile is not None:
         path = os.fspath(hostfile) if isinstance(hostfile, os.PathLike) else hostfile
         cmd += ["--hostfile" if openmpi else "-f", _text("hostfile", path)]
@@ -204,6 +241,17 @@ def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "op
             raise ValueError(f"env: {name}={value!r} is not a string")
         cmd += ["-x", f"{name}={value}"] if openmpi else ["-genv", name, value]
     return [*cmd, *argv]
+
+
+def loopback_namespace_cmd(argv: Sequence[str], *, python: str) -> list[str]:
+    """`argv` run in a private network namespace that holds only a loopback device
+    (``launch/netns.py``, run by `python` in isolated mode), for a launcher that offers no
+    way to bind its listeners: Open MPI's prterun binds its out-of-band ports to every
+    interface. Where the kernel refuses the namespace, netns.py says so on stderr and runs
+    `argv` as it is."""
+    cmd = _worker(argv)
+    netns = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netns.py")
+    return [_text("python", python), "-I", netns, *cmd]
 
 
 def srun_cmd(worker_argv: Sequence[str], *, ntasks: int, nodes: int | None = None,

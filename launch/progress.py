@@ -1,4 +1,4 @@
-"""The progress board: three int64 slots per rank in a file every rank maps into memory.
+"""The progress board: four int64 slots per rank in a file every rank maps into memory.
 
 - ``mark``: how many collectives this rank has reached, stored after its injected delay
   and before ``t_arrive`` is read (so the collective's own time excludes it). When a run
@@ -8,7 +8,13 @@
 - ``beat``: a counter a daemon thread bumps once a second. A rank stopped as a whole
   (SIGSTOP, a crash, a hang holding the interpreter) stops beating even when it stalls
   inside a collective, where its mark looks like everyone else's.
-- ``pid``: so the parent can stop ranks that a launcher started in sessions of their own.
+- ``pid`` and ``start``: so the parent can stop ranks that a launcher started in sessions
+  of their own, and a rerun after a crash can prove that a live process with that pid is
+  still the rank (its start time, clock ticks since boot; see ``ownership.py``).
+
+The board is created with mode 0600 whatever the umask: a later run acts on the pids it
+holds, so only the run's own user may write it, and a board that others could write is
+not trusted (``read_trusted_board``).
 
 A store costs well under a microsecond and never blocks.
 """
@@ -16,16 +22,19 @@ A store costs well under a microsecond and never blocks.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .ownership import start_ticks
+
 NOT_STARTED = -2
 READY = -1           # bootstrapped, before the first collective
 DONE = 2**62         # wrote its records
-SLOTS = 3            # mark, beat, pid
+SLOTS = 4            # mark, beat, pid, start
 BEAT_S = 1.0
 
 
@@ -47,7 +56,10 @@ def create_board(out_dir: str | os.PathLike[str], world_size: int, name: str = B
     path = board_path(out_dir, name)
     board = np.zeros((world_size, SLOTS), dtype=np.int64)
     board[:, 0] = NOT_STARTED
-    board.tofile(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # an older file keeps its mode through O_TRUNC
+        f.write(board.tobytes())
     return path
 
 
@@ -58,6 +70,7 @@ class RankSlot:
     def __init__(self, board: np.memmap, rank: int):
         self._row = board[rank]
         self.mark = board[rank, 0:1]
+        self._row[3] = start_ticks(os.getpid()) or 0
         self._row[2] = os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="jitterlab-heartbeat",
@@ -148,6 +161,31 @@ def describe_stall(board: np.ndarray, silent: list[int] | None = None) -> str:
     if len(behind) == 1:
         return f"rank {behind[0]} stopped {where}{others}"
     return f"ranks {behind} stopped {where}{others}"
+
+
+def read_trusted_board(out_dir: str | os.PathLike[str], name: str = BOARD) -> np.ndarray:
+    """The board, only if it is a regular file of this user that nobody else can write;
+    else empty (its pids are not evidence of anything)."""
+    try:
+        fd = os.open(board_path(out_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (OSError, ValueError):
+        return np.empty((0, SLOTS), dtype=np.int64)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() \
+                or st.st_mode & 0o022 or st.st_size > SLOTS * 8 * 2**20:
+            return np.empty((0, SLOTS), dtype=np.int64)
+        flat = np.frombuffer(f.read(), dtype=np.int64)
+    if flat.size % SLOTS:
+        return np.empty((0, SLOTS), dtype=np.int64)
+    return flat.reshape(-1, SLOTS)
+
+
+def rank_starts(board: np.ndarray) -> list[tuple[int, int]]:
+    """(pid, start ticks) of every rank that reported one."""
+    if board.size == 0 or board.shape[1] < SLOTS:
+        return []
+    return [(int(p), int(s)) for p, s in board[:, 2:4].tolist() if p > 0]
 
 
 def _running(pid: int) -> bool:

@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from collectives.files import set_file_mode
+
 from .commands import mpirun_cmd, needs_oversubscribe, running_as_root, srun_cmd, torchrun_cmd
 from .context import single_process_env
+from .exits import log_rank_exits
+from .ownership import Verdict, judge, start_ticks, stop
 from .plan import Plan
 from .progress import (
     BEAT_S,
@@ -31,8 +35,9 @@ from .progress import (
     Watch,
     create_board,
     describe_stall,
-    rank_pids,
+    rank_starts,
     read_board,
+    read_trusted_board,
 )
 from .worker import error_file
 
@@ -59,7 +64,15 @@ def worker_argv(plan_path: str | Path) -> list[str]:
 
 
 def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
-    """The command that starts ``nproc`` ranks of ``worker`` on this machine."""
+    """The command that starts ``nproc`` ranks of ``worker`` on this machine, listening on
+    loopback only: torchrun keeps its rendezvous in a file beside the plan (the worker's
+    last argument, see ``worker_argv``) and opens no socket (``torchrun_cmd``'s
+    rdzv="file"); Open MPI's ranks use shared memory, and its mpirun, which binds every
+    interface, runs in a network namespace holding only loopback (``launch/netns.py``)."""
+    import uuid
+
+    from .commands import loopback_namespace_cmd
+
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher: unknown {launcher!r} (known: {', '.join(LAUNCHERS)})")
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
@@ -70,16 +83,22 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
                              "(use --launcher torchrun or mpirun for more)")
         return worker
     if launcher == "torchrun":
-        return _torchrun(worker, nproc_per_node=nproc)
+        store = Path(worker[-1]).with_name("torchrun-rendezvous")
+        return _torchrun(worker, nproc_per_node=nproc, rdzv="file",
+                         rdzv_endpoint=str(store), rdzv_id=uuid.uuid4().hex)
     if launcher == "mpirun":
         mpirun = _beside_python("mpirun")
         if mpirun is None:
             raise ValueError("launcher: mpirun not found (pip install 'jitterlab[mpi]' "
                              "brings Open MPI)")
         flavour = mpirun_flavour(mpirun)
-        return mpirun_cmd(worker, np=nproc, flavour=flavour,
-                          as_root=flavour == "openmpi" and running_as_root(),
-                          oversubscribe=needs_oversubscribe(nproc), mpirun=mpirun)
+        openmpi = flavour == "openmpi"
+        cmd = mpirun_cmd(worker, np=nproc, flavour=flavour,
+                         as_root=openmpi and running_as_root(),
+                         oversubscribe=needs_oversubscribe(nproc), shared_memory=openmpi,
+                         mpirun=mpirun)
+        # Both flavours' launchers bind every interface: each runs where only lo exists.
+        return loopback_namespace_cmd(cmd, python=sys.executable)
     if shutil.which("srun") is None:
         raise ValueError("launcher: srun is not on PATH (srun runs inside a SLURM "
                          "allocation; use torchrun or mpirun here)")
@@ -101,8 +120,9 @@ def torchrun_node_argv(worker: list[str], *, nproc_per_node: int, nnodes: int,
 def _torchrun(worker: list[str], **kwargs: object) -> list[str]:
     """``torchrun_cmd`` with the venv's torchrun, else ``python -m torch.distributed.run``."""
     torchrun = _beside_python("torchrun")
-    cmd = torchrun_cmd(worker, python=None if torchrun else sys.executable, **kwargs)
-    return [torchrun, *cmd[1:]] if torchrun else cmd
+    if torchrun:
+        return torchrun_cmd(worker, torchrun=torchrun, **kwargs)
+    return torchrun_cmd(worker, python=sys.executable, **kwargs)
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,22 +148,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-def stop_stale(pgid: int, out_dir: str | Path, board: str = BOARD) -> None:
-    """Stop what a killed parent left running: the launcher's group and the ranks on its
-    progress board (which may sit in sessions of their own)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        pids = rank_pids(read_board(out_dir, board))
-    except ValueError:  # a damaged lock named no usable board
-        pids = []
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+def stop_stale(folder: str | Path, *, pgid: int | None, pgid_start: int | None,
+               board: str = BOARD, same_boot: bool = True) -> Verdict:
+    """Stop what a killed parent left running in ``folder`` (a point's folder): its
+    launcher's group and the ranks on its progress board (which may sit in sessions of
+    their own), but only processes that are provably that run's (``ownership.judge``).
+    When the lock or the board names any live process that is not, nothing is signalled
+    and the verdict lists it: the caller refuses the rerun."""
+    verdict = judge(folder=str(folder), pgid=pgid, pgid_start=pgid_start,
+                    ranks=rank_starts(read_trusted_board(folder, board)),
+                    same_boot=same_boot)
+    if not verdict.foreign:
+        stop(verdict, pgid)
+    return verdict
 
 
 def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: float,
@@ -172,10 +189,12 @@ def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: flo
     env = dict(os.environ) if launcher != "local" else single_process_env(os.environ)
     if board != BOARD:
         env[BOARD_ENV] = board
+    env.pop("JITTERLAB_SWEEP_KEY", None)  # the node agents' secret: no rank needs it
     mine = range(nproc) if watch_ranks is None else list(watch_ranks)
     log_path = Path(plan.out_dir) / log_name
     watch = Watch()
     with open(log_path, "wb") as log:
+        set_file_mode(log.fileno())
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
@@ -232,7 +251,9 @@ def _stop(proc: subprocess.Popen, board: np.ndarray) -> None:
     """The launcher's process group, then any rank still alive (torchrun starts each
     worker in a session of its own, out of the group's reach)."""
     _kill_group(proc)
-    for pid in rank_pids(board):
+    for pid, started in rank_starts(board):
+        if start_ticks(pid) != started:
+            continue  # exited, and its pid may be another process's now: never signalled
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -263,10 +284,11 @@ def _explain(plan: Plan, board_name: str, mine: Sequence[int], log_path: Path, w
             text = path.read_text(errors="replace").strip()
             errors.append(f"rank {r} reported {text[:200]}{'...' if len(text) > 200 else ''}")
     board = _rows(read_board(plan.out_dir, board_name), mine)
-    parts = [what, describe_stall(board, watch.silent(board)), *errors]
-    if not errors:
-        tail = _tail(log_path)
-        parts.append(f"log {log_path}" + (f": {tail}" if tail else ""))
+    # The launcher knows which rank died (a SIGKILLed rank's mark looks like its peers').
+    died = [str(e) for e in log_rank_exits(log_path) if e.rank in set(mine)][:1]
+    parts = [what, *died, describe_stall(board, watch.silent(board)), *errors]
+    tail = "" if errors else _tail(log_path)
+    parts.append(f"log {log_path}" + (f": {tail}" if tail else ""))
     return "; ".join(parts)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from collectives import microbench
+from collectives.files import make_dirs, set_file_mode
 from collectives.inject import make_injector
 from collectives.timing import combine, measure_offsets, write_rank_file
 from jitter_models import parse_schedule
@@ -52,8 +53,10 @@ def run(plan_path: str) -> int:
     except BaseException as exc:
         if not isinstance(exc, SystemExit):
             path = error_file(plan.out_dir, ctx.rank)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"{type(exc).__name__}: {exc}\n".replace("\n", " ").strip() + "\n")
+            make_dirs(path.parent)
+            with open(path, "w", encoding="utf-8") as f:
+                set_file_mode(f.fileno())
+                f.write(f"{type(exc).__name__}: {exc}\n".replace("\n", " ").strip() + "\n")
         raise
 
 
@@ -107,6 +110,8 @@ def _run(plan: Plan, ctx: RunContext) -> int:
             "clock_offset_uncertainty_ns": offset.uncertainty_ns,
             "clock_offset_before_ns": before.offset_ns, "clock_offset_after_ns": after.offset_ns,
             "wrong": wrong,
+            # Draws above the maximum delay (one hour), clipped to it before injection.
+            "delays_clipped": int(records.delays_clipped),
         }
         if plan.gather_records == "always" or not _shared_folder(backend, plan.out_dir):
             # Not every rank sees the run folder (a local disk per node): rank 0 writes all.

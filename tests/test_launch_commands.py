@@ -8,6 +8,7 @@ import pytest
 
 from launch import commands
 from launch.commands import (
+    loopback_namespace_cmd,
     mpirun_cmd,
     needs_oversubscribe,
     running_as_root,
@@ -62,13 +63,59 @@ def test_torchrun_flags_parse_with_torchrun_itself():
     assert (args.standalone, args.nproc_per_node, args.nnodes) == (True, "3", "1")
 
 
+FILE_RDZV = dict(rdzv="file", rdzv_endpoint="/runs/my point/torchrun-rendezvous",
+                 rdzv_id="ab12")
+
+
+def test_torchrun_file_rendezvous_opens_no_agent_socket():
+    # The agent shares no TCP store (env var, through env(1)), keeps its rendezvous in a
+    # file and names loopback as the workers' MASTER_ADDR.
+    assert torchrun_cmd(WORKER, nproc_per_node=2, torchrun="/venv/bin/torchrun",
+                        **FILE_RDZV) == [
+        "env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "/venv/bin/torchrun",
+        "--nnodes", "1", "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", "/runs/my point/torchrun-rendezvous", "--rdzv-conf",
+        "store_type=file", "--rdzv-id", "ab12", "--local-addr", "127.0.0.1",
+        "--nproc-per-node", "2", "--no-python", *WORKER]
+    assert torchrun_cmd(WORKER, nproc_per_node=2, python="/venv/bin/python",
+                        **FILE_RDZV)[:5] == [
+        "env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "/venv/bin/python", "-m",
+        "torch.distributed.run"]
+
+
+def test_torchrun_file_rendezvous_parses_with_torchrun_and_its_store_is_a_file():
+    run = pytest.importorskip("torch.distributed.run")
+    cmd = torchrun_cmd(WORKER, nproc_per_node=2, **FILE_RDZV)
+    args = run.get_args_parser().parse_args(cmd[cmd.index("torchrun") + 1:])
+    assert (args.standalone, args.nnodes, args.rdzv_backend, args.rdzv_endpoint,
+            args.rdzv_conf, args.rdzv_id, args.local_addr) == (
+        False, "1", "c10d", "/runs/my point/torchrun-rendezvous", "store_type=file", "ab12",
+        "127.0.0.1")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(FILE_RDZV, nnodes=2), "rdzv='file' runs on one node, got nnodes=2"),
+    (dict(rdzv="file", rdzv_id="x"), "rdzv='file' needs rdzv_endpoint (a path) and "
+                                     "rdzv_id, got rdzv_endpoint=None, rdzv_id='x'"),
+    (dict(FILE_RDZV, master_port=29500), "master_port=29500 is not used with rdzv='file'"),
+    (dict(FILE_RDZV, rdzv_id="a b"),
+     "rdzv_id must be a non-empty string without whitespace, got 'a b'"),
+    (dict(python="/p", torchrun="/t"), "give python or torchrun, not both"),
+    (dict(torchrun=""), "torchrun must be a non-empty string, got ''"),
+])
+def test_torchrun_file_rendezvous_rejects(kwargs, message):
+    with raises(message):
+        torchrun_cmd(WORKER, nproc_per_node=2, **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(nproc_per_node=0), "nproc_per_node must be an integer >= 1, got 0"),
     (dict(nproc_per_node=True), "nproc_per_node must be an integer >= 1, got True"),
     (dict(nproc_per_node=2, nnodes=0), "nnodes must be an integer >= 1, got 0"),
     (dict(nproc_per_node=2, node_rank=-1), "node_rank must be an integer >= 0, got -1"),
     (dict(nproc_per_node=2, nnodes=2), "rdzv='standalone' runs on one node, got nnodes=2"),
-    (dict(nproc_per_node=2, rdzv="etcd"), "rdzv='etcd' is not one of standalone, static, c10d"),
+    (dict(nproc_per_node=2, rdzv="etcd"),
+     "rdzv='etcd' is not one of standalone, static, c10d, file"),
     (dict(nproc_per_node=2, master_port=29500),
      "master_port=29500 is not used with rdzv='standalone'"),
     (dict(nproc_per_node=2, node_rank=1), "node_rank=1 is only used with rdzv='static'"),
@@ -133,6 +180,49 @@ def test_mpirun_mpich_every_flag_and_ignores_root_and_oversubscribe():
         "-genv", "OMP_NUM_THREADS", "1", *WORKER]
 
 
+def test_mpirun_openmpi_shared_memory_only():
+    # ob1 over self and sm: no TCP BTL (it listens on every interface), no UCX or OFI.
+    assert mpirun_cmd(WORKER, np=2, as_root=True, shared_memory=True) == [
+        "mpirun", "-np", "2", "--allow-run-as-root", "--mca", "pml", "ob1",
+        "--mca", "btl", "self,sm", *WORKER]
+
+
+def test_loopback_namespace_cmd_runs_netns_py_isolated():
+    cmd = loopback_namespace_cmd(["mpirun", "-np", "2", *WORKER], python="/venv/bin/python")
+    netns = Path(commands.__file__).with_name("netns.py")
+    assert cmd == ["/venv/bin/python", "-I", str(netns), "mpirun", "-np", "2", *WORKER]
+    assert netns.is_file()
+    with raises("python must be a non-empty string, got ''"):
+        loopback_namespace_cmd(WORKER, python="")
+    with raises("worker_argv must not be empty"):
+        loopback_namespace_cmd([], python="/venv/bin/python")
+
+
+def test_launch_argv_keeps_one_node_runs_on_loopback(monkeypatch):
+    from launch import runner
+
+    monkeypatch.setattr(runner, "_beside_python", lambda name: f"/venv/bin/{name}")
+    monkeypatch.setattr(runner, "mpirun_flavour", lambda mpirun: "openmpi")
+    monkeypatch.setattr(runner, "running_as_root", lambda: False)
+    monkeypatch.setattr(runner, "needs_oversubscribe", lambda np: False)
+    monkeypatch.setattr(runner.sys, "executable", "/venv/bin/python")
+    worker = ["/venv/bin/jitterlab", "worker", "/runs/p/plan.json"]
+    cmd = runner.launch_argv("torchrun", 2, worker)
+    assert cmd[:3] == ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "/venv/bin/torchrun"]
+    at = cmd.index("--rdzv-endpoint")
+    assert cmd[at:at + 4] == ["--rdzv-endpoint", "/runs/p/torchrun-rendezvous",
+                              "--rdzv-conf", "store_type=file"]
+    assert cmd[-len(worker):] == worker
+    cmd = runner.launch_argv("mpirun", 2, worker)
+    assert cmd == ["/venv/bin/python", "-I", str(Path(commands.__file__).with_name("netns.py")),
+                   "/venv/bin/mpirun", "-np", "2", "--mca", "pml", "ob1", "--mca", "btl",
+                   "self,sm", *worker]
+    monkeypatch.setattr(runner, "mpirun_flavour", lambda mpirun: "mpich")
+    assert runner.launch_argv("mpirun", 2, worker) == [
+        "/venv/bin/python", "-I", str(Path(commands.__file__).with_name("netns.py")),
+        "/venv/bin/mpirun", "-n", "2", *worker]
+
+
 def test_mpirun_mpich_hostfile():
     assert mpirun_cmd(WORKER, np=8, flavour="mpich", hostfile="hosts.txt") == [
         "mpirun", "-n", "8", "-f", "hosts.txt", *WORKER]
@@ -150,6 +240,8 @@ def test_mpirun_mpich_hostfile():
     (dict(np=2, map_by=""), "map_by must be a non-empty string without whitespace, got ''"),
     (dict(np=2, as_root=None), "as_root must be a bool, got None"),
     (dict(np=2, oversubscribe="yes"), "oversubscribe must be a bool, got 'yes'"),
+    (dict(np=2, shared_memory=1), "shared_memory must be a bool, got 1"),
+    (dict(np=2, flavour="mpich", shared_memory=True), "shared_memory: only for Open MPI"),
     (dict(np=2, env={"1BAD": "x"}), "env: '1BAD' is not an environment variable name"),
     (dict(np=2, env={"A=B": "x"}), "env: 'A=B' is not an environment variable name"),
     (dict(np=2, env={"A": 1}), "env: A=1 is not a string"),

@@ -12,8 +12,18 @@ BASE = {"name": "t", "model": "tiny", "compute": "none", "backend": "gloo",
         "jitter": [{"name": "none", "dist": "constant(0s)"}]}
 
 
+KEY = "test-sweep-key-0123456789abcdef0123456"
+
+
 def spec(**kw):
     return parse_spec(BASE | kw)
+
+
+def setup(rank, port, **kw):
+    from experiments.nodes import NodeSetup
+
+    return NodeSetup(nnodes=2, node_rank=rank, master_host="127.0.0.1", master_port=port,
+                     **({"join_timeout_s": 5} | kw))
 
 
 @pytest.mark.parametrize("expr,hosts", [
@@ -132,12 +142,15 @@ def test_fitting_specs_pass_and_nodes_agree_only_on_identical_points():
                                                    steps=51), 4)
 
 
-def test_a_point_refused_for_a_dead_agent_publishes_nothing_and_keeps_the_count(tmp_path):
+def test_a_point_refused_for_a_dead_agent_publishes_nothing_and_keeps_the_count(
+        tmp_path, monkeypatch):
     """Agents read point/0, point/1, ... in order: a point node 0 refuses before starting
     (an agent it needs has stopped) must not use up a number, or every later point would
     wait on a message that never comes. A real store on loopback; nothing is launched."""
     from launch.bootstrap import free_port
     from launch.runner import RunFailed
+
+    monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
 
     setup = nodes.NodeSetup(nnodes=3, node_rank=0, master_host="127.0.0.1",
                             master_port=free_port(), join_timeout_s=5)
@@ -154,35 +167,6 @@ def test_a_point_refused_for_a_dead_agent_publishes_nothing_and_keeps_the_count(
     assert c.link.get("point/0") == {"end": True}  # where the agents are waiting
 
 
-def test_locks_with_spaces_old_formats_and_other_hosts(tmp_path):
-    import json
-    import os
-
-    from experiments.runner import release_lock, take_lock, write_lock
-
-    root = tmp_path / "a folder"
-    root.mkdir()
-    dead = 2**22 + 12345  # above the default pid_max: no such process
-    (root / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": dead,
-                                            "pgid": dead, "folder": str(root / "x y"),
-                                            "board": "progress.bin"}))
-    take_lock(root)  # a dead sweep's lock: taken over
-    assert json.loads((root / ".lock").read_text())["pid"] == os.getpid()
-    (root / ".lock").write_text(f"{dead} {dead} {root / 'points' / '.tmp-a b'}\n")  # older
-    take_lock(root)
-    write_lock(root / ".lock", pgid=dead, folder=root / "p q", board="progress-node1.bin")
-    assert json.loads((root / ".lock").read_text())["folder"] == str(root / "p q")
-    (root / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 7}))
-    with pytest.raises(ValueError, match="is locked by a sweep on host elsewhere \\(pid 7\\); "
-                                         "if that sweep has ended, remove"):
-        take_lock(root)
-    (root / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid()}))
-    with pytest.raises(ValueError, match="is in use by a running sweep"):
-        take_lock(root)
-    release_lock(root)
-    assert not (root / ".lock").exists()
-
-
 def test_the_slurm_step_asks_for_the_nodes_cpus_and_gpus_and_passes_the_join_timeout():
     env = {"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "g[1-2]", "SLURM_CPUS_ON_NODE": "64",
            "SLURM_GPUS_ON_NODE": "8"}
@@ -193,3 +177,166 @@ def test_the_slurm_step_asks_for_the_nodes_cpus_and_gpus_and_passes_the_join_tim
     assert argv[-2:] == ["--join-timeout", "30"]
     assert "--join-timeout" not in nodes.agent_argv("s", "o", nnodes=2, node_rank=1,
                                                     master="h:1")
+
+
+# ------------------------------------------------------------------ nobody gets in
+
+def listeners(port):
+    """Local addresses listening on TCP ``port``, from /proc/net/tcp and tcp6."""
+    import ipaddress
+
+    found = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = open(f"/proc/net/{name}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state != "0A" or int(hexport, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(addr)  # kernel order: 32-bit words in host byte order
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
+def test_the_store_listens_only_on_the_master_address(monkeypatch):
+    """torch's TCPStore listened on every interface whatever --master said."""
+    from launch.bootstrap import free_port
+
+    monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
+    port = free_port()
+    link = nodes.Link(setup(0, port))
+    assert listeners(port) == {"127.0.0.1"}
+    link.server.close()
+
+
+def test_a_client_without_the_key_changes_nothing_and_the_store_goes_on(monkeypatch, capfd):
+    """What an attacker on the network tried: torch's own client forging a join and a
+    claim, bytes that are no frame, a frame of 4 GiB, and a client with another key. None
+    of it is stored, each is logged in one line, and the sweep's nodes are still served."""
+    import socket
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from launch.bootstrap import free_port
+
+    monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
+    port = free_port()
+    zero = nodes.Link(setup(0, port))
+    try:
+        forger = TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=1))
+        forger.set("hello/1", '{"host": "evil", "digest": "0"}')
+        forger.add("claim/1", 1)
+    except RuntimeError:
+        pass  # refused at its handshake: what should happen
+    assert zero.get("hello/1") is None and not zero.has("claim/1")
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"\xff\xff\xff\xff", b"\x00\x00\x00\x40" + 64 * b"x"):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(junk)
+            sock.settimeout(5)
+            while sock.recv(1024):  # the server answers nothing useful, then closes
+                pass
+    with pytest.raises(RuntimeError, match="refused this node's key \\(give every node the "
+                                           "same JITTERLAB_SWEEP_KEY\\)"):
+        nodes.Link(setup(1, port, key=b"another-key-of-16-chars"))
+    one = nodes.Link(setup(1, port))
+    assert one.add("claim/1", 1) == 1
+    one.put("hello/1", {"host": "h1"})
+    assert zero.get("hello/1") == {"host": "h1"}
+    dropped = [ln for ln in capfd.readouterr().err.splitlines()
+               if ln.startswith("jitterlab: store: dropped a message from 127.0.0.1:")]
+    assert len(dropped) >= 4, dropped
+    assert any("a frame of 4294967295 bytes" in ln for ln in dropped)
+    assert any("fails the HMAC check" in ln for ln in dropped)
+    zero.server.close()
+
+
+def test_a_multi_node_sweep_without_a_key_is_refused(monkeypatch):
+    from launch.bootstrap import free_port
+
+    monkeypatch.delenv("JITTERLAB_SWEEP_KEY", raising=False)
+    monkeypatch.delenv("JITTERLAB_SWEEP_KEY_FILE", raising=False)
+    for rank in (0, 1):
+        with pytest.raises(ValueError, match="sweep key: a multi-node sweep needs a secret "
+                                             "only its nodes know: set JITTERLAB_SWEEP_KEY"):
+            nodes.Link(setup(rank, free_port(), join_timeout_s=1))
+
+
+def test_an_agent_that_never_beats_is_dead_counted_from_its_join(tmp_path, monkeypatch):
+    """It joined, then died before its first beat: node 0 must not wait for it forever
+    (it used to count the deadline only from a first beat)."""
+    import time
+
+    from launch.bootstrap import free_port
+
+    monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
+    monkeypatch.setattr(nodes, "DEAD_AFTER_S", 2.0)
+    s = spec(world_sizes=[1, 2], ranks_per_node=1)
+    port = free_port()
+    c = nodes.Coordinator(setup(0, port), s)
+    fake = nodes.Link(setup(1, port))
+    assert fake.add("claim/1", 1) == 1
+    fake.put("hello/1", {"host": "h1", "digest": nodes.digest(s, 2), "shared": False})
+    c.join(tmp_path)
+    assert c.pulse.dead([1]) == []
+    time.sleep(2.5)
+    assert c.pulse.dead([1]) == [1]
+    c.link.server.close()
+
+
+def test_an_agent_that_claims_then_dies_before_its_hello_stops_the_join(tmp_path,
+                                                                        monkeypatch):
+    import time
+
+    from launch.bootstrap import free_port
+
+    monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
+    monkeypatch.setattr(nodes, "DEAD_AFTER_S", 1.0)
+    port = free_port()
+    c = nodes.Coordinator(setup(0, port, join_timeout_s=30), spec(world_sizes=[1, 2],
+                                                                  ranks_per_node=1))
+    nodes.Link(setup(1, port)).add("claim/1", 1)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="node 1's agent started, then stopped before "
+                                           "joining"):
+        c.join(tmp_path)
+    assert time.monotonic() - start < 10
+    assert c.link.get("go") == {"error": "node 1's agent started, then stopped before joining"}
+    c.link.server.close()
+
+
+@pytest.mark.parametrize("msg", [
+    {"planted": True}, {"id": "no-such-point", "nodes": 2, "port": 1}, ["not", "a", "dict"],
+    {"id": 5, "nodes": "2", "port": None},
+])
+def test_a_point_message_of_the_wrong_shape_is_dropped_and_reported(tmp_path, monkeypatch,
+                                                                    capfd, msg):
+    """An agent once crashed (KeyError) on a planted point/0; now it logs it, reports the
+    point failed, and reads the next one."""
+    import threading
+
+    from launch.bootstrap import free_port
+
+    monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
+    port = free_port()
+    s = spec(world_sizes=[1], ranks_per_node=1)
+    zero = nodes.Link(setup(0, port))
+    zero.put("token", ".join-000000000000")
+    zero.put("go", {"shared": False, "hosts": ["h0", "h1"]})
+    zero.put("point/0", msg)
+    zero.put("point/1", {"end": True})
+    result = []
+    agent = threading.Thread(target=lambda: result.append(
+        nodes.run_agent(s, tmp_path / "one", setup(1, port), progress=False)))
+    agent.start()
+    agent.join(60)
+    assert result == [0]
+    assert zero.get("report/0/1") == {"ok": False, "error": "its point message did not read"}
+    assert zero.has("bye/1")
+    assert "jitterlab: store: dropped a message from node 0 (point/0): not a point of this " \
+           "sweep" in capfd.readouterr().err
+    zero.server.close()

@@ -502,8 +502,11 @@ stragglers = st.one_of(
               ranks=st.lists(st.integers(0, 4096), min_size=1, max_size=5).map(tuple)),
     st.builds(Stragglers, dist=simple_dists, count=st.integers(1, 4096)),
 )
-# Names: any text the constructor accepts (no ';', newlines or surrounding whitespace).
-names = st.one_of(st.just(""), st.text(st.characters(blacklist_characters=";\n"), min_size=1)
+# Names: any text the constructor accepts (no ';', no surrounding whitespace, printable:
+# no control, format or separator characters but the space).
+names = st.one_of(st.just(""), st.text(
+    st.one_of(st.just(" "), st.characters(blacklist_categories=("C", "Z"),
+                                          blacklist_characters=";")), min_size=1)
                   .filter(lambda n: n == n.strip() and n != ""))
 schedules = st.builds(Schedule, dist=dists, name=names, scope=st.sampled_from(SCOPES),
                       temporal=temporals, stragglers=stragglers)

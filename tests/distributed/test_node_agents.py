@@ -2,13 +2,15 @@
 host, each starting torchrun for its node's ranks (gloo on loopback). Separate --out
 folders behave as nodes with local disks (records gathered to rank 0 on node 0); one
 shared --out as nodes on a shared file system. Failures: a killed agent, a spec that
-differs between nodes, a node that never joins."""
+differs between nodes, a node that never joins, an agent that dies before its first beat,
+and someone without the sweep's key writing to the store."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,8 @@ from collectives.timing import read_rank_file
 from launch.bootstrap import free_port
 
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
-ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+KEY = "test-sweep-key-0123456789abcdef0123456"
+ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "JITTERLAB_SWEEP_KEY": KEY}
 
 def write_spec(tmp_path: Path, steps: int = 5, name: str = "spec.toml") -> Path:
     return sweep_specs.write_spec(tmp_path / name, name="mn", backend="gloo", steps=steps,
@@ -86,8 +89,8 @@ def test_two_agents_with_local_folders_run_report_and_resume(tmp_path):
     assert "4 points run, 0 already complete, 0 failed" in out0
     assert "this node ran its part of 2 points, 0 failed" in out1
     manifest = json.loads((a / "manifest.json").read_text())
-    assert [n["node"] for n in manifest["nodes"]] == [0, 1]
-    assert manifest["shared_folder"] is False
+    assert [n["node"] for n in manifest["runs"][-1]["nodes"]] == [0, 1]
+    assert manifest["runs"][-1]["shared_folder"] is False
     assert len(points(a)) == 4 and not any(p.startswith(".") for p in points(a))
     assert points(b) == []  # node 1 keeps nothing: its ranks sent their records to rank 0
     assert not list(b.glob(".lock*")) and not list(a.glob(".lock*"))
@@ -120,7 +123,7 @@ def test_two_agents_sharing_one_folder(tmp_path):
     (rc1, _, err1), (rc0, out0, err0) = finish(one, agent(spec, out, 0, port))
     assert rc0 == 0, err0[-3000:]
     assert rc1 == 0, err1[-3000:]
-    assert json.loads((out / "manifest.json").read_text())["shared_folder"] is True
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["shared_folder"] is True
     assert len(points(out)) == 4
     for p in points(out):
         summary = json.loads((out / "points" / p / "summary.json").read_text())
@@ -205,15 +208,20 @@ def test_a_second_agent_for_the_same_node_is_refused_and_the_sweep_goes_on(tmp_p
 def test_a_node_whose_folder_is_in_use_makes_node_0_refuse_with_its_reason(tmp_path):
     spec = write_spec(tmp_path)
     a, b = tmp_path / "node0", tmp_path / "node1"
-    b.mkdir()
-    (b / ".lock-node-1").write_text(json.dumps({"host": os.uname().nodename,
-                                                "pid": os.getpid()}))  # a live "sweep"
+    from experiments.locks import take_lock
+
+    held = take_lock(b, ".lock-node-1")  # another sweep's agent holds node 1's folder
     port = free_port()
-    (rc0, _, err0), (rc1, _, err1) = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
+    try:
+        (rc0, _, err0), (rc1, _, err1) = finish(agent(spec, a, 0, port),
+                                                agent(spec, b, 1, port))
+        assert (b / ".lock-node-1").exists()  # the other sweep's lock kept
+    finally:
+        held.release()
     assert rc0 == 2 and "jitterlab: error: node 1 (" in err0
-    assert f"out: {str(b)!r} is in use by a running sweep (pid {os.getpid()})" in err0
+    assert f"out: {str(b)!r} is in use by a running sweep (pid {os.getpid()} on " in err0
     assert rc1 == 1 and "node 0 ended the sweep: node 1" in err1
-    assert not a.exists() and (b / ".lock-node-1").exists()  # the other sweep's lock kept
+    assert not a.exists()
 
 
 def test_nodes_with_different_specs_are_refused_and_nothing_is_written(tmp_path):
@@ -269,7 +277,101 @@ def test_print_commands_gives_each_node_its_line(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("# 2 nodes")
-    for r, line in enumerate(lines[1:]):
+    assert lines[1] == ("# every node needs the same secret in JITTERLAB_SWEEP_KEY (e.g. "
+                        "export JITTERLAB_SWEEP_KEY=$(openssl rand -hex 32)), or "
+                        "JITTERLAB_SWEEP_KEY_FILE naming a file of mode 0600")
+    for r, line in enumerate(lines[2:]):
         assert line == (f"jitterlab run {spec} --out {tmp_path / 'o'} --nnodes 2 "
                         f"--node-rank {r} --master head:29400")
-    assert len(lines) == 3 and not (tmp_path / "o").exists()
+    assert len(lines) == 4 and not (tmp_path / "o").exists()
+    assert KEY not in res.stdout
+
+
+def wait_listening(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, \
+                finish(proc)[0][2][-2000:]
+            time.sleep(0.2)
+
+
+def test_forged_and_garbage_messages_are_dropped_and_the_sweep_completes(tmp_path):
+    """Once, a forged join ended a sweep and a planted point crashed an agent. Here someone
+    without the key forges a join, a claim, a point and a report with torch's own client,
+    and sends bytes that are no message, before and while the agents work."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    spec = write_spec(tmp_path)
+    a, b = tmp_path / "node0", tmp_path / "node1"
+    port = free_port()
+    zero = agent(spec, a, 0, port)
+    wait_listening(port, zero)
+
+    def attack() -> None:
+        try:
+            forger = TCPStore("127.0.0.1", port, is_master=False,
+                              timeout=timedelta(seconds=1))
+            forger.set("hello/1", json.dumps({"host": "evil", "digest": "0" * 16}))
+            forger.add("claim/1", 1)
+            forger.set("point/0", json.dumps({"planted": True}))
+            forger.set("report/0/1", "{not json")
+        except RuntimeError:
+            pass  # refused: what should happen
+        for junk in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x30" + os.urandom(48), b"hi"):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(junk)
+
+    attack()
+    one = agent(spec, b, 1, port)
+    attack()
+    (rc0, out0, err0), (rc1, out1, err1) = finish(zero, one)
+    assert rc0 == 0, err0[-3000:]
+    assert rc1 == 0, err1[-3000:]
+    assert "4 points run, 0 already complete, 0 failed" in out0
+    assert "this node ran its part of 2 points, 0 failed" in out1
+    assert "Traceback" not in err0 + err1
+    dropped = [ln for ln in err0.splitlines()
+               if ln.startswith("jitterlab: store: dropped a message from 127.0.0.1:")]
+    assert len(dropped) >= 6, err0[-3000:]
+    assert len(points(a)) == 4 and "evil" not in (a / "manifest.json").read_text()
+
+
+def test_an_agent_that_dies_before_its_first_beat_fails_its_points_within_seconds(
+        tmp_path, monkeypatch):
+    """An agent that joined and never beat was never declared dead: node 0 waited the
+    point's timeout and a grace (>90 s) for each of its points. Here it joins through the
+    protocol, then nothing: its points fail about 10 s after the join, the rest run."""
+    from experiments import nodes
+    from experiments.spec import load_spec
+
+    monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
+    spec = write_spec(tmp_path)
+    a = tmp_path / "node0"
+    port = free_port()
+    zero = agent(spec, a, 0, port)
+    try:
+        fake = nodes.Link(nodes.NodeSetup(nnodes=2, node_rank=1, master_host="127.0.0.1",
+                                          master_port=port, join_timeout_s=60))
+        assert fake.add("claim/1", 1) == 1
+        assert fake.wait("token", time.monotonic() + 60) is not None
+        fake.put("hello/1", {"host": "doomed", "shared": False,
+                             "digest": nodes.digest(load_spec(spec), 2)})
+        joined = time.monotonic()
+        (rc0, out0, err0), = finish(zero, timeout=90)
+        elapsed = time.monotonic() - joined
+    finally:
+        if zero.poll() is None:
+            zero.kill()
+            zero.communicate()
+    assert rc0 == 1, err0[-3000:]
+    assert "2 points run, 0 already complete, 2 failed" in out0
+    failures = [json.loads(f.read_text()) for f in sorted((a / "failed").glob("*.json"))]
+    assert len(failures) == 2 and all(f["world_size"] == 2 for f in failures)
+    assert all("node 1's agent (doomed) stopped responding" in f["error"] for f in failures)
+    assert elapsed < 60, elapsed  # the deadline (10 s) counts from the join

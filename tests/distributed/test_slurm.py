@@ -217,9 +217,10 @@ def test_jitterlab_run_in_an_allocation_starts_one_agent_per_node(cluster):
     assert "node 1: the sweep ended; this node ran its part of 2 points, 0 failed" in \
         res.stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["nodes"] == [{"node": 0, "host": "nodea"}, {"node": 1, "host": "nodeb"}]
-    assert manifest["shared_folder"] is True
-    assert manifest["environment"]["SLURM_JOB_ID"]
+    run_entry = manifest["runs"][-1]
+    assert run_entry["nodes"] == [{"node": 0, "host": "nodea"}, {"node": 1, "host": "nodeb"}]
+    assert run_entry["shared_folder"] is True
+    assert run_entry["environment"]["SLURM_JOB_ID"]
     hosts = {}
     for p in (out / "points").iterdir():
         summary = json.loads((p / "summary.json").read_text())

@@ -47,8 +47,10 @@ def test_a_sweep_runs_reports_and_resumes(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Model: measured vs predicted mean step" in report and "| 4096 |" in report
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["spec"]["name"] == "t" and manifest["versions"]["numpy"]
-    stack = manifest["stack"]  # what doctor sees: torch build, GPUs, NCCL, the MPI library
+    (run_entry,) = manifest["runs"]  # one run so far: what ran, when, on which software
+    assert manifest["spec"]["name"] == "t" and run_entry["versions"]["numpy"]
+    assert sorted(run_entry["points_run"]) == points and run_entry["end_time_utc"]
+    stack = run_entry["stack"]  # what doctor sees: torch build, GPUs, NCCL, the MPI library
     assert stack["torch"]["available"] and stack["mpi"]["available"]
     assert stack["mpi"]["detail"].startswith(("Open MPI", "MPICH")) and "cuda" in stack
     again = run("run", str(spec), "--out", "out", cwd=tmp_path)

@@ -73,8 +73,10 @@ def test_emulated_compute_spins_the_roofline_time_of_llama_3_70b_at_tp2(tmp_path
     step_s = (cols["t_done_ns"][steps] - cols["t_start_ns"][steps]) / 1e9
     assert predicted_s == pytest.approx(0.0204, rel=0.01)
     # At least the roofline (the spin never ends early); at most 15% more plus the 160
-    # small all-reduces, on a 2-core machine.
-    assert np.all(step_s >= predicted_s) and np.median(step_s) <= 1.15 * predicted_s + 0.01
+    # small all-reduces and the step's own work, on a 2-core machine (measured here: 8 to
+    # 13 ms per step beside the spin, on this code and on the code before issue 8 alike;
+    # a 10 ms allowance failed on both, 20 ms leaves no room for a spin twice too long).
+    assert np.all(step_s >= predicted_s) and np.median(step_s) <= 1.15 * predicted_s + 0.02
 
 
 def test_a_world_size_that_does_not_divide_the_heads_fails_naming_it(tmp_path):
