@@ -216,14 +216,6 @@ class Store:
     def tmp_dir(self, point_id: str) -> Path:
         return self.points / f".tmp-{point_id}"
 
-    def is_complete(self, point_id: str, expect: dict[str, Any] | None = None) -> bool:
-        """A summary is there and every file it covers is intact."""
-        try:
-            check_point(self.point_dir(point_id), expect)
-        except BadPoint:
-            return False
-        return True
-
     def prepare(self) -> None:
         """Create the folders; remove partial points a killed sweep left behind (call only
         while holding the lock)."""

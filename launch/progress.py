@@ -208,7 +208,3 @@ def _running(pid: int) -> bool:
     except PermissionError:
         pass
     return True
-
-
-def rank_pids(board: np.ndarray) -> list[int]:
-    return [int(p) for p in board[:, 2].tolist() if p > 0] if board.size else []
