@@ -260,5 +260,7 @@ def test_a_batch_script_runs_the_sweep_and_a_rerun_resumes(cluster):
             time.sleep(0.5)
         text = log.read_text(errors="replace") if log.exists() else ""
         assert expected in text, text[-3000:] + cluster.logs()
-    hosts = json.loads((out / "manifest.json").read_text())["nodes"]
-    assert [h["host"] for h in hosts] == ["nodea", "nodeb"]
+    runs = json.loads((out / "manifest.json").read_text())["runs"]
+    assert len(runs) == 2, runs
+    for run_entry in runs:
+        assert [h["host"] for h in run_entry["nodes"]] == ["nodea", "nodeb"], run_entry
