@@ -75,6 +75,37 @@ class Backend(ABC):
     @abstractmethod
     def recv(self, buf: Any, src: int) -> None: ...
 
+    # Point-to-point for explicit algorithms (``explicit.py``): non-blocking, then waited.
+    grouped_p2p: ClassVar[bool] = False
+    """True where a step's sends and receives must be posted together (NCCL: separate
+    calls between a pair share a stream, so an exchange posted one call at a time would
+    deadlock); such a backend takes them through :meth:`post_group`."""
+
+    @abstractmethod
+    def isend(self, buf: Any, dst: int, tag: int = 0) -> Any: ...
+    @abstractmethod
+    def irecv(self, buf: Any, src: int, tag: int = 0) -> Any: ...
+    @abstractmethod
+    def wait_all(self, requests: list[Any]) -> None: ...
+
+    def post_group(self, sends: list[tuple[Any, int]], recvs: list[tuple[Any, int]],
+                   tag: int = 0) -> list[Any]:
+        """Post receives then sends together; the requests to wait for."""
+        return ([self.irecv(b, src, tag) for b, src in recvs]
+                + [self.isend(b, dst, tag) for b, dst in sends])
+
+    @abstractmethod
+    def combine(self, acc: Any, other: Any, op: str) -> None:
+        """``acc = acc op other`` elementwise, in place (sum, prod, max, min; avg sums)."""
+
+    @abstractmethod
+    def copy(self, dst: Any, src: Any) -> None:
+        """``dst[:] = src``."""
+
+    @abstractmethod
+    def divide(self, buf: Any, n: int) -> None:
+        """``buf /= n`` in place, integers truncated toward zero (avg = sum / n)."""
+
     def synchronize(self) -> None:
         """Wait until the device has finished the work enqueued so far (CPU: nothing)."""
         return None
@@ -149,8 +180,31 @@ class MPIBackend(Backend):
     def recv(self, buf: np.ndarray, src: int) -> None:
         self.comm.Recv(buf, source=src)
 
+    def isend(self, buf: np.ndarray, dst: int, tag: int = 0) -> Any:
+        return self.comm.Isend(buf, dest=dst, tag=tag)
+
+    def irecv(self, buf: np.ndarray, src: int, tag: int = 0) -> Any:
+        return self.comm.Irecv(buf, source=src, tag=tag)
+
+    def wait_all(self, requests: list[Any]) -> None:
+        if requests:
+            self._mpi.Request.Waitall(requests)
+
+    def combine(self, acc: np.ndarray, other: np.ndarray, op: str) -> None:
+        _NUMPY_OPS[op](acc, other, out=acc)
+
+    def copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        dst[...] = src
+
+    def divide(self, buf: np.ndarray, n: int) -> None:
+        _divide(buf, n)
+
     def all_gather_object(self, obj: Any) -> list[Any]:
         return self.comm.allgather(obj)
+
+
+_NUMPY_OPS = {"sum": np.add, "avg": np.add, "prod": np.multiply, "max": np.maximum,
+              "min": np.minimum}
 
 
 def _divide(buf: np.ndarray, n: int) -> None:
@@ -166,7 +220,9 @@ class TorchBackend(Backend):
 
     name: ClassVar[str] = "torch"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", group: Any = None):
+        """``group``: a process group of the first ranks of the world (tests run several
+        world sizes in one launch), so that its ranks are the global ranks; None: all."""
         import torch
         import torch.distributed as dist
 
@@ -175,7 +231,9 @@ class TorchBackend(Backend):
                                "(launch.bootstrap creates it)")
         self._torch, self._dist = torch, dist
         self.backend_name = dist.get_backend()
-        self.rank, self.world_size, self.device = dist.get_rank(), dist.get_world_size(), device
+        self._g = {} if group is None else {"group": group}
+        self.rank, self.world_size = dist.get_rank(**self._g), dist.get_world_size(**self._g)
+        self.device = device
         self._ops = {"sum": dist.ReduceOp.SUM, "prod": dist.ReduceOp.PRODUCT,
                      "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN,
                      "avg": dist.ReduceOp.AVG}
@@ -199,35 +257,74 @@ class TorchBackend(Backend):
         op_ = self._ops[check_redop(op)]
         if op == "avg" and self.backend_name == "gloo":
             # gloo has no AVG: sum, then divide (truncating integers, as NCCL does).
-            self._dist.all_reduce(buf, op=self._ops["sum"])
+            self._dist.all_reduce(buf, op=self._ops["sum"], **self._g)
             _torch_divide(self._torch, buf, self.world_size)
             return
-        self._dist.all_reduce(buf, op=op_)
+        self._dist.all_reduce(buf, op=op_, **self._g)
 
     def all_gather(self, out: Any, inp: Any) -> None:
-        self._dist.all_gather_into_tensor(out, inp)
+        self._dist.all_gather_into_tensor(out, inp, **self._g)
 
     def reduce_scatter(self, out: Any, inp: Any, op: str = "sum") -> None:
         if op == "avg" and self.backend_name == "gloo":
-            self._dist.reduce_scatter_tensor(out, inp, op=self._ops["sum"])
+            self._dist.reduce_scatter_tensor(out, inp, op=self._ops["sum"], **self._g)
             _torch_divide(self._torch, out, self.world_size)
             return
-        self._dist.reduce_scatter_tensor(out, inp, op=self._ops[check_redop(op)])
+        self._dist.reduce_scatter_tensor(out, inp, op=self._ops[check_redop(op)], **self._g)
 
     def broadcast(self, buf: Any, root: int = 0) -> None:
-        self._dist.broadcast(buf, src=root)
+        self._dist.broadcast(buf, src=root, **self._g)
 
     def all_to_all(self, out: Any, inp: Any) -> None:
-        self._dist.all_to_all_single(out, inp)
+        self._dist.all_to_all_single(out, inp, **self._g)
 
     def barrier(self) -> None:
-        self._dist.barrier()
+        self._dist.barrier(**self._g)
 
     def send(self, buf: Any, dst: int) -> None:
-        self._dist.send(buf, dst=dst)
+        self._dist.send(buf, dst=dst, **self._g)
 
     def recv(self, buf: Any, src: int) -> None:
-        self._dist.recv(buf, src=src)
+        self._dist.recv(buf, src=src, **self._g)
+
+    @property
+    def grouped_p2p(self) -> bool:  # type: ignore[override]
+        return self.backend_name == "nccl"
+
+    def isend(self, buf: Any, dst: int, tag: int = 0) -> Any:
+        return self._dist.isend(buf, dst=dst, tag=tag, **self._g)
+
+    def irecv(self, buf: Any, src: int, tag: int = 0) -> Any:
+        return self._dist.irecv(buf, src=src, tag=tag, **self._g)
+
+    def post_group(self, sends: list[tuple[Any, int]], recvs: list[tuple[Any, int]],
+                   tag: int = 0) -> list[Any]:
+        ops = ([self._dist.P2POp(self._dist.irecv, b, src, tag=tag, **self._g)
+                for b, src in recvs]
+               + [self._dist.P2POp(self._dist.isend, b, dst, tag=tag, **self._g)
+                  for b, dst in sends])
+        return self._dist.batch_isend_irecv(ops) if ops else []
+
+    def wait_all(self, requests: list[Any]) -> None:
+        for req in requests:
+            req.wait()
+
+    def combine(self, acc: Any, other: Any, op: str) -> None:
+        t = self._torch
+        if op in ("sum", "avg"):
+            acc.add_(other)
+        elif op == "prod":
+            acc.mul_(other)
+        elif op == "max":
+            t.maximum(acc, other, out=acc)
+        else:
+            t.minimum(acc, other, out=acc)
+
+    def copy(self, dst: Any, src: Any) -> None:
+        dst.copy_(src)
+
+    def divide(self, buf: Any, n: int) -> None:
+        _torch_divide(self._torch, buf, n)
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
@@ -235,7 +332,7 @@ class TorchBackend(Backend):
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
-        self._dist.all_gather_object(out, obj)
+        self._dist.all_gather_object(out, obj, **self._g)
         return out
 
 

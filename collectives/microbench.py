@@ -13,6 +13,7 @@ Timed buffers start at zero, so in-place iterations cannot overflow whatever the
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -26,10 +27,11 @@ from jitter_models import Schedule
 from jitter_models.percentiles import nearest_rank
 
 from .backends import Backend, elem_size
+from .clocks import Clock, aligned
 from .inject import Injector
 from .ops import check as count_wrong
 from .ops import get_op
-from .timing import Records, now_ns
+from .timing import Records, SiteTimer, cuda_event
 
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}
 
@@ -57,135 +59,158 @@ class Fault:
             time.sleep(3600)
 
 
-class EventTimer:
-    """CUDA events around the delay and the collective, read after the synchronize that
-    ends each iteration. Times are anchored to the host clock at ``t_start`` (read just
-    before the start event is enqueued on an idle stream), so they carry the launch
-    latency between the two as their uncertainty; ``benchmarks/gpu_check.py`` measures it."""
-
-    def __init__(self) -> None:
-        import torch
-
-        self.start, self.arrive, self.done = (torch.cuda.Event(enable_timing=True)
-                                              for _ in range(3))
-
-    def host_times(self, t0_ns: int) -> tuple[int, int]:
-        """(t_arrive_ns, t_done_ns) on the host clock, from the start event at ``t0_ns``."""
-        return (t0_ns + round(self.start.elapsed_time(self.arrive) * 1e6),
-                t0_ns + round(self.start.elapsed_time(self.done) * 1e6))
-
-
-def _runner(backend: Backend, coll: str, inp: Any, out: Any, redop: str, root: int
-            ) -> Callable[[], None]:
-    return {
-        "all_reduce": lambda: backend.all_reduce(inp, redop),
-        "broadcast": lambda: backend.broadcast(inp, root),
-        "all_gather": lambda: backend.all_gather(out, inp),
-        "reduce_scatter": lambda: backend.reduce_scatter(out, inp, redop),
-        "all_to_all": lambda: backend.all_to_all(out, inp),
-    }[coll]
-
-
-def _in_place(coll: str) -> bool:
-    return coll in ("all_reduce", "broadcast")
-
-
 def _np_dtype(dtype: str) -> str:
     return "float32" if dtype == "bfloat16" else dtype  # bf16 values are exact in float32
 
 
-def cases(colls: Sequence[str], sizes: Sequence[int]) -> list[tuple[int, str, int]]:
-    """(op index, collective, size) in run order; a case's index is its site."""
-    return [(k, c, s) for k, c in enumerate(colls) for s in sizes]
+def op_list(colls: Sequence[str], algorithms: Sequence[str]) -> list[tuple[str, str]]:
+    """(collective, algorithm) pairs in run order, each algorithm with the collectives it
+    implements (an algorithm that implements none of ``colls`` is an error); a record's
+    ``op`` column indexes this list."""
+    from jitter_models.algorithms import ALGORITHMS, check_algorithm
+
+    pairs = [(c, a) for c in colls for a in algorithms if c in ALGORITHMS[a]]
+    for a in algorithms:
+        if not any(c in ALGORITHMS[a] for c in colls):
+            check_algorithm(a, colls[0])  # raises, naming what the algorithm implements
+    return pairs
+
+
+def cases(colls: Sequence[str], sizes: Sequence[int],
+          algorithms: Sequence[str] = ("native",)) -> list[tuple[int, str, str, int]]:
+    """(op index, collective, algorithm, size) in run order; a case's index is its site."""
+    return [(k, c, a, s) for k, (c, a) in enumerate(op_list(colls, algorithms)) for s in sizes]
+
+
+@dataclass
+class _Case:
+    """One case's buffers and call, set up before its timing loop."""
+
+    op: Any
+    inp: Any
+    out: Any
+    call: Callable[[int], tuple[int, int]]  # iteration -> (hop delay requested, achieved)
+    send_count: int
+    recv_count: int
+    explicit: Any = None
+    hops: np.ndarray | None = None  # link scope: [call, send] hop delays in ns
+
+
+def _setup(backend: Backend, coll: str, algo: str, size: int, dtype: str, redop: str,
+           root: int, ranks_per_node: int, injector: Injector) -> _Case:
+    n = backend.world_size
+    op = get_op(coll)
+    send_count, recv_count = op.counts(size, elem_size(dtype), n)
+    inp = backend.from_numpy(np.zeros(send_count, dtype=_np_dtype(dtype)), dtype)
+    out = None if op.in_place else backend.empty(recv_count, dtype)
+    if algo == "native":
+        def native(it: int) -> tuple[int, int]:
+            op.run(backend, inp, out, redop, root)
+            return 0, 0
+        return _Case(op, inp, out, native, send_count, recv_count)
+    from .explicit import Explicit
+
+    ex = Explicit(backend, algorithm=algo, collective=coll, dtype=dtype, redop=redop,
+                  count=max(send_count, recv_count), ranks_per_node=ranks_per_node)
+    case = _Case(op, inp, out, lambda it: (0, 0), send_count, recv_count, ex)
+
+    def explicit(it: int) -> tuple[int, int]:
+        hops = case.hops
+        return ex.run(inp, out, hop_delays_ns=None if hops is None else hops[it],
+                      injector=injector)
+    case.call = explicit
+    return case
 
 
 def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: str,
         redop: str, root: int, iters: int, warmup: int, check: bool, seed: int,
         schedule: Schedule | None, injector: Injector, node: int,
-        progress: np.ndarray | None = None, fault: Fault | None = None
+        progress: np.ndarray | None = None, fault: Fault | None = None,
+        algorithms: Sequence[str] = ("native",), ranks_per_node: int = 8
         ) -> tuple[Records, list[int]]:
-    """Time every collective at every size on this rank. Returns the records and, per
-    case (see :func:`cases`), the number of wrong elements (-1 where not checked).
+    """Time every collective with every algorithm at every size on this rank. Returns the
+    records and, per case (see :func:`cases`), the number of wrong elements (-1 where not
+    checked).
 
     ``progress``: a one-element int64 array (a memory-mapped slot) that receives the index
     of each timed collective this rank reaches, stored after the injected delay and before
     ``t_arrive`` is read: the collective's own time (t_done - t_arrive) excludes the store
     (tens of nanoseconds); the achieved delay and the iteration's time include it. ``fault``: make
-    this rank exit or hang on reaching a collective (to test failure handling)."""
+    this rank exit or hang on reaching a collective (to test failure handling).
+    A link-scoped ``schedule`` delays the messages of explicit algorithms (their records'
+    hop columns); it asks no delay before the collective."""
     n, rank = backend.world_size, backend.rank
-    esize = elem_size(dtype)
-    todo = cases(colls, sizes)
+    todo = cases(colls, sizes, algorithms)
     clipped = 0
     if schedule is not None:
         delays_ns, clipped = schedule.delays_ns(seed, rank, node, n, iters, len(todo))
     else:
         delays_ns = np.zeros((iters, len(todo)), dtype=np.int64)
+    setups = [_setup(backend, coll, algo, size, dtype, redop, root, ranks_per_node, injector)
+              for _, coll, algo, size in todo]
+    if schedule is not None and schedule.scope == "link":
+        from .explicit import link_delays
+
+        explicit = [c for c in setups if c.explicit is not None]
+        tables, hop_clipped = link_delays(schedule, seed, rank,
+                                          [(c.explicit, warmup + iters) for c in explicit])
+        for c, table in zip(explicit, tables):
+            c.hops = table
+        clipped += hop_clipped
     records = Records(iters * len(todo))
     records.delays_clipped = clipped
     wrong: list[int] = []
-    mark = progress if progress is not None else np.zeros(1, dtype=np.int64)
     fault_at = fault.at if fault is not None and fault.rank == rank else -1
-    for site, (k, coll, size) in enumerate(todo):
-        op = get_op(coll)
-        send_count, recv_count = op.counts(size, esize, n)
-        nbytes = op.bytes_moved(size, esize, n)
-        inp = backend.from_numpy(np.zeros(send_count, dtype=_np_dtype(dtype)), dtype)
-        out = None if _in_place(coll) else backend.empty(recv_count, dtype)
-        step = _runner(backend, coll, inp, out, redop, root)
-        for _ in range(warmup):
-            step()
+    timer = SiteTimer(backend, injector, records, mark=progress,
+                      event=cuda_event if backend.device.startswith("cuda") else None)
+    for site, ((k, _, _, size), case) in enumerate(zip(todo, setups)):
+        nbytes = case.op.bytes_moved(size, elem_size(dtype), n)
+        for it in range(warmup):
+            case.call(it)
         backend.synchronize()
         column = delays_ns[:, site].tolist()  # Python ints: nothing to convert in the loop
-        events = EventTimer() if backend.device.startswith("cuda") else None
         for it in range(iters):
             backend.barrier()
-            d = column[it]
             g = site * iters + it
             if g == fault_at:
                 fault.trigger()  # type: ignore[union-attr]
-            if events is None:
-                t0 = now_ns()
-                injector.inject(t0, d)
-                mark[0] = g
-                t1 = now_ns()
-                step()
-                backend.synchronize()
-                t2 = now_ns()
-            else:  # the GPU's own clock: the host returns before the stream has waited
-                t0 = now_ns()
-                events.start.record()
-                injector.inject(t0, d)
-                mark[0] = g
-                events.arrive.record()
-                step()
-                events.done.record()
-                backend.synchronize()
-                t1, t2 = events.host_times(t0)
-            records.add(it, site, k, nbytes, d, t0, t1, t2)
-        wrong.append(_check(backend, op, coll, send_count, recv_count, dtype, redop, root,
-                            seed) if check else -1)
+            call = functools.partial(case.call, warmup + it)
+            timer.begin_step(it)
+            timer.site(site, delay_ns=column[it], collective=call, op=k, nbytes=nbytes,
+                       index=g)
+            timer.end_step()
+        wrong.append(_check(backend, case, seed, dtype, redop, root) if check else -1)
     return records, wrong
 
 
-def _check(backend: Backend, op: Any, coll: str, send_count: int, recv_count: int,
-           dtype: str, redop: str, root: int, seed: int) -> int:
+def _check(backend: Backend, case: _Case, seed: int, dtype: str, redop: str,
+           root: int) -> int:
+    """One untimed call on fresh, exactly checkable inputs: the number of wrong elements."""
     n, rank = backend.world_size, backend.rank
-    npd = _np_dtype(dtype)
-    inp = backend.from_numpy(op.inputs(rank, n, send_count, npd, seed, redop), dtype)
-    out = None if _in_place(coll) else backend.empty(recv_count, dtype)
-    _runner(backend, coll, inp, out, redop, root)()
+    npd, op = _np_dtype(dtype), case.op
+    inp = backend.from_numpy(op.inputs(rank, n, case.send_count, npd, seed, redop), dtype)
+    out = None if op.in_place else backend.empty(case.recv_count, dtype)
+    if case.explicit is None:
+        op.run(backend, inp, out, redop, root)
+    else:
+        case.explicit.run(inp, out)
     backend.synchronize()
     got = backend.to_numpy(inp if out is None else out)
-    return count_wrong(got, op.expected(rank, n, send_count, npd, redop, root, seed))
+    return count_wrong(got, op.expected(rank, n, case.send_count, npd, redop, root, seed))
 
 
 def summarize(tables: Sequence[dict[str, np.ndarray]], *, colls: Sequence[str],
-              world_size: int, offsets_ns: Sequence[int | None],
-              wrong: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
-    """One row per (collective, size) from every rank's records (``tables[rank]``).
-    ``offsets_ns[rank]``: that rank's clock offset to rank 0 (0 on rank 0's host), used
-    to align arrivals for the skew; None where unknown (then no skew is reported)."""
+              world_size: int, offsets_ns: Sequence[Clock],
+              wrong: Sequence[Sequence[int]], algorithms: Sequence[str] = ("native",)
+              ) -> list[dict[str, Any]]:
+    """One row per (collective, algorithm, size) from every rank's records
+    (``tables[rank]``); ``colls`` and ``algorithms`` as the run was given them.
+    ``offsets_ns[rank]``: that rank's clock (its rank file's metadata, the offset to rank
+    0 then interpolated at each arrival by ``timing.aligned``; or one offset in ns, 0 on
+    rank 0's host), used to align arrivals for the skew; None where unknown (then no skew
+    is reported)."""
     sites = np.unique(tables[0]["site"])
+    ops = op_list(colls, algorithms)
     rows = []
     for site in sites:
         per_rank = [{k: v[t["site"] == site] for k, v in t.items()} for t in tables]
@@ -195,10 +220,10 @@ def summarize(tables: Sequence[dict[str, np.ndarray]], *, colls: Sequence[str],
         dur = np.max([r["t_done_ns"] - r["t_start_ns"] for r in per_rank], axis=0) / 1e3
         mean_us = float(dur.mean())
         nbytes = int(per_rank[0]["bytes"][0])
-        coll = colls[int(per_rank[0]["op"][0])]
+        coll, algorithm = ops[int(per_rank[0]["op"][0])]
         op = get_op(coll)
-        row: dict[str, Any] = {"coll": coll, "size_bytes": nbytes, "iters": int(dur.size),
-                               "min_us": float(dur.min())}
+        row: dict[str, Any] = {"coll": coll, "algorithm": algorithm, "size_bytes": nbytes,
+                               "iters": int(dur.size), "min_us": float(dur.min())}
         row.update({f"{k}_us": nearest_rank(dur, p) for k, p in PERCENTILES.items()})
         row["max_us"], row["mean_us"] = float(dur.max()), mean_us
         if world_size > 1:
@@ -206,8 +231,9 @@ def summarize(tables: Sequence[dict[str, np.ndarray]], *, colls: Sequence[str],
             row["busbw_gbps"] = row["algbw_gbps"] * op.bus_factor(world_size)
         else:  # one rank moves no bytes between ranks: S / t of a local no-op is no bandwidth
             row["algbw_gbps"] = row["busbw_gbps"] = None
-        if all(o is not None for o in offsets_ns):
-            arrive = np.array([r["t_arrive_ns"] + o for r, o in zip(per_rank, offsets_ns)])
+        arrivals = [aligned(r["t_arrive_ns"], c) for r, c in zip(per_rank, offsets_ns)]
+        if all(a is not None for a in arrivals):
+            arrive = np.array(arrivals)
             row["skew_us"] = float((arrive.max(axis=0) - arrive.min(axis=0)).mean() / 1e3)
         else:
             row["skew_us"] = None
@@ -221,27 +247,30 @@ def summarize(tables: Sequence[dict[str, np.ndarray]], *, colls: Sequence[str],
     return rows
 
 
-HEADER = ("coll", "size_B", "min_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us",
-          "algbw_GB/s", "busbw_GB/s", "skew_us", "#wrong")
+HEADER = ("coll", "algorithm", "size_B", "min_us", "p50_us", "p90_us", "p99_us", "p999_us",
+          "max_us", "mean_us", "algbw_GB/s", "busbw_GB/s", "skew_us", "#wrong")
 
 
 def render(rows: Sequence[dict[str, Any]]) -> str:
     """The table an nccl-tests user reads at a glance; units in the header."""
-    keys = ("coll", "size_bytes", "min_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
-            "mean_us", "algbw_gbps", "busbw_gbps", "skew_us", "wrong")
+    keys = ("coll", "algorithm", "size_bytes", "min_us", "p50_us", "p90_us", "p99_us",
+            "p999_us", "max_us", "mean_us", "algbw_gbps", "busbw_gbps", "skew_us", "wrong")
     width = max([14] + [len(r["coll"]) + 2 for r in rows])
-    lines = [HEADER[0].rjust(width) + "".join(h.rjust(12) for h in HEADER[1:])]
+    awidth = max([11] + [len(r.get("algorithm", "native")) + 2 for r in rows])
+    lines = [HEADER[0].rjust(width) + HEADER[1].rjust(awidth)
+             + "".join(h.rjust(12) for h in HEADER[2:])]
     for r in rows:
         cells = []
         for k in keys:
-            v = r[k]
+            v = r.get(k, "native") if k == "algorithm" else r[k]
             if v is None or (k == "wrong" and v < 0):
                 cells.append("n/a")
-            elif k in ("coll", "size_bytes", "wrong"):
+            elif k in ("coll", "algorithm", "size_bytes", "wrong"):
                 cells.append(str(v))
             elif k.endswith("gbps"):
                 cells.append(f"{v:.3f}")
             else:
                 cells.append(f"{v:.2f}")
-        lines.append(cells[0].rjust(width) + "".join(c.rjust(12) for c in cells[1:]))
+        lines.append(cells[0].rjust(width) + cells[1].rjust(awidth)
+                     + "".join(c.rjust(12) for c in cells[2:]))
     return "\n".join(lines)

@@ -188,3 +188,30 @@ def weight_share(cfg: ModelConfig, n: int | float) -> float:
         return 2 * cfg.hidden + cfg.hidden * (q + 2 * kv) + q * cfg.hidden + 3 * cfg.hidden * ffn
 
     return params(float(min(n, cfg.heads))) / params(1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankMemory:
+    """What one rank of a TP group holds in device memory for a decode run, bytes."""
+
+    weights_bytes: int
+    """Its shard of every layer, plus the replicated embedding, LM head and final norm."""
+    kv_cache_bytes: int
+    """K and V for every layer, batch x positions, its KV heads."""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes
+
+
+def rank_memory(cfg: ModelConfig, tp: int, *, batch: int, positions: int,
+                dtype_bytes: int) -> RankMemory:
+    """One rank's weights and KV cache at tensor-parallel width ``tp``, as ``TPDecoder``
+    allocates them (activations, a few batch x width vectors, are left out)."""
+    layout = shard_layout(cfg, tp)
+    per_layer = sum(site_weight_bytes(layout, site, dtype_bytes) for site in (0, 1))
+    replicated = (2 * cfg.vocab * cfg.hidden + cfg.hidden) * dtype_bytes
+    # the attention site reads the whole cache at its last position: 2 x batch x kv heads
+    # x positions x head_dim per layer, the cache TPDecoder allocates
+    kv = cfg.layers * site_kv_read_bytes(layout, 0, positions - 1, batch, dtype_bytes)
+    return RankMemory(weights_bytes=cfg.layers * per_layer + replicated, kv_cache_bytes=kv)

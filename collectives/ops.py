@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from numbers import Integral
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -137,6 +137,8 @@ class Op(Protocol):
                seed: int = 0, redop: str = "sum") -> np.ndarray: ...
     def expected(self, rank: int, world_size: int, send_count: int, dtype: object,
                  redop: str = "sum", root: int = 0, seed: int = 0) -> np.ndarray: ...
+    in_place: bool
+    def run(self, backend: Any, inp: Any, out: Any, redop: str, root: int) -> None: ...
 
 
 class _Collective:
@@ -147,6 +149,12 @@ class _Collective:
     uses_root = False
     chunked = False  # S is the whole buffer, split into world_size chunks
     splits_send = False  # the send buffer holds one chunk per destination rank
+    in_place = False  # the result replaces the input buffer (``out`` is None)
+
+    def run(self, backend: Any, inp: Any, out: Any, redop: str, root: int) -> None:
+        """The backend's own call (nccl-tests' runColl); results land in ``out``, or in
+        ``inp`` for an in-place op."""
+        raise NotImplementedError
 
     def counts(self, size_bytes: int, elem_size: int, world_size: int) -> tuple[int, int]:
         """(send_count, recv_count) in elements per rank for nccl-tests' size S."""
@@ -208,7 +216,10 @@ def _chunk(row: np.ndarray, index: int, world_size: int) -> np.ndarray:
 
 
 class AllReduce(_Collective):
-    name, uses_redop = "all_reduce", True
+    name, uses_redop, in_place = "all_reduce", True, True
+
+    def run(self, backend, inp, out, redop, root):
+        backend.all_reduce(inp, redop)
 
     def bus_factor(self, world_size: int) -> float:
         n = _int("world_size", world_size, 1)
@@ -220,6 +231,9 @@ class AllReduce(_Collective):
 
 class AllGather(_Collective):
     name, chunked = "all_gather", True
+
+    def run(self, backend, inp, out, redop, root):
+        backend.all_gather(out, inp)
 
     def _counts(self, chunk: int, world_size: int) -> tuple[int, int]:
         return chunk, chunk * world_size
@@ -235,6 +249,9 @@ class AllGather(_Collective):
 class ReduceScatter(_Collective):
     name, uses_redop, chunked, splits_send = "reduce_scatter", True, True, True
 
+    def run(self, backend, inp, out, redop, root):
+        backend.reduce_scatter(out, inp, redop)
+
     def _counts(self, chunk: int, world_size: int) -> tuple[int, int]:
         return chunk * world_size, chunk
 
@@ -247,7 +264,10 @@ class ReduceScatter(_Collective):
 
 
 class Broadcast(_Collective):
-    name, uses_root = "broadcast", True
+    name, uses_root, in_place = "broadcast", True, True
+
+    def run(self, backend, inp, out, redop, root):
+        backend.broadcast(inp, root)
 
     def bus_factor(self, world_size: int) -> float:
         _int("world_size", world_size, 1)
@@ -259,6 +279,9 @@ class Broadcast(_Collective):
 
 class AllToAll(_Collective):
     name, chunked, splits_send = "all_to_all", True, True
+
+    def run(self, backend, inp, out, redop, root):
+        backend.all_to_all(out, inp)
 
     def _counts(self, chunk: int, world_size: int) -> tuple[int, int]:
         return chunk * world_size, chunk * world_size

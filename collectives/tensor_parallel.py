@@ -34,6 +34,7 @@ from .models import (  # noqa: F401  (re-exported: the model half lives there)
     site_weight_bytes,
 )
 
+MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 BLOCK = 128  # width of generated MLP / embedding / LM-head blocks; never depends on tp
 _TAGS = {"wq": 1, "wk": 2, "wv": 3, "wo": 4, "w_gate": 5, "w_up": 6, "w_down": 7,
          "attn_norm": 8, "mlp_norm": 9, "embed": 10, "lm_head": 11, "final_norm": 12}
@@ -63,27 +64,36 @@ def _norm_weight(seed: int, layer: int, tag: str, hidden: int) -> torch.Tensor:
     return 1.0 + 0.1 * _block(seed, layer, tag, 0, (1, hidden), 1)[0]
 
 
-def shard_weights(cfg: ModelConfig, layout: ShardLayout, rank: int,
-                  seed: int) -> dict[str, torch.Tensor]:
-    """Float32 weights of `rank`, keyed "embed", "layers.{i}.wq", ...; matrices are [in, out]."""
+def shard_weights(cfg: ModelConfig, layout: ShardLayout, rank: int, seed: int, *,
+                  dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Weights of `rank` in `dtype` on `device`, keyed "embed", "layers.{i}.wq", ...;
+    matrices are [in, out]. Drawn in float32 (the same values for every dtype, rounded
+    once), each tensor converted as soon as it is made: the shard never exists whole in
+    float32, so a bf16 shard needs its bf16 size plus one float32 tensor."""
     h, d, f = cfg.hidden, cfg.head_dim, cfg.ffn
     heads = range(layout.heads(rank).start * d, layout.heads(rank).stop * d)
     kv = range(layout.kv_heads(rank).start * d, layout.kv_heads(rank).stop * d)
     cols = layout.ffn_columns(rank)
-    w = {"embed": _slice(seed, 0, "embed", range(cfg.vocab), cfg.vocab, BLOCK, h, 1, 0),
-         "lm_head": _slice(seed, 0, "lm_head", range(cfg.vocab), cfg.vocab, BLOCK, h, h, 1),
-         "final_norm": _norm_weight(seed, 0, "final_norm", h)}
+    w: dict[str, torch.Tensor] = {}
+
+    def put(key: str, t: torch.Tensor) -> None:
+        w[key] = t.to(device=device, dtype=dtype).contiguous()
+
+    put("embed", _slice(seed, 0, "embed", range(cfg.vocab), cfg.vocab, BLOCK, h, 1, 0))
+    put("lm_head", _slice(seed, 0, "lm_head", range(cfg.vocab), cfg.vocab, BLOCK, h, h, 1))
+    put("final_norm", _norm_weight(seed, 0, "final_norm", h))
     for i in range(cfg.layers):
         p = f"layers.{i}."
-        w[p + "attn_norm"] = _norm_weight(seed, i, "attn_norm", h)
-        w[p + "mlp_norm"] = _norm_weight(seed, i, "mlp_norm", h)
-        w[p + "wq"] = _slice(seed, i, "wq", heads, cfg.heads * d, d, h, h, 1)
-        w[p + "wk"] = _slice(seed, i, "wk", kv, cfg.kv_heads * d, d, h, h, 1)
-        w[p + "wv"] = _slice(seed, i, "wv", kv, cfg.kv_heads * d, d, h, h, 1)
-        w[p + "wo"] = _slice(seed, i, "wo", heads, cfg.heads * d, d, h, cfg.heads * d, 0)
-        w[p + "w_gate"] = _slice(seed, i, "w_gate", cols, f, BLOCK, h, h, 1)
-        w[p + "w_up"] = _slice(seed, i, "w_up", cols, f, BLOCK, h, h, 1)
-        w[p + "w_down"] = _slice(seed, i, "w_down", cols, f, BLOCK, h, f, 0)
+        put(p + "attn_norm", _norm_weight(seed, i, "attn_norm", h))
+        put(p + "mlp_norm", _norm_weight(seed, i, "mlp_norm", h))
+        put(p + "wq", _slice(seed, i, "wq", heads, cfg.heads * d, d, h, h, 1))
+        put(p + "wk", _slice(seed, i, "wk", kv, cfg.kv_heads * d, d, h, h, 1))
+        put(p + "wv", _slice(seed, i, "wv", kv, cfg.kv_heads * d, d, h, h, 1))
+        put(p + "wo", _slice(seed, i, "wo", heads, cfg.heads * d, d, h, cfg.heads * d, 0))
+        put(p + "w_gate", _slice(seed, i, "w_gate", cols, f, BLOCK, h, h, 1))
+        put(p + "w_up", _slice(seed, i, "w_up", cols, f, BLOCK, h, h, 1))
+        put(p + "w_down", _slice(seed, i, "w_down", cols, f, BLOCK, h, f, 0))
     return w
 
 
@@ -95,8 +105,16 @@ class Comm(Protocol):
     def all_reduce(self, t: torch.Tensor, site: int) -> None: ...
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """float32 for bf16 / fp16, else the dtype itself (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    # In at least float32, as Llama's reference does: a bf16 mean of squares over
+    # thousands of values loses the scale the whole layer depends on.
+    h = x.to(_wide(x.dtype))
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
 def rope(x: torch.Tensor, pos: int, theta: float) -> torch.Tensor:
@@ -110,7 +128,9 @@ def rope(x: torch.Tensor, pos: int, theta: float) -> torch.Tensor:
 
 
 class TPDecoder:
-    """One rank's shard of the model plus its KV cache; `step` decodes one token per sequence."""
+    """One rank's shard of the model plus its KV cache; `step` decodes one token per sequence.
+    Weights, KV cache, activations and the all-reduced partial sums are all in ``dtype``
+    (norms and softmax compute in at least float32 and round back)."""
 
     def __init__(self, cfg: ModelConfig, tp_rank: int, tp_size: int, *, seed: int, batch: int,
                  max_seq: int, dtype: torch.dtype = torch.float32,
@@ -122,10 +142,14 @@ class TPDecoder:
         for name, v in (("batch", batch), ("max_seq", max_seq)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"dtype: the model computes in "
+                             f"{', '.join(str(d).removeprefix('torch.') for d in MODEL_DTYPES)}"
+                             f", got {dtype!r}")
         self.cfg, self.rank, self.batch, self.max_seq = cfg, tp_rank, batch, max_seq
         self.dtype, self.device = dtype, torch.device(device)
-        self.weights = {k: v.to(device=self.device, dtype=dtype)
-                        for k, v in shard_weights(cfg, self.layout, tp_rank, seed).items()}
+        self.weights = shard_weights(cfg, self.layout, tp_rank, seed, dtype=dtype,
+                                     device=self.device)
         shape = (batch, self.layout.kv_heads_per_rank, max_seq, cfg.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=self.device)
                         for _ in range(cfg.layers)]
@@ -153,7 +177,8 @@ class TPDecoder:
             values = self.v_cache[i][:, :, :pos + 1]
             qg = q.view(b, hkv, hq // hkv, d)  # local q head j uses local kv head j // group
             scores = torch.einsum("bkgd,bktd->bkgt", qg, keys) / math.sqrt(d)
-            attn = torch.einsum("bkgt,bktd->bkgd", scores.softmax(-1), values)
+            probs = scores.to(_wide(scores.dtype)).softmax(-1).to(scores.dtype)  # as Llama's
+            attn = torch.einsum("bkgt,bktd->bkgd", probs, values)
             partial = attn.reshape(b, hq * d) @ w[p + "wo"]
             comm.all_reduce(partial, 2 * i)
             x = x + partial

@@ -3,12 +3,11 @@
 During a run a rank only reads ``time.perf_counter_ns`` (CLOCK_MONOTONIC) and stores
 integers into preallocated numpy columns: nothing else happens between two clock reads.
 After the run the columns go to ``rank-00007.parquet`` atomically (temporary name, then
-rename), with the run's metadata and this rank's clock offset to rank 0.
+rename), with the run's metadata and this rank's clock offsets to rank 0 (``clocks.py``).
 
-Clock offsets: ranks on one host share CLOCK_MONOTONIC, so their offset is exactly 0
-(detected by host name). A rank on another host estimates its offset to rank 0 by
-ping-pong over the backend (the sample with the smallest round trip; its half round trip
-bounds the error), once before and once after the run, so drift can be interpolated.
+``SiteTimer`` is the one timing primitive every workload uses: site start -> compute ->
+delay -> arrive -> collective -> done, on the host clock or, on CUDA, with events on the
+stream anchored to the host clock once per step.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,15 @@ COLUMNS: dict[str, str] = {
     "op": "int64",            # index into the run's list of collectives
     "bytes": "int64",         # nccl-tests size S of the operation
     "delay_req_ns": "int64",  # what the schedule asked
-    "delay_ns": "int64",      # what the injector achieved: t_arrive - t_start
+    "delay_ns": "int64",      # what the injector achieved: t_arrive - the end of compute
     "t_start_ns": "int64",    # site start, before the injected delay
     "t_arrive_ns": "int64",   # entered the collective
     "t_done_ns": "int64",     # collective finished on this rank (device synchronized)
 }
+# Explicit algorithms with scope = "link": over the messages this rank sent in the
+# collective, the summed departure delays asked, and achieved (post time - ready). Rank
+# files written before they existed lack them: readers take them as optional.
+HOP_COLUMNS: dict[str, str] = {"hop_delay_req_ns": "int64", "hop_delay_ns": "int64"}
 
 now_ns = time.perf_counter_ns
 
@@ -48,16 +51,18 @@ class Records:
     def __init__(self, capacity: int):
         if capacity < 0:
             raise ValueError(f"capacity: must be >= 0, got {capacity}")
-        self.columns = {k: np.zeros(capacity, dtype=v) for k, v in COLUMNS.items()}
+        self.columns = {k: np.zeros(capacity, dtype=v)
+                        for k, v in (COLUMNS | HOP_COLUMNS).items()}
         self.n = 0
         # Draws of the schedule clipped to the maximum delay (jitter_models MAX_DELAY_NS)
         # before this rank injected them; the rank file's metadata carries it.
         self.delays_clipped = 0
 
-    def add(self, step: int, site: int, op: int, nbytes: int, delay_req_ns: int,
-            t_start_ns: int, t_arrive_ns: int, t_done_ns: int,
-            delay_ns: int | None = None) -> None:
-        """``delay_ns`` defaults to ``t_arrive - t_start`` (no compute before the delay)."""
+    def add(self, *, step: int, site: int, op: int, nbytes: int, delay_req_ns: int,
+            t_start_ns: int, t_arrive_ns: int, t_done_ns: int, delay_ns: int | None = None,
+            hop_delay_req_ns: int = 0, hop_delay_ns: int = 0) -> None:
+        """The next row. ``delay_ns`` defaults to ``t_arrive - t_start`` (no compute
+        before the delay)."""
         i = self.n
         c = self.columns
         c["step"][i], c["site"][i], c["op"][i], c["bytes"][i] = step, site, op, nbytes
@@ -65,90 +70,11 @@ class Records:
         c["delay_ns"][i] = t_arrive_ns - t_start_ns if delay_ns is None else delay_ns
         c["t_start_ns"][i], c["t_arrive_ns"][i], c["t_done_ns"][i] = (
             t_start_ns, t_arrive_ns, t_done_ns)
+        c["hop_delay_req_ns"][i], c["hop_delay_ns"][i] = hop_delay_req_ns, hop_delay_ns
         self.n = i + 1
 
     def table(self) -> dict[str, np.ndarray]:
         return {k: v[: self.n] for k, v in self.columns.items()}
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClockOffset:
-    """This rank's clock relative to rank 0's: t_rank0 = t_here + offset_ns."""
-
-    offset_ns: int | None
-    """None where it could not be measured (another host, no estimate yet)."""
-    uncertainty_ns: int | None
-    """Half-width of the offset's error bound (0 on the same host)."""
-
-
-def same_host_offsets(hostnames: list[str]) -> list[ClockOffset]:
-    """Exact zero for ranks on rank 0's host; unknown (to be measured) for the others."""
-    return [ClockOffset(offset_ns=0, uncertainty_ns=0) if h == hostnames[0]
-            else ClockOffset(offset_ns=None, uncertainty_ns=None) for h in hostnames]
-
-
-def offset_from_samples(t0: np.ndarray, t1: np.ndarray, t2: np.ndarray) -> ClockOffset:
-    """Rank 0 sent at t0 and got the reply at t2 (its clock); the peer stamped t1 (its
-    clock) in between. The offset (t_rank0 = t_peer + offset) from the sample with the
-    smallest round trip: the midpoint of [t0, t2] minus t1, to within half that trip."""
-    rtt = t2 - t0
-    if np.any(rtt < 0):
-        raise ValueError("ping-pong samples with a negative round trip")
-    i = int(np.argmin(rtt))
-    return ClockOffset(offset_ns=int((t0[i] + t2[i]) // 2 - t1[i]),
-                       uncertainty_ns=int(rtt[i] + 1) // 2)
-
-
-def ping_pong(backend: Any, peer: int, rounds: int = 64) -> ClockOffset | None:
-    """Run on rank 0 and ``peer`` at the same time (no other rank takes part). Rank 0 gets
-    the estimate; the peer gets it too (sent back). Host buffers only."""
-    buf = backend.from_numpy(np.zeros(1, dtype=np.int64), "int64")
-    if backend.rank == 0:
-        t0, t1, t2 = (np.empty(rounds, dtype=np.int64) for _ in range(3))
-        for i in range(rounds):
-            t0[i] = now_ns()
-            backend.send(buf, peer)
-            backend.recv(buf, peer)
-            t2[i] = now_ns()
-            t1[i] = int(backend.to_numpy(buf)[0])
-        est = offset_from_samples(t0, t1, t2)
-        backend.send(backend.from_numpy(np.array([est.offset_ns, est.uncertainty_ns],
-                                                  dtype=np.int64), "int64"), peer)
-        return est
-    if backend.rank == peer:
-        for _ in range(rounds):
-            backend.recv(buf, 0)
-            stamped = backend.from_numpy(np.array([now_ns()], dtype=np.int64), "int64")
-            backend.send(stamped, 0)
-        out = backend.from_numpy(np.zeros(2, dtype=np.int64), "int64")
-        backend.recv(out, 0)
-        offset, unc = (int(v) for v in backend.to_numpy(out))
-        return ClockOffset(offset_ns=offset, uncertainty_ns=unc)
-    return None
-
-
-def measure_offsets(backend: Any, hostnames: list[str], *, force: bool = False
-                    ) -> ClockOffset:
-    """This rank's offset to rank 0: exact 0 on rank 0's host (unless ``force``), else a
-    ping-pong estimate. Every rank must call it (the peers are served in rank order)."""
-    mine = same_host_offsets(hostnames)[backend.rank]
-    for peer in range(1, backend.world_size):
-        if force or hostnames[peer] != hostnames[0]:
-            est = ping_pong(backend, peer)
-            if backend.rank == peer:
-                mine = est
-    return mine
-
-
-def combine(before: ClockOffset, after: ClockOffset) -> ClockOffset:
-    """One offset for the run from estimates before and after it: their mean, with an
-    uncertainty that also covers the drift between them."""
-    if before.offset_ns is None or after.offset_ns is None:
-        return before if after.offset_ns is None else after
-    drift = abs(after.offset_ns - before.offset_ns)
-    return replace(before, offset_ns=(before.offset_ns + after.offset_ns) // 2,
-                   uncertainty_ns=max(before.uncertainty_ns or 0, after.uncertainty_ns or 0)
-                   + (drift + 1) // 2)
 
 
 def write_rank_file(path: str | os.PathLike[str], columns: dict[str, np.ndarray],
@@ -182,3 +108,148 @@ def read_rank_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray],
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(b"jitterlab", b"{}"))
     return {name: table.column(name).to_numpy() for name in table.column_names}, meta
+
+
+# --- the timing primitive ------------------------------------------------------------
+
+STEP_SITE = -1
+"""``site`` of the per-step row (the step's start and end)."""
+
+
+def cuda_event() -> Any:
+    import torch
+
+    return torch.cuda.Event(enable_timing=True)
+
+
+class SiteTimer:
+    """Every workload times its sites through this: site start -> compute -> delay ->
+    arrive -> collective -> done, one record per site, plus one row per step.
+
+    On the host (CPU backends) each mark is a clock read. On CUDA (``event=cuda_event``)
+    the marks are events on the stream: compute, a stream-side delay and the collective
+    run asynchronously, so host clocks would time kernel launches. The events are read
+    after the step's closing synchronize and placed on the host clock through one anchor
+    per step: the step's start event, recorded on an idle stream just after the host read
+    ``t0`` (the launch latency between the two is the times' uncertainty;
+    ``benchmarks/gpu_check.py`` measures it). Tests pass a fake ``event`` with its own
+    clock.
+
+    ``mark``: a one-element int64 array (the progress board's slot) that receives each
+    site's index in the run after its delay, before ``t_arrive``.
+    """
+
+    def __init__(self, backend: Any, injector: Any, records: Records, *,
+                 mark: np.ndarray | None = None, event: Any = None):
+        self.backend, self.injector, self.records = backend, injector, records
+        self.mark = mark if mark is not None else np.zeros(1, dtype=np.int64)
+        self._event = event
+        self._pending: list[tuple[tuple[int, ...], tuple[Any, ...]]] = []
+        self._pool: list[tuple[Any, Any, Any, Any]] = []
+        self._step = 0
+        self._t0 = 0
+        self._anchor: Any = None
+        self._end: Any = None
+        self._t_start = 0
+        self.record_sites = True
+        """False keeps only the per-step rows (to measure recording's cost)."""
+
+    @property
+    def on_events(self) -> bool:
+        return self._event is not None
+
+    def begin_step(self, step: int) -> None:
+        """Call after the step's barrier; every rank's step starts here."""
+        self._step = step
+        if self._event is not None:
+            if self._anchor is None:
+                self._anchor, self._end = self._event(), self._event()
+            self.backend.synchronize()  # an idle stream: the anchor records at once
+            self._t0 = now_ns()
+            self._anchor.record()
+        else:
+            self._t0 = now_ns()
+
+    def site(self, site: int, *, delay_ns: int, collective: Callable[[], tuple[int, int]],
+             compute: Callable[[], None] | None = None, op: int = 0, nbytes: int = 0,
+             index: int = 0) -> None:
+        """One site: ``compute`` (if any), the injected delay, then ``collective``, which
+        returns the (requested, achieved) hop delays of its messages (0, 0 for a native
+        call). ``index``: the site's number in the run, for the progress board."""
+        self.open_site()
+        if compute is not None:
+            compute()
+        self.close_site(site, delay_ns=delay_ns, collective=collective, op=op,
+                        nbytes=nbytes, index=index, computed=compute is not None)
+
+    def open_site(self) -> None:
+        """The site starts (its compute follows): for workloads whose compute calls back
+        into the timer, such as a model's forward pass (:meth:`site` otherwise)."""
+        if self._event is None:
+            self._t_start = now_ns()
+            return
+        k = len(self._pending)
+        if k == len(self._pool):
+            self._pool.append(tuple(self._event() for _ in range(4)))  # type: ignore[misc]
+        self._pool[k][0].record()
+
+    def close_site(self, site: int, *, delay_ns: int,
+                   collective: Callable[[], tuple[int, int]], op: int = 0, nbytes: int = 0,
+                   index: int = 0, computed: bool = True) -> None:
+        """Compute done: the delay, then the collective, and the site's record.
+        ``computed=False``: nothing ran since :meth:`open_site`, the delay starts there."""
+        if self._event is None:
+            t_start = self._t_start
+            t_delay = now_ns() if computed else t_start
+            self.injector.inject(t_delay, delay_ns)
+            self.mark[0] = index
+            t_arrive = now_ns()
+            hops = collective()
+            self.backend.synchronize()
+            t_done = now_ns()
+            if self.record_sites:
+                self.records.add(step=self._step, site=site, op=op, nbytes=nbytes,
+                                 delay_req_ns=delay_ns, t_start_ns=t_start,
+                                 t_arrive_ns=t_arrive, t_done_ns=t_done,
+                                 delay_ns=t_arrive - t_delay, hop_delay_req_ns=hops[0],
+                                 hop_delay_ns=hops[1])
+            return
+        start, delayed, arrive, done = self._pool[len(self._pending)]
+        if computed:
+            delayed.record()
+        else:
+            delayed = start
+        self.injector.inject(now_ns(), delay_ns)  # a stream-side delay on CUDA
+        self.mark[0] = index
+        arrive.record()
+        hops = collective()
+        done.record()
+        self._pending.append(((site, op, nbytes, delay_ns, *hops),
+                              (start, delayed, arrive, done)))
+
+    def end_step(self) -> int:
+        """Close the step: synchronize, write its site records; the step's end on the
+        host clock (on CUDA: when the stream reached the end of the step)."""
+        if self._event is None:
+            self.backend.synchronize()
+            return now_ns()
+        self._end.record()
+        self.backend.synchronize()
+        to_host = self._to_host
+        for (site, op, nbytes, req, hop_req, hop_got), evs in self._pending:
+            t_start, t_delay, t_arrive, t_done = (to_host(e) for e in evs)
+            if self.record_sites:
+                self.records.add(step=self._step, site=site, op=op, nbytes=nbytes,
+                                 delay_req_ns=req, t_start_ns=t_start, t_arrive_ns=t_arrive,
+                                 t_done_ns=t_done, delay_ns=t_arrive - t_delay,
+                                 hop_delay_req_ns=hop_req, hop_delay_ns=hop_got)
+        self._pending.clear()
+        return to_host(self._end)
+
+    def step_row(self, t_end: int) -> None:
+        """The per-step row: the step's start and end on this rank."""
+        self.records.add(step=self._step, site=STEP_SITE, op=0, nbytes=0, delay_req_ns=0,
+                         t_start_ns=self._t0, t_arrive_ns=self._t0, t_done_ns=t_end)
+
+    def _to_host(self, event: Any) -> int:
+        return self._t0 + round(self._anchor.elapsed_time(event) * 1e6)

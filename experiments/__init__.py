@@ -1,1 +1,1 @@
-"""What a user drives: specs, sweeps, runner, reports and the CLI."""
+"""What a user drives: specs, sweeps, the sweep loop, reports and the CLI."""

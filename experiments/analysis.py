@@ -4,8 +4,10 @@ injected delay. Definitions are ARCHITECTURE.md's "Metric definitions".
 
 Input of one point: ``tables``, one dict of columns per rank (``collectives.timing.COLUMNS``,
 int64 ns on that rank's clock, warm-up steps already dropped; rows with ``site == -1`` are
-per-step rows, the others per-(step, site) rows), and ``offsets_ns``, each rank's clock
-offset to rank 0 (``t_rank0 = t_here + offset``; None where unknown).
+per-step rows, the others per-(step, site) rows), and ``offsets_ns``, each rank's clock:
+its rank file's metadata, from which ``collectives.clocks.aligned`` interpolates the
+offset to rank 0 at each record's time (``t_rank0 = t_here + offset(t)``), or one offset
+in ns, or None where unknown.
 
 Outputs follow the units rule: samples in seconds, reported values in microseconds
 (``*_us``), ratios without a unit. numpy and scipy only: no torch.
@@ -19,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from collectives.timing import COLUMNS
-from collectives.tp_decode import STEP_SITE
+from collectives.clocks import Clock, aligned
+from collectives.timing import COLUMNS, STEP_SITE
 from jitter_models import Schedule, expected_max
 from jitter_models.percentiles import nearest_rank, quantile_interval
 
@@ -122,17 +124,17 @@ def _site_grid(tables: Sequence[Table]) -> dict[str, np.ndarray]:
     return {k: np.stack([c[k] for c in per_rank]) for k in COLUMNS}
 
 
-def decompose(tables: Sequence[Table], offsets_ns: Sequence[int | None]) -> dict[str, Any]:
+def decompose(tables: Sequence[Table], offsets_ns: Sequence[Clock]) -> dict[str, Any]:
     """Mean time per step, µs, split into four parts that add up to the mean over (rank,
     step) of the sum over the step's sites of ``t_done - t_start``:
 
     - ``compute_us``: ``t_arrive - t_start - delay_ns`` (site work before the delay);
     - ``delay_us``: ``delay_ns``, the injected delay as achieved;
     - ``skew_wait_us``: time in the all-reduce waiting for the last rank to arrive: the
-      aligned (``t + offset``) max arrival over ranks at that (step, site) minus this
-      rank's aligned arrival, clipped to [0, t_done - t_arrive] (the cap keeps a clock
-      offset error from making the collective part negative); None when any offset is
-      unknown;
+      aligned (``timing.aligned``: t + the offset at t) max arrival over ranks at that
+      (step, site) minus this rank's aligned arrival, clipped to [0, t_done - t_arrive]
+      (the cap keeps a clock offset error from making the collective part negative);
+      None when any offset is unknown;
     - ``collective_us``: the rest of ``t_done - t_arrive`` (all of it when
       ``skew_wait_us`` is None).
 
@@ -147,11 +149,12 @@ def decompose(tables: Sequence[Table], offsets_ns: Sequence[int | None]) -> dict
         raise ValueError(f"offsets_ns: {len(offsets_ns)} offsets for {n_ranks} ranks")
     n_steps = int(np.unique(g["step"][0]).size)
     wait = g["t_done_ns"] - g["t_arrive_ns"]
-    if any(o is None for o in offsets_ns):
+    arrivals = [aligned(g["t_arrive_ns"][r], c) for r, c in enumerate(offsets_ns)]
+    if any(a is None for a in arrivals):
         skew = None
         collective = wait
     else:
-        arrive = g["t_arrive_ns"] + np.asarray(offsets_ns, dtype=np.int64)[:, None]
+        arrive = np.stack(arrivals)
         skew = np.clip(arrive.max(axis=0) - arrive, 0, np.maximum(wait, 0))
         collective = wait - skew
 
@@ -239,8 +242,11 @@ def useful_parallelism(rows: Sequence[Mapping[str, Any]], threshold: float = 0.5
 def predicted_site_max_us(schedule: Schedule, seed: int, world_size: int,
                           ranks_per_node: int = 8) -> float:
     """Order-statistics prediction of the expected max over ranks of the injected delay at
-    one site, µs: ``expected_max`` over ``schedule.site_groups(...)``."""
-    return expected_max(schedule.site_groups(seed, world_size, ranks_per_node)) * 1e6
+    one site, µs: ``expected_max`` over ``schedule.site_groups(...)``. A link-scoped
+    schedule injects nothing before the collective: 0 (its delays add up inside the
+    algorithm, which this order-statistics model does not see)."""
+    groups = schedule.site_groups(seed, world_size, ranks_per_node)
+    return expected_max(groups) * 1e6 if groups else 0.0
 
 
 def measured_site_max_us(tables: Sequence[Table]) -> dict[str, float]:

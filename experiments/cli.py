@@ -45,6 +45,17 @@ def _colls(text: str) -> tuple[str, ...]:
     return names
 
 
+def _algos(text: str) -> tuple[str, ...]:
+    from jitter_models.algorithms import ALGORITHMS
+
+    names = tuple(ALGORITHMS) if text == "all" else tuple(t.strip() for t in text.split(","))
+    bad = [n for n in names if n not in ALGORITHMS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown algorithm {bad[0] if bad else text!r} "
+                                         f"(known: {', '.join(ALGORITHMS)}, all)")
+    return names
+
+
 _MAX_RANKS_HELP = ("refuse more ranks than this on one host (default: 4 per usable core, "
                    "at most available memory / 333 MiB a rank; or "
                    "$JITTERLAB_MAX_RANKS_PER_HOST)")
@@ -95,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--coll", default="all_reduce", type=_colls, metavar="COLL[,COLL]",
                    help="all_reduce, all_gather, reduce_scatter, broadcast, all_to_all, "
                         "a comma-separated list, or all (default all_reduce)")
+    b.add_argument("--algo", default=("native",), type=_algos, metavar="ALGO[,ALGO]",
+                   help="native (the backend's own call), ring, recursive_doubling, tree, "
+                        "hierarchical, a comma-separated list, or all: each runs in the same "
+                        "run, with the collectives it implements (default native)")
+    b.add_argument("--ranks-per-node", type=int, default=8, metavar="K",
+                   help="group ranks into nodes of K (hierarchical, scope = node), even "
+                        "on one host (default 8)")
     b.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl", "mpi"])
     b.add_argument("--launcher", default="local", choices=["local", "torchrun", "mpirun", "srun"])
     b.add_argument("--nproc", type=int, default=1, help="number of ranks (default 1)")
@@ -259,7 +277,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from jitter_models import parse_schedule
     from launch.limits import check_ranks_per_host, host_limit
     from launch.plan import Plan
-    from launch.runner import launch_argv
+    from launch.supervise import launch_argv
 
     from .atomic import check_writable
     from .bench import default_out_dir, render_result, run_bench, write_outputs
@@ -280,7 +298,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             check_writable(path, flag)
     plan = Plan(workload="microbench", out_dir=args.out or default_out_dir(),
                 backend=args.backend, seed=args.seed, jitter=args.jitter, colls=args.coll,
-                sizes=tuple(sizes),
+                algorithms=args.algo, ranks_per_node=args.ranks_per_node, sizes=tuple(sizes),
                 dtype=args.dtype, redop=args.redop, iters=args.iters, warmup=args.warmup,
                 check=args.check, timeout_s=args.timeout)
     result = run_bench(plan, launcher=args.launcher, nproc=args.nproc)
@@ -337,9 +355,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import socket
     from pathlib import Path
 
-    from . import nodes
+    from launch.slurm import slurm_job
+
+    from . import node_protocol as protocol
+    from .agent import run_agent
+    from .coordinator import Coordinator
     from .report import write_report
-    from .runner import run_sweep
+    from .sweep_loop import run_sweep
 
     spec, doc = _load_spec_arg(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
@@ -351,19 +373,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.join_timeout) and 0 < args.join_timeout <= 86_400):
         raise ValueError(f"join-timeout: must be > 0 and at most 86400 s, got "
                          f"{args.join_timeout}")
-    job = nodes.slurm_job() if args.nnodes is None else None
+    job = slurm_job() if args.nnodes is None else None
     if args.nnodes is None and args.node_rank is not None:
         raise ValueError("node-rank: needs --nnodes")
     nnodes = args.nnodes or (len(job.hosts) if job else 1)
     if args.master:
-        host, port = nodes.parse_master(args.master)
+        host, port = protocol.parse_master(args.master)
     elif job is not None:
         host, port = job.hosts[0], job.port
     else:
-        host, port = socket.getfqdn(), nodes.DEFAULT_PORT
+        host, port = socket.getfqdn(), protocol.DEFAULT_PORT
     master = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if nnodes > 1:
-        nodes.check_layout(spec, nnodes)
+        protocol.check_layout(spec, nnodes)
     _limit_ranks_per_host(spec, nnodes, args.max_ranks_per_host,  # srun: SLURM places them
                           here=job is None and not args.print_commands
                           and spec.launcher != "srun")
@@ -371,28 +393,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec_arg = str(Path(args.spec).resolve()) if Path(args.spec).exists() else args.spec
         out_arg = str(out.resolve())
         if job is not None:
-            print(nodes.print_commands([nodes.srun_agents_argv(
+            print(protocol.print_commands([protocol.srun_agents_argv(
                 job, spec_arg, out_arg, master, join_timeout_s=args.join_timeout)],
-                                       f"# SLURM job {job.job_id}: one agent on each of "
-                                       f"{len(job.hosts)} nodes"))
+                f"# SLURM job {job.job_id}: one agent on each of {len(job.hosts)} nodes"))
         elif nnodes > 1:
-            argvs = [nodes.agent_argv(spec_arg, out_arg, nnodes=nnodes, node_rank=r,
-                                      master=master, join_timeout_s=args.join_timeout)
+            argvs = [protocol.agent_argv(spec_arg, out_arg, nnodes=nnodes, node_rank=r,
+                                         master=master, join_timeout_s=args.join_timeout)
                      for r in range(nnodes)]
-            print(nodes.print_commands(argvs, f"# {nnodes} nodes: run line r on node r "
-                                              "(node 0 first or last, any order)"))
+            print(protocol.print_commands(argvs, f"# {nnodes} nodes: run line r on node r "
+                                                 "(node 0 first or last, any order)"))
         else:
-            print(nodes.print_commands([["jitterlab", "run", spec_arg, "--out", out_arg]],
-                                       "# one node"))
+            print(protocol.print_commands([["jitterlab", "run", spec_arg, "--out", out_arg]],
+                                          "# one node"))
         return 0
     if job is not None:  # a SLURM allocation of several nodes: one agent per node
         import subprocess
 
         spec_arg = str(Path(args.spec).resolve()) if Path(args.spec).exists() else args.spec
         exe = Path(sys.executable).with_name("jitterlab")
-        argv = nodes.srun_agents_argv(job, spec_arg, str(out.resolve()), master,
-                                      jitterlab=str(exe) if exe.exists() else "jitterlab",
-                                      join_timeout_s=args.join_timeout)
+        argv = protocol.srun_agents_argv(job, spec_arg, str(out.resolve()), master,
+                                         jitterlab=str(exe) if exe.exists() else "jitterlab",
+                                         join_timeout_s=args.join_timeout)
         print(f"starting one agent per node: {' '.join(argv[:4])} ...", file=sys.stderr)
         from .node_store import agents_env
 
@@ -406,12 +427,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.master:
             raise ValueError(f"master: needed with --nnodes {nnodes} (node 0's HOST:PORT, as "
                              "every node reaches it)")
-        rank = nodes.node_rank_from(args.node_rank, nnodes)
-        setup = nodes.NodeSetup(nnodes=nnodes, node_rank=rank, master_host=host,
-                                master_port=port, join_timeout_s=args.join_timeout)
+        rank = protocol.node_rank_from(args.node_rank, nnodes)
+        setup = protocol.NodeSetup(nnodes=nnodes, node_rank=rank, master_host=host,
+                                   master_port=port, join_timeout_s=args.join_timeout)
         if rank > 0:
-            return nodes.run_agent(spec, out, setup)
-        coordinator = nodes.Coordinator(setup, spec)
+            return run_agent(spec, out, setup)
+        coordinator = Coordinator(setup, spec)
         outcome = run_sweep(spec, doc, out, coordinator=coordinator)
     else:
         outcome = run_sweep(spec, doc, out)
@@ -484,7 +505,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     points = expand(spec)
     where = ""
     if args.nnodes is not None:
-        from .nodes import check_layout, layout
+        from .node_protocol import check_layout, layout
 
         if args.nnodes < 1:
             raise ValueError(f"nnodes: must be >= 1, got {args.nnodes}")
@@ -503,12 +524,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         host_note = f"  note: not on this host: {escape(exc)}"
     from jitter_models.units import MAX_DELAY_S, format_duration
 
+    memory = _real_compute_memory(spec)  # raises when a rank's shard cannot fit
     print(f"{escape(args.spec)}: ok: {escape(spec.name)}, {spec.workload} "
           f"{escape(spec.model.name)} ({spec.compute} compute), world sizes "
           f"{list(spec.world_sizes)}, {len(spec.schedules)} schedules, {len(points)} "
           f"points{where}")
     if host_note:
         print(host_note)
+    if memory:
+        print(f"  {memory}")
     for s in spec.schedules:  # a clip that will bite (more than one draw in a billion)
         laws = [s.temporal.marginal(s.dist)] + ([s.stragglers.dist] if s.stragglers else [])
         p_clip = max(float(d.sf(MAX_DELAY_S)) for d in laws)
@@ -524,6 +548,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"  {p.id}  N={p.world_size:<5} batch={p.batch:<4} "
               f"{escape(p.schedule.name)}{nodes}")
     return 0
+
+
+def _real_compute_memory(spec) -> str | None:
+    """With real compute, what one rank holds at each world size (None otherwise); a
+    ValueError when at some world size a rank's shard cannot fit its GPU (``hardware``)."""
+    if spec.workload != "tp_decode" or spec.compute != "real":
+        return None
+    from collectives.tp_decode import hardware, memory_per_rank
+
+    line, error = memory_per_rank(spec.model, spec.world_sizes, batch=max(spec.batches),
+                                  steps=spec.steps, warmup=spec.warmup, dtype=spec.dtype,
+                                  hw=hardware(spec.hardware))
+    if error:
+        raise ValueError(error)
+    return line
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -580,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecursionError:  # input nested past what a recursive parser can follow
         print("jitterlab: error: input nested too deeply", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except RuntimeError as exc:  # a run that failed (launch.runner.RunFailed and kin)
+    except RuntimeError as exc:  # a run that failed (launch.supervise.RunFailed and kin)
         print(f"jitterlab: run failed: {_printable(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. --json into a folder that does not exist

@@ -2,8 +2,9 @@
 
 ``probe()`` looks at python, torch, CUDA, NCCL, gloo, mpi4py and its MPI library, and the
 launchers (torchrun, mpirun, srun, sbatch); ``run_checks()`` runs a tiny all_reduce on
-each backend that is there, through the same runner as ``jitterlab bench``. No probe
-raises: whatever fails becomes a missing Check with the reason.
+each backend that is there, started as ``jitterlab bench`` starts its ranks
+(``launch.supervise``). No probe raises: whatever fails becomes a missing Check with the
+reason.
 
 MPI is probed in a child interpreter: importing mpi4py.MPI initializes MPI in the calling
 process (for good), and a broken MPI install can abort or hang the importer.
@@ -248,7 +249,7 @@ def run_checks(out_root: str, *, checks: Sequence[Check] | None = None) -> list[
     in ``<out_root>/<backend>-<launcher>``; ``checks`` from :func:`probe` (probed when
     None)."""
     from launch.plan import Plan
-    from launch.runner import RunFailed
+    from launch.supervise import RunFailed
 
     from .bench import run_bench
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from launch.ownership import alive, boot_id, cmdline, describe, start_ticks
 from launch.progress import BOARD
-from launch.runner import stop_stale
+from launch.supervise import stop_stale
 
 from .atomic import FILE_MODE, make_dirs
 

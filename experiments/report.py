@@ -26,8 +26,10 @@ DEFINITIONS = [
     ("efficiency E(N)", "S(N)/N, from the mean and from the p99 step latency"),
     ("jitter tax", "T_schedule(N)/T_none(N)"),
     ("useful parallelism", "the largest N with E_mean(N) >= 0.5; N_opt = argmin p99"),
-    ("site max", "mean over collectives of the max over ranks of the injected delay; "
-                 "predicted from the order statistics of the schedule"),
+    ("site max", "mean over collectives of the max over ranks of the injected delay, "
+                 "µs: requested (what the schedule asked, delay_req_ns) and achieved (what "
+                 "the injector did, delay_ns); predicted: E[max] from the order statistics "
+                 "of the schedule"),
 ]
 
 
@@ -74,22 +76,9 @@ def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
     summaries, skipped = load_summaries(
         root, {pid: p.identity() for pid, p in expected.items()}, skip_bad=skip_bad)
     for s in summaries:
-        lat = s["step_latency"]
         pred = predicted_site_max_us(schedules[s["schedule"]], spec.seed, s["world_size"],
                                      spec.ranks_per_node)
-        points.append({"point": s["point"], "schedule": s["schedule"],
-                       "world_size": s["world_size"],
-                       "batch": s["batch"], "n_steps": lat["n"],
-                       "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
-                       "p99_ci_us": lat["p99_ci_us"], "mean_us": lat["mean_us"],
-                       "mean_se_us": lat.get("mean_se_us"),
-                       "mean_s": lat["mean_us"] / 1e6, "p99_s": lat["p99_us"] / 1e6,
-                       **{f"{k}": v for k, v in s["decomposition_us"].items()
-                          if k.endswith("_us")},
-                       "site_max_requested_us": s["site_max_us"]["requested_us"],
-                       "site_max_predicted_us": pred,
-                       # draws above the maximum delay, clipped to it (summed over ranks)
-                       "delays_clipped": int(s.get("delays_clipped") or 0)})
+        points.append(point_row(s, pred))
     rows, useful, models = [], {}, {}
     for batch in spec.batches:
         mine = [p for p in points if p["batch"] == batch]
@@ -119,6 +108,24 @@ def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
             "largest": _largest(root, points, len(spec.batches) > 1), "models": models,
             "failed": failed, "skipped": skipped,
             "expected_points": len(expected)}
+
+
+def point_row(s: dict[str, Any], predicted_site_max_us: float | None) -> dict[str, Any]:
+    """One point's row of points.csv and the report's tables, from its summary."""
+    lat = s["step_latency"]
+    return {"point": s["point"], "schedule": s["schedule"], "world_size": s["world_size"],
+            "batch": s["batch"], "n_steps": lat["n"],
+            "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
+            "p99_ci_us": lat["p99_ci_us"], "mean_us": lat["mean_us"],
+            "mean_se_us": lat.get("mean_se_us"),
+            "mean_s": lat["mean_us"] / 1e6, "p99_s": lat["p99_us"] / 1e6,
+            **{f"{k}": v for k, v in s["decomposition_us"].items() if k.endswith("_us")},
+            "site_max_requested_us": s["site_max_us"]["requested_us"],
+            # None in summaries written before it was kept: n/a in the report
+            "site_max_achieved_us": s["site_max_us"].get("achieved_us"),
+            "site_max_predicted_us": predicted_site_max_us,
+            # draws above the maximum delay, clipped to it (summed over ranks)
+            "delays_clipped": int(s.get("delays_clipped") or 0)}
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -301,16 +308,40 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
     out["model_efficiency_to_4096.png"] = save(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    pts = [p for p in data["points"] if p["site_max_predicted_us"] is not None]
-    ax.scatter([p["site_max_predicted_us"] for p in pts],
-               [p["site_max_requested_us"] for p in pts])
-    lim = max([1.0] + [p["site_max_predicted_us"] for p in pts]
-              + [p["site_max_requested_us"] for p in pts])
+    xs, ys = site_max_pairs(data["points"])
+    ax.scatter(xs, ys)
+    lim = max([1.0, *xs, *ys])
     ax.plot([0, lim], [0, lim], color="grey", lw=0.8)
-    ax.set_xlabel("predicted E[max over ranks] of a site's delay (µs)")
-    ax.set_ylabel("measured mean max over ranks (µs)")
-    out["predicted_vs_measured.png"] = save(fig)
+    ax.set_xlabel("predicted E[max over ranks] of a site's injected delay (µs), "
+                  "order statistics")
+    ax.set_ylabel("achieved: mean over sites of max over ranks of delay_ns (µs)")
+    ax.set_title("injected delay at a site: achieved vs predicted", fontsize=9)
+    out[SITE_MAX_PLOT] = save(fig)
     return out
+
+
+SITE_MAX_PLOT = "predicted_vs_measured.png"
+
+
+def site_max_pairs(points: list[dict]) -> tuple[list[float], list[float]]:
+    """(predicted, achieved) site max, µs, of the points that have both: the achieved
+    delay (``delay_ns``, what the injector did), not the requested one, which is the
+    schedule's own draw and agrees with its prediction by construction."""
+    pts = [p for p in points if p["site_max_predicted_us"] is not None
+           and p.get("site_max_achieved_us") is not None]
+    return ([p["site_max_predicted_us"] for p in pts],
+            [p["site_max_achieved_us"] for p in pts])
+
+
+def _site_max_caption(points: list[dict]) -> str:
+    missing = sum(p.get("site_max_achieved_us") is None for p in points)
+    return ("Achieved vs predicted injected delay per site: x, the order-statistics "
+            "prediction E[max over ranks] of the schedule's delay at one site (µs); y, the "
+            "measured mean over (step, site) of the max over ranks of the achieved delay "
+            "delay_ns (µs); one dot per point, the grey line is y = x. Above it the "
+            "injector delays more than asked (its lateness)."
+            + (f" {missing} point(s) without an achieved value (an older summary) are "
+               "n/a here." if missing else ""))
 
 
 def _slug(name: str) -> str:
@@ -393,7 +424,8 @@ def _markdown(data: dict, plots: dict[str, bytes]) -> str:
                                      "p99_us",
                                      "p99_ci_us", "compute_us", "delay_us", "skew_wait_us",
                                      "collective_us", "site_max_requested_us",
-                                     "site_max_predicted_us", "delays_clipped"])
+                                     "site_max_achieved_us", "site_max_predicted_us",
+                                     "delays_clipped"])
     clipped = sum(p.get("delays_clipped", 0) for p in data["points"])
     if clipped:
         lines += ["", f"**{clipped} injected delays were clipped** to "
@@ -450,7 +482,11 @@ def _markdown(data: dict, plots: dict[str, bytes]) -> str:
                                    ": with the collective held at one measured world size, "
                                    "how it grows with N is unknown and not in the band; "
                                    "measure more world sizes to fit it.")]
-    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in plots]
+    lines += ["", "## Plots", ""]
+    for n in plots:
+        lines.append(f"![{n}]({n})")
+        if n == SITE_MAX_PLOT:
+            lines += ["", _site_max_caption(data["points"]), ""]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
     return "\n".join(lines) + "\n"
 
@@ -462,6 +498,8 @@ def _html(data: dict, plots: dict[str, bytes]) -> str:
     body = "<pre>" + html.escape(md) + "</pre>"
     imgs = "".join(f'<h3>{html.escape(n)}</h3><img alt="{html.escape(n)}" '
                    f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                   + (f"<p>{html.escape(_site_max_caption(data['points']))}</p>"
+                      if n == SITE_MAX_PLOT else "")
                    for n, png in plots.items())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>jitterlab report"
             f"</title></head><body>{body}{imgs}</body></html>\n")

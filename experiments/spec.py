@@ -41,7 +41,7 @@ from .maxtable import load_toml_file
 
 KEYS = ("name", "workload", "model", "batch", "compute", "hardware", "dtype", "world_sizes",
         "backend", "launcher", "steps", "warmup", "seed", "timeout_s", "ranks_per_node",
-        "jitter")
+        "algorithm", "jitter")
 MAX_STEPS = 100_000
 MAX_WORLD = 4096
 CHOICES = {"workload": ("tp_decode", "microbench"), "compute": ("real", "emulated", "none"),
@@ -84,7 +84,10 @@ class Spec:
     timeout_s: float
     """Seconds without progress before a point fails."""
     ranks_per_node: int
-    """Ranks per node, for node-scoped jitter and the model's predictions."""
+    """Ranks per node, for node-scoped jitter, hierarchical algorithms and the model."""
+    algorithm: str = "native"
+    """How the all-reduces run: native (the backend's own call) or an explicit algorithm
+    of jitter_models.algorithms (ring, recursive_doubling, tree, hierarchical)."""
     schedules: tuple[Schedule, ...]
     """The [[jitter]] tables, in order."""
 
@@ -162,7 +165,8 @@ def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
                              f"{str(exc) or 'nested too deeply'}"[:300]) from None
         schedules.append(schedule)
     check_unique_names(schedules)
-    return Spec(name=name, workload=workload, model=model,
+    algorithm = _algorithm(doc, schedules)
+    return Spec(algorithm=algorithm, name=name, workload=workload, model=model,
                 batches=_ints(doc, "batch", 1, 1, 4096),
                 compute=_choice(doc, "compute", "emulated"),
                 hardware=_choice(doc, "hardware", "h100"),
@@ -176,6 +180,24 @@ def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
                 ranks_per_node=_int("ranks_per_node", doc.get("ranks_per_node", 8), 1,
                                     MAX_WORLD),
                 schedules=tuple(schedules))
+
+
+def _algorithm(doc: dict, schedules: list[Schedule]) -> str:
+    """The spec's algorithm; link-scoped jitter needs an explicit one (it delays the
+    algorithm's messages: a native call has none to delay)."""
+    from jitter_models.algorithms import check_algorithm
+
+    value = doc.get("algorithm", "native")
+    if not isinstance(value, str):
+        raise ValueError(f"algorithm: expected a name, got {value!r}")
+    check_algorithm(value, "all_reduce")
+    for i, s in enumerate(schedules):
+        if s.scope == "link" and value == "native":
+            raise ValueError(f"jitter[{i}].scope: 'link' delays an explicit algorithm's "
+                             "messages, but algorithm = 'native' (the backend's own call) "
+                             "has none; set algorithm = 'ring', 'recursive_doubling', "
+                             "'tree' or 'hierarchical'")
+    return value
 
 
 def _field(exc: ValueError) -> str:

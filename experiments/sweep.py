@@ -7,11 +7,13 @@ import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from jitter_models import Schedule, input_files
 from jitter_models.composite import MAX_SAMPLE_FILE_BYTES
 from jitter_models.files import read_input_file
+from launch.plan import Plan
 
 from .spec import Spec
 
@@ -36,7 +38,9 @@ class Point:
         as the spec's name or timeout)."""
         s = self.spec
         inputs = self.inputs
+        # (the algorithm only when explicit, so points of earlier sweeps keep their ids)
         return {**({"inputs": inputs} if inputs else {}),
+                **({"algorithm": s.algorithm} if s.algorithm != "native" else {}),
                 "workload": s.workload, "model": asdict(s.model), "batch": self.batch,
                 "compute": s.compute, "hardware": s.hardware, "dtype": s.dtype,
                 "backend": s.backend, "steps": s.steps, "warmup": s.warmup, "seed": s.seed,
@@ -67,6 +71,15 @@ class Point:
     def id(self) -> str:  # cached: it reads the input files
         text = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+
+    def plan(self, out_dir: Path) -> Plan:
+        """What every rank of this point runs, writing its records into ``out_dir``."""
+        s = self.spec
+        return Plan(workload="tp_decode", out_dir=str(out_dir), backend=s.backend, seed=s.seed,
+                    jitter=str(self.schedule) if self.schedule else None, dtype=s.dtype,
+                    model=asdict(s.model), batch=self.batch, steps=s.steps, warmup=s.warmup,
+                    compute=s.compute, hardware=s.hardware, timeout_s=s.timeout_s,
+                    ranks_per_node=s.ranks_per_node, algorithms=(s.algorithm,))
 
 
 def _input_digests(schedule: Schedule) -> dict[str, str]:

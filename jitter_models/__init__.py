@@ -18,6 +18,7 @@ from .distributions import (
     to_table,
 )
 from .files import input_files
+from .layout import node_of
 from .normal import Normal
 from .order_stats import expected_max, max_quantile, prob_max_exceeds, sample_max
 from .schedules import (
@@ -35,7 +36,8 @@ __all__ = [
     "AR1", "FAMILIES", "IID", "Bursty", "Clip", "Constant", "Distribution", "Empirical",
     "Exponential", "Gamma", "Lognormal", "Mixture", "Normal", "Pareto", "Schedule", "Shifted",
     "Stragglers", "Temporal", "Uniform", "Weibull", "check_unique_names", "expected_max",
-    "format_duration", "format_us", "input_files", "max_quantile", "parse", "parse_duration",
+    "format_duration", "format_us", "input_files", "max_quantile", "node_of", "parse",
+    "parse_duration",
     "parse_schedule", "parse_temporal", "prob_max_exceeds", "sample_max",
     "schedule_from_table", "schedules_from_toml", "to_table",
 ]

@@ -24,16 +24,16 @@ from .syntax import check_printable
 from .temporal import IID, Temporal, parse_temporal
 from .units import MAX_DELAY_NS, MAX_DELAY_S
 
-Scope = Literal["rank", "node", "global"]
-SCOPES: tuple[str, ...] = ("rank", "node", "global")
+Scope = Literal["rank", "node", "global", "link"]
+SCOPES: tuple[str, ...] = ("rank", "node", "global", "link")
 
 # Stream tags mixed into the SeedSequence entropy, so the streams never overlap.
-_BASE, _STRAGGLER, _SELECT = 0, 1, 2
+_BASE, _STRAGGLER, _SELECT, _LINK, _LINK_STRAGGLER = 0, 1, 2, 3, 4
 
 @dataclass(frozen=True, kw_only=True)
 class Stragglers:
-    """Chosen ranks whose delays come from another distribution (with the schedule's
-    temporal structure, from their own per-rank stream)."""
+    """Chosen ranks (or, for ``scope = "link"``, links) whose delays come from another
+    distribution (with the schedule's temporal structure, from their own stream)."""
 
     dist: Distribution
     """The stragglers' delay distribution."""
@@ -41,10 +41,15 @@ class Stragglers:
     """Explicit straggler ranks; ranks >= world size are simply absent at that size."""
     count: int | None = None
     """Or: this many ranks (at most the world size), a seeded choice per world size."""
+    links: tuple[tuple[int, int], ...] | None = None
+    """Or (link scope): slow links as (sender, receiver) pairs, e.g. ((0, 1),)."""
 
     def __post_init__(self) -> None:
-        if (self.ranks is None) == (self.count is None):
-            raise ValueError("stragglers: give exactly one of 'ranks' and 'count'")
+        given = [k for k in ("ranks", "count", "links") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("stragglers: give exactly one of 'ranks', 'count' and 'links'")
+        if self.links is not None:
+            object.__setattr__(self, "links", _links(self.links))
         if self.ranks is not None:
             ranks = tuple(self.ranks) if not isinstance(self.ranks, (str, bytes)) else None
             if ranks is None or not ranks or any(
@@ -60,12 +65,30 @@ class Stragglers:
             raise ValueError(f"stragglers: dist: not a distribution: {self.dist!r}")
 
     def chosen(self, seed: int, world_size: int) -> frozenset[int]:
-        """The straggler ranks at this world size."""
+        """The straggler ranks at this world size (none for straggler links)."""
+        if self.links is not None:
+            return frozenset()
         if self.ranks is not None:
             return frozenset(r for r in self.ranks if r < world_size)
         rng = np.random.default_rng(np.random.SeedSequence([seed, _SELECT, world_size]))
         k = min(int(self.count), world_size)
         return frozenset(int(r) for r in rng.choice(world_size, size=k, replace=False))
+
+
+def _links(value: Any) -> tuple[tuple[int, int], ...]:
+    """Validated (sender, receiver) pairs, sorted, without repeats."""
+    bad = ValueError(f"stragglers: links: expected a non-empty list of [sender, receiver] "
+                     f"rank pairs of two different ranks, got {value!r}")
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise bad
+    out = set()
+    for pair in value:
+        if (isinstance(pair, (str, bytes)) or not isinstance(pair, (list, tuple))
+                or len(pair) != 2 or any(isinstance(r, bool) or not isinstance(
+                    r, (int, np.integer)) or r < 0 for r in pair) or pair[0] == pair[1]):
+            raise bad
+        out.add((int(pair[0]), int(pair[1])))
+    return tuple(sorted(out))
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -83,7 +106,8 @@ class Schedule:
     name: str = ""
     """Label in reports; defaults to the schedule's one-line text."""
     scope: Scope = "rank"
-    """rank: each rank draws its own; node: ranks of a node share; global: all share."""
+    """rank: each rank draws its own; node: ranks of a node share; global: all share;
+    link: each message of an explicit algorithm, on its sender (per-hop network jitter)."""
     temporal: Temporal = field(default_factory=IID)
     """Structure in time over the (step, site) sequence."""
     stragglers: Stragglers | None = None
@@ -102,6 +126,11 @@ class Schedule:
             raise ValueError(f"jitter: name: must be text without ';', newlines or "
                              f"surrounding spaces, got {self.name!r}")
         check_printable("jitter: name", self.name)
+        if self.stragglers is not None and (self.stragglers.links is not None) != (
+                self.scope == "link"):
+            raise ValueError("jitter: stragglers: links go with scope = 'link', and "
+                             "scope = 'link' takes links, not ranks or count, got scope="
+                             f"{self.scope!r}")
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
 
@@ -117,6 +146,8 @@ class Schedule:
         node = _check_int("node", node, 0)
         n_steps, n_sites = _check_int("n_steps", n_steps, 0), _check_int("n_sites", n_sites, 0)
         length = n_steps * n_sites
+        if self.scope == "link":  # its delays are the messages' (link_delays), not the rank's
+            return np.zeros((n_steps, n_sites), dtype=np.float64)
         if self.stragglers is not None and rank in self.stragglers.chosen(seed, world_size):
             entropy, dist = [seed, _STRAGGLER, 0, rank], self.stragglers.dist
         else:
@@ -132,12 +163,30 @@ class Schedule:
         clipped to ``MAX_DELAY_NS`` (one hour), and the number of draws clipped. An
         unbounded law (pareto, lognormal, ...) can draw more than any clock can wait; as
         an int64, 2**63 ns or more would wrap to a negative delay and inject nothing."""
-        s = self.delays(seed, rank, node, world_size, n_steps, n_sites)
-        if np.isnan(s).any():
-            raise ValueError(f"jitter {self.name!r}: drew a NaN delay")
-        over = s > MAX_DELAY_S
-        ns = np.rint(np.where(over, MAX_DELAY_S, s) * 1e9).astype(np.int64)
-        return np.minimum(ns, MAX_DELAY_NS), int(np.count_nonzero(over))
+        return _to_ns(self.delays(seed, rank, node, world_size, n_steps, n_sites), self.name)
+
+    def link_delays(self, seed: int, src: int, dst: int, n_messages: int) -> np.ndarray:
+        """float64 seconds: the departure delays of the first ``n_messages`` messages that
+        ``src`` sends to ``dst`` (scope = "link"). The stream is keyed by the seed and the
+        (sender, receiver) pair only, so a link's draws are the same at every world size;
+        the temporal structure runs along the link's sequence of messages."""
+        if self.scope != "link":
+            raise ValueError(f"jitter {self.name!r}: link delays need scope = 'link', "
+                             f"got scope={self.scope!r}")
+        seed = _check_int("seed", seed, 0)
+        src, dst = _check_int("src", src, 0), _check_int("dst", dst, 0)
+        n_messages = _check_int("n_messages", n_messages, 0)
+        if self.stragglers is not None and (src, dst) in self.stragglers.links:
+            entropy, dist = [seed, _LINK_STRAGGLER, src, dst], self.stragglers.dist
+        else:
+            entropy, dist = [seed, _LINK, src, dst], self.dist
+        rng = np.random.default_rng(np.random.SeedSequence(entropy))
+        return np.asarray(self.temporal.draw(dist, rng, n_messages), dtype=np.float64)
+
+    def link_delays_ns(self, seed: int, src: int, dst: int, n_messages: int
+                       ) -> tuple[np.ndarray, int]:
+        """:meth:`link_delays` as int64 ns, clipped as :meth:`delays_ns` clips."""
+        return _to_ns(self.link_delays(seed, src, dst, n_messages), self.name)
 
     def rank_dist(self, seed: int, rank: int, world_size: int) -> Distribution:
         """The marginal law of one delay of ``rank`` at this world size."""
@@ -149,16 +198,23 @@ class Schedule:
                     ranks_per_node: int = 8) -> list[tuple[Distribution, int]]:
         """Independent streams at one site, as (marginal, count) groups: what the max over
         ranks of one collective's delays is a max of. Ranks are placed on nodes in blocks
-        of ``ranks_per_node``; a straggler always has its own stream."""
+        of ``ranks_per_node`` (``layout.node_of``, as the worker keys the draws); a
+        straggler always has its own stream. A link-scoped schedule has none: its delays
+        act on the messages inside an explicit algorithm, not before the collective."""
+        from .layout import node_of
+
         world_size = _check_int("world_size", world_size, 1)
         ranks_per_node = _check_int("ranks_per_node", ranks_per_node, 1)
         chosen = (self.stragglers.chosen(seed, world_size)
                   if self.stragglers is not None else frozenset())
+        if self.scope == "link":
+            return []
         if self.scope == "rank":
             n_streams = world_size - len(chosen)
         elif self.scope == "node":
-            n_streams = (len({r // ranks_per_node for r in range(world_size) if r not in chosen})
-                         if chosen else -(-world_size // ranks_per_node))
+            n_streams = (len({node_of(r, ranks_per_node) for r in range(world_size)
+                              if r not in chosen}) if chosen
+                         else node_of(world_size - 1, ranks_per_node) + 1)  # blocks: O(1)
         else:
             n_streams = 1 if len(chosen) < world_size else 0
         groups = []
@@ -188,6 +244,8 @@ class Schedule:
             s = self.stragglers
             if s.ranks is not None:
                 parts.append("stragglers.ranks=" + ",".join(map(str, s.ranks)))
+            elif s.links is not None:
+                parts.append("stragglers.links=" + ",".join(f"{a}-{b}" for a, b in s.links))
             else:
                 parts.append(f"stragglers.count={s.count}")
             parts.append(f"stragglers.dist={s.dist}")
@@ -201,7 +259,9 @@ class Schedule:
             del out["name"]  # implied; it holds the ';' an explicit name may not
         if self.stragglers is not None:
             s = self.stragglers
-            key = {"ranks": list(s.ranks)} if s.ranks is not None else {"count": s.count}
+            key = ({"ranks": list(s.ranks)} if s.ranks is not None
+                   else {"links": [list(p) for p in s.links]} if s.links is not None
+                   else {"count": s.count})
             out["stragglers"] = {**key, "dist": str(s.dist)}
         return out
 
@@ -225,17 +285,17 @@ def schedule_from_table(table: Mapping[str, Any]) -> Schedule:
     if stragglers is not None:
         if not isinstance(stragglers, Mapping):
             raise ValueError(f"jitter: stragglers: expected a table, got {stragglers!r}")
-        extra = set(stragglers) - {"ranks", "count", "dist"}
+        extra = set(stragglers) - {"ranks", "count", "links", "dist"}
         if extra:
             raise ValueError(f"jitter: stragglers: unknown key {sorted(extra)[0]!r} "
-                             "(keys: ranks, count, dist)")
+                             "(keys: ranks, count, links, dist)")
         if "dist" not in stragglers:
             raise ValueError("jitter: stragglers: missing key 'dist'")
         ranks = stragglers.get("ranks")
         if ranks is not None and not isinstance(ranks, (list, tuple)):
             raise ValueError(f"stragglers: ranks: expected a list of ranks, got {ranks!r}")
         stragglers = Stragglers(dist=_at("stragglers.dist", parse, stragglers["dist"]),
-                                count=stragglers.get("count"),
+                                count=stragglers.get("count"), links=stragglers.get("links"),
                                 ranks=tuple(ranks) if ranks is not None else None)
     return Schedule(dist=_at("dist", parse, table["dist"]), name=table.get("name", ""),
                     scope=table.get("scope", "rank"),
@@ -275,7 +335,7 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
 
 
 _LINE_KEYS = ("dist", "name", "scope", "temporal", "stragglers.ranks", "stragglers.count",
-              "stragglers.dist")
+              "stragglers.links", "stragglers.dist")
 
 
 def parse_schedule(spec: str | Mapping[str, Any] | Schedule) -> Schedule:
@@ -315,6 +375,12 @@ def parse_schedule(spec: str | Mapping[str, Any] | Schedule) -> Schedule:
 
 
 def _line_int(spec: str, key: str, value: str) -> Any:
+    if key.endswith("links"):  # "0-1,2-3"
+        try:
+            return [[int(r) for r in pair.split("-")] for pair in value.split(",")]
+        except ValueError:
+            raise ValueError(f"jitter {spec!r}: {key}: expected SENDER-RECEIVER pairs "
+                             f"such as 0-1,2-3, got {value!r}") from None
     try:
         ints = [int(v) for v in value.split(",")]
     except ValueError:
@@ -338,6 +404,18 @@ def check_unique_names(schedules: list[Schedule]) -> list[Schedule]:
             raise ValueError(f"jitter: name: {s.name!r} is used twice")
         seen.add(s.name)
     return schedules
+
+
+def _to_ns(s: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    """Seconds to int64 ns for an injector: each draw clipped to ``MAX_DELAY_NS`` (one
+    hour), and the number clipped. An unbounded law (pareto, lognormal, ...) can draw more
+    than any clock can wait; as an int64, 2**63 ns or more would wrap to a negative delay
+    and inject nothing."""
+    if np.isnan(s).any():
+        raise ValueError(f"jitter {name!r}: drew a NaN delay")
+    over = s > MAX_DELAY_S
+    ns = np.rint(np.where(over, MAX_DELAY_S, s) * 1e9).astype(np.int64)
+    return np.minimum(ns, MAX_DELAY_NS), int(np.count_nonzero(over))
 
 
 __all__ = ["SCOPES", "Schedule", "Stragglers", "check_unique_names", "parse_schedule",

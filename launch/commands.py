@@ -219,7 +219,9 @@ def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "op
     if openmpi and as_root:
         cmd.append("--allow-run-as-root")
     if openmpi and oversubscribe:
-        cmd.append("--oversubscribe")
+        # More ranks than cores: a rank that busy-polls in a wait takes the core from a
+        # rank that has work (or a delay to time), so waiting ranks yield instead.
+        cmd += ["--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
     if shared_memory:
         cmd += OPENMPI_SHARED_MEMORY
     if hostfile is not None:

@@ -303,7 +303,12 @@ def die_with_torchrun(env: Mapping[str, str] | None = None) -> None:
     imports): if torchrun died before the request took effect, the parent is already init
     or a subreaper (no torchrun), and the worker ends at once."""
     env = os.environ if env is None else env
-    if "TORCHELASTIC_RUN_ID" not in env or not sys.platform.startswith("linux"):
+    torchrun = "TORCHELASTIC_RUN_ID" in env
+    # Open MPI's launcher (prterun or its daemon) is the rank's parent too: a rank whose
+    # mpirun was killed (SIGKILL leaves it no time to stop its ranks) would otherwise run
+    # on, orphaned, until its work is done.
+    openmpi = "OMPI_COMM_WORLD_RANK" in env
+    if not (torchrun or openmpi) or not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal
@@ -312,7 +317,7 @@ def die_with_torchrun(env: Mapping[str, str] | None = None) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         return
-    if not _parent_is_torchrun():
+    if not _parent_is_torchrun() if torchrun else os.getppid() == 1:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -35,6 +35,10 @@ class Plan:
     kernel on the stream), auto (cuda for GPU buffers, else host)."""
     colls: tuple[str, ...] = ("all_reduce",)
     """The collectives to time, each over every size (microbench)."""
+    algorithms: tuple[str, ...] = ("native",)
+    """How each collective runs: native (the backend's own call) or an explicit algorithm
+    over point-to-point messages (jitter_models.algorithms); each with the collectives it
+    implements."""
     sizes: tuple[int, ...] = (1024,)
     """Operation sizes S in bytes, nccl-tests semantics (microbench)."""
     dtype: str = "float32"
@@ -67,6 +71,9 @@ class Plan:
     gather_records: Literal["auto", "always"] = "auto"
     """auto: each rank writes its own file when every rank sees the run folder (checked
     at start), else rank 0 gathers and writes them all; always: gather (for tests)."""
+    ranks_per_node: int = 8
+    """Ranks per node: node-scoped jitter is shared by blocks of this many consecutive
+    ranks (``jitter_models.node_of``), as the model and a multi-node placement assume."""
     clock_pingpong: bool = False
     """Estimate clock offsets by ping-pong even between ranks on one host (a self-check:
     the true offset there is 0). Ranks on other hosts are always measured."""
@@ -83,7 +90,7 @@ class Plan:
             raise ValueError(f"injector: must be auto, host, cuda or none, got "
                              f"{self.injector!r}")
         for name, low in (("seed", 0), ("root", 0), ("iters", 1), ("warmup", 0),
-                          ("batch", 1), ("steps", 1)):
+                          ("batch", 1), ("steps", 1), ("ranks_per_node", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")
@@ -91,6 +98,8 @@ class Plan:
         object.__setattr__(self, "colls", tuple(self.colls))
         if not self.colls:
             raise ValueError("colls: needs at least one collective")
+        object.__setattr__(self, "algorithms", tuple(self.algorithms))
+        _check_algorithms(self.algorithms, self.colls, self.jitter)
         if not self.sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
                                  for s in self.sizes):
             raise ValueError(f"sizes: must be positive integers, got {self.sizes!r}")
@@ -120,7 +129,7 @@ class Plan:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"plan: unknown field {unknown[0]!r}")
-        for key in ("sizes", "colls"):
+        for key in ("sizes", "colls", "algorithms"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -138,3 +147,23 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_algorithms(algorithms: tuple[str, ...], colls: tuple[str, ...],
+                      jitter: str | None) -> None:
+    """Each algorithm known and implementing one of the collectives; a link-scoped
+    schedule only with explicit algorithms (a native call has no hop to delay)."""
+    from jitter_models.algorithms import ALGORITHMS, check_algorithm
+
+    if not algorithms:
+        raise ValueError("algorithms: needs at least one algorithm")
+    for a in algorithms:
+        if a not in ALGORITHMS or not any(c in ALGORITHMS[a] for c in colls):
+            check_algorithm(a, colls[0])
+    if jitter is not None and "native" in algorithms:
+        from jitter_models import parse_schedule
+
+        if parse_schedule(jitter).scope == "link":
+            raise ValueError("algorithm: 'native' cannot take jitter with scope = 'link' "
+                             "(a native call has no hop to delay); choose an explicit "
+                             "algorithm (ring, recursive_doubling, tree, hierarchical)")

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from collectives import microbench
+from collectives.clocks import clock_metadata, measure_offsets
 from collectives.files import make_dirs, set_file_mode
-from collectives.inject import make_injector
-from collectives.timing import combine, measure_offsets, write_rank_file
-from jitter_models import parse_schedule
+from collectives.inject import HostInjector, make_injector
+from collectives.timing import write_rank_file
+from jitter_models import node_of, parse_schedule
 
 from .bootstrap import bootstrap, shutdown
 from .context import RunContext, die_with_torchrun
@@ -70,18 +71,30 @@ def _run(plan: Plan, ctx: RunContext) -> int:
         name = plan.injector if schedule is not None else "none"
         if name == "auto":
             name = "cuda" if backend.device.startswith("cuda") else "host"
-        injector = make_injector(name, backend.device)
         hostnames = backend.all_gather_object(ctx.hostname)
+        # More ranks on this host than cores: a spinning rank would take the core of one
+        # with work, so host delays only sleep (the OS overshoot, ~70 us, is recorded as
+        # achieved delay) and mpirun makes waiting ranks yield (launch.commands).
+        # (the host's CPUs, not this rank's affinity: mpirun binds each rank to one core)
+        sleep_only = name == "host" and hostnames.count(ctx.hostname) > (os.cpu_count() or 1)
+        injector = HostInjector(sleep_margin_ns=0) if sleep_only \
+            else make_injector(name, backend.device)
         before = measure_offsets(backend, hostnames, force=plan.clock_pingpong)
         if mark is not None:
             mark[0] = READY
         wrong: list[int] = []
+        # Node-scoped draws are keyed by the rank's block of ranks_per_node, the model's
+        # node, not the launcher's (0 for every rank on one host). A multi-node point
+        # fills ceil(N / ranks_per_node) nodes in these same blocks, so there the two agree.
+        node = node_of(ctx.rank, plan.ranks_per_node)
         if plan.workload == "microbench":
             records, wrong = microbench.run(
                 backend, colls=plan.colls, sizes=plan.sizes, dtype=plan.dtype,
                 redop=plan.redop, root=plan.root, iters=plan.iters, warmup=plan.warmup,
                 check=plan.check, seed=plan.seed, schedule=schedule, injector=injector,
-                node=ctx.node, progress=mark, fault=fault)
+                algorithms=plan.algorithms,
+                ranks_per_node=plan.ranks_per_node,
+                node=node, progress=mark, fault=fault)
         else:
             from collectives import tp_decode
             from collectives.models import model_config
@@ -90,25 +103,28 @@ def _run(plan: Plan, ctx: RunContext) -> int:
                 backend, cfg=model_config(plan.model), batch=plan.batch, steps=plan.steps,
                 warmup=plan.warmup, compute=plan.compute,
                 hw=tp_decode.hardware(plan.hardware), dtype=plan.dtype, seed=plan.seed,
-                schedule=schedule, injector=injector, node=ctx.node, progress=mark)
+                schedule=schedule, injector=injector, node=node, progress=mark,
+                algorithm=plan.algorithms[0], ranks_per_node=plan.ranks_per_node)
             if plan.save_logits and ctx.rank == 0 and logits is not None:
                 np.save(Path(plan.out_dir) / "logits.npy", logits)
         after = measure_offsets(backend, hostnames, force=plan.clock_pingpong)
-        offset = combine(before, after)
         metadata = {
             "plan": plan.as_dict(), "rank": ctx.rank, "world_size": ctx.world_size,
             "node": ctx.node, "local_rank": ctx.local_rank, "hostname": ctx.hostname,
             "launcher": ctx.launcher, "backend": getattr(backend, "backend_name", backend.name),
-            "device": backend.device, "injector": name,
-            # The backend's own all-reduce (NCCL, gloo or MPI picks ring, tree, ...): the
-            # explicit ring and tree with per-hop jitter are a later addition.
-            "algorithm": "native",
+            "device": backend.device, "injector": name + (" (sleep only: more ranks "
+                                                          "than cores)" if sleep_only else ""),
+            # native: the backend's own call (NCCL, gloo or MPI picks ring, tree, ...);
+            # otherwise the explicit algorithms of jitter_models.algorithms. A record's
+            # ``op`` indexes "ops", its (collective, algorithm) pairs.
+            "algorithm": ",".join(plan.algorithms),
+            "ops": [list(p) for p in microbench.op_list(plan.colls, plan.algorithms)],
             "timing": ("cuda_events: t_arrive and t_done from CUDA events, anchored at the "
                        "host's t_start (uncertain by the start event's launch latency)"
                        if backend.device.startswith("cuda") else "host: perf_counter_ns"),
-            "clock_offset_ns": offset.offset_ns,
-            "clock_offset_uncertainty_ns": offset.uncertainty_ns,
-            "clock_offset_before_ns": before.offset_ns, "clock_offset_after_ns": after.offset_ns,
+            # the run's midpoint offset, and both estimates with their times (rank 0's
+            # clock) for analysis to interpolate the drift between (timing.aligned)
+            **clock_metadata(before, after),
             "wrong": wrong,
             # Draws above the maximum delay (one hour), clipped to it before injection.
             "delays_clipped": int(records.delays_clipped),

@@ -137,6 +137,30 @@ def test_decompose_aligns_arrivals_with_the_clock_offsets():
     assert an.decompose(shifted, [0, 0])["skew_wait_us"] != pytest.approx(45.0)
 
 
+def test_decompose_interpolates_a_drifting_offset_per_record():
+    # 2 ranks, 40 steps x 3 sites, rank 1 always 30 us late; rank 1's clock drifts: its
+    # offset to rank 0 goes from 0 to 400 us, linearly over the run (as measured before
+    # and after it). Aligned record by record, the skew is the true 30 us per site.
+    delay = np.array([0, 30 * US])[:, None, None] + np.zeros((2, 40, 3), np.int64)
+    kw = dict(compute_ns=10 * US, delay_ns=delay, collective_ns=5 * US)
+    truth = an.decompose(make_tables(**kw), [0, 0])
+    tables = make_tables(**kw)
+    t_b, t_a = int(tables[1]["t_start_ns"].min()), int(tables[1]["t_done_ns"].max())
+    slope = 400 * US / (t_a - t_b)
+    for col in ("t_start_ns", "t_arrive_ns", "t_done_ns"):  # t_here = t_rank0 - offset(t)
+        t = tables[1][col]
+        tables[1][col] = t - np.rint((t - t_b) * slope).astype(np.int64)
+    meta = {"clock_offset_ns": 200 * US, "clock_offset_before_ns": 0,
+            "clock_offset_after_ns": 400 * US, "clock_offset_before_t_ns": t_b,
+            "clock_offset_after_t_ns": t_a}
+    got = an.decompose(tables, [{"clock_offset_ns": 0}, meta])
+    assert got["skew_wait_us"] == pytest.approx(truth["skew_wait_us"], abs=0.01)
+    # the one midpoint number is off by up to 200 us at the ends: the skew is capped at
+    # the wait there and comes out wrong
+    one = an.decompose(tables, [0, 200 * US])["skew_wait_us"]
+    assert abs(one - truth["skew_wait_us"]) > 5
+
+
 def test_decompose_with_an_unknown_offset_counts_all_waiting_as_collective():
     delay = np.array([0, 30 * US])[:, None, None] + np.zeros((2, 2, 3), np.int64)
     tables = make_tables(10 * US, delay, 5 * US, offsets_ns=[0, 777])

@@ -121,10 +121,10 @@ def test_run_refuses_a_4096_rank_point_on_one_host_before_anything_starts(tmp_pa
                              "kv_heads": 4096, "ffn": 4096, "vocab": 64, "head_dim": 2})
     code = """
         import sys
-        import experiments.runner
+        import experiments.sweep_loop
         def started(*a, **k):
             raise SystemExit("STARTED")
-        experiments.runner.run_sweep = started
+        experiments.sweep_loop.run_sweep = started
         from experiments.cli import main
         sys.exit(main(sys.argv[1:]))
     """

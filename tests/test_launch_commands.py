@@ -162,7 +162,8 @@ def test_every_builder_rejects_a_bad_worker_argv(argv, message):
 def test_mpirun_openmpi_every_flag():
     assert mpirun_cmd(WORKER, np=4, hosts=["a:2", "b:2"], map_by="slot", as_root=True,
                       oversubscribe=True, env={"OMP_NUM_THREADS": "1", "X": "a b=c"}) == [
-        "mpirun", "-np", "4", "--allow-run-as-root", "--oversubscribe", "--host", "a:2,b:2",
+        "mpirun", "-np", "4", "--allow-run-as-root", "--oversubscribe", "--mca",
+        "mpi_yield_when_idle", "1", "--host", "a:2,b:2",
         "--map-by", "slot", "-x", "OMP_NUM_THREADS=1", "-x", "X=a b=c", *WORKER]
 
 
@@ -199,26 +200,26 @@ def test_loopback_namespace_cmd_runs_netns_py_isolated():
 
 
 def test_launch_argv_keeps_one_node_runs_on_loopback(monkeypatch):
-    from launch import runner
+    from launch import supervise
 
-    monkeypatch.setattr(runner, "_beside_python", lambda name: f"/venv/bin/{name}")
-    monkeypatch.setattr(runner, "mpirun_flavour", lambda mpirun: "openmpi")
-    monkeypatch.setattr(runner, "running_as_root", lambda: False)
-    monkeypatch.setattr(runner, "needs_oversubscribe", lambda np: False)
-    monkeypatch.setattr(runner.sys, "executable", "/venv/bin/python")
+    monkeypatch.setattr(supervise, "_beside_python", lambda name: f"/venv/bin/{name}")
+    monkeypatch.setattr(supervise, "mpirun_flavour", lambda mpirun: "openmpi")
+    monkeypatch.setattr(supervise, "running_as_root", lambda: False)
+    monkeypatch.setattr(supervise, "needs_oversubscribe", lambda np: False)
+    monkeypatch.setattr(supervise.sys, "executable", "/venv/bin/python")
     worker = ["/venv/bin/jitterlab", "worker", "/runs/p/plan.json"]
-    cmd = runner.launch_argv("torchrun", 2, worker)
+    cmd = supervise.launch_argv("torchrun", 2, worker)
     assert cmd[:3] == ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "/venv/bin/torchrun"]
     at = cmd.index("--rdzv-endpoint")
     assert cmd[at:at + 4] == ["--rdzv-endpoint", "/runs/p/torchrun-rendezvous",
                               "--rdzv-conf", "store_type=file"]
     assert cmd[-len(worker):] == worker
-    cmd = runner.launch_argv("mpirun", 2, worker)
+    cmd = supervise.launch_argv("mpirun", 2, worker)
     assert cmd == ["/venv/bin/python", "-I", str(Path(commands.__file__).with_name("netns.py")),
                    "/venv/bin/mpirun", "-np", "2", "--mca", "pml", "ob1", "--mca", "btl",
                    "self,sm", *worker]
-    monkeypatch.setattr(runner, "mpirun_flavour", lambda mpirun: "mpich")
-    assert runner.launch_argv("mpirun", 2, worker) == [
+    monkeypatch.setattr(supervise, "mpirun_flavour", lambda mpirun: "mpich")
+    assert supervise.launch_argv("mpirun", 2, worker) == [
         "/venv/bin/python", "-I", str(Path(commands.__file__).with_name("netns.py")),
         "/venv/bin/mpirun", "-n", "2", *worker]
 

@@ -377,6 +377,23 @@ def test_a_worker_under_torchrun_dies_with_it(tmp_path, under_torchrun):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_an_open_mpi_rank_dies_with_its_launcher(tmp_path):
+    """Open MPI's variables, a parent standing in for prterun that exits: the rank goes
+    with it (a killed mpirun left its ranks running, orphaned, before)."""
+    pid, state = _child_of_a_parent(tmp_path, "prterun", False,
+                                    extra={"OMPI_COMM_WORLD_RANK": "0"})
+    assert state == "ready"
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
 def test_a_worker_whose_torchrun_is_already_gone_ends_at_once(tmp_path):
     """torchrun's variables but another parent (init or a subreaper adopted the worker
     before it could ask to die with torchrun): it ends before doing anything."""
@@ -384,13 +401,14 @@ def test_a_worker_whose_torchrun_is_already_gone_ends_at_once(tmp_path):
     assert state == "" and not _alive(pid)
 
 
-def _child_of_a_parent(tmp_path: Path, parent_name: str, torchrun_env: bool
-                       ) -> tuple[int, str]:
+def _child_of_a_parent(tmp_path: Path, parent_name: str, torchrun_env: bool,
+                       extra: dict[str, str] | None = None) -> tuple[int, str]:
     child = ("import sys, time; sys.path.insert(0, sys.argv[1]); "
              "from launch.context import die_with_torchrun; die_with_torchrun(); "
              "print('ready', flush=True); time.sleep(30)")
     root = str(Path(__file__).resolve().parents[1])
-    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_RANK")} | (extra or {})
     if torchrun_env:
         env["TORCHELASTIC_RUN_ID"] = "test"
     parent = tmp_path / parent_name

@@ -35,7 +35,7 @@ def take_in_child(root: Path, timeout: float = 60) -> subprocess.CompletedProces
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from experiments.runner import take_lock
+        from experiments.locks import take_lock
         try:
             take_lock(Path({str(root)!r}))
         except ValueError as exc:

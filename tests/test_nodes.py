@@ -5,8 +5,23 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import nodes
+from experiments import coordinator
+from experiments.agent import run_agent
+from experiments.coordinator import Coordinator
+from experiments.node_protocol import (
+    Link,
+    NodeSetup,
+    agent_argv,
+    check_layout,
+    digest,
+    layout,
+    node_rank_from,
+    parse_master,
+    srun_agents_argv,
+)
 from experiments.spec import parse_spec
+from experiments.sweep import expand
+from launch.slurm import SlurmJob, expand_hostlist, slurm_job
 
 BASE = {"name": "t", "model": "tiny", "compute": "none", "backend": "gloo",
         "jitter": [{"name": "none", "dist": "constant(0s)"}]}
@@ -20,8 +35,6 @@ def spec(**kw):
 
 
 def setup(rank, port, **kw):
-    from experiments.nodes import NodeSetup
-
     return NodeSetup(nnodes=2, node_rank=rank, master_host="127.0.0.1", master_port=port,
                      **({"join_timeout_s": 5} | kw))
 
@@ -36,7 +49,7 @@ def setup(rank, port, **kw):
     ("x[3]", ["x3"]),
 ])
 def test_slurm_host_lists_expand_as_slurm_does(expr, hosts):
-    assert nodes.expand_hostlist(expr) == hosts
+    assert expand_hostlist(expr) == hosts
 
 
 @pytest.mark.parametrize("expr,message", [
@@ -49,44 +62,44 @@ def test_slurm_host_lists_expand_as_slurm_does(expr, hosts):
 ])
 def test_bad_host_lists_are_named(expr, message):
     with pytest.raises(ValueError, match="SLURM_JOB_NODELIST: ") as err:
-        nodes.expand_hostlist(expr)
+        expand_hostlist(expr)
     assert message in str(err.value)
 
 
 def test_a_slurm_allocation_is_seen_only_outside_a_step_and_with_several_nodes():
     env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[1-2]"}
-    job = nodes.slurm_job(env)
-    assert job == nodes.SlurmJob("4242", ("gpu1", "gpu2"))
+    job = slurm_job(env)
+    assert job == SlurmJob("4242", ("gpu1", "gpu2"))
     assert job.port == 20000 + 4242 % 20000
-    assert nodes.slurm_job(env | {"SLURM_STEP_ID": "0"}) is None      # an srun task
-    assert nodes.slurm_job(env | {"SLURM_JOB_NODELIST": "gpu1"}) is None  # one node
-    assert nodes.slurm_job({"SLURM_JOB_NODELIST": "gpu[1-2]"}) is None    # no job
-    assert nodes.slurm_job({"SLURM_JOB_ID": "7", "SLURM_NODELIST": "a,b"}).hosts == ("a", "b")
-    assert nodes.slurm_job(env | {"SLURM_GPUS_PER_NODE": "8"}).gpus_per_node == "8"
+    assert slurm_job(env | {"SLURM_STEP_ID": "0"}) is None      # an srun task
+    assert slurm_job(env | {"SLURM_JOB_NODELIST": "gpu1"}) is None  # one node
+    assert slurm_job({"SLURM_JOB_NODELIST": "gpu[1-2]"}) is None    # no job
+    assert slurm_job({"SLURM_JOB_ID": "7", "SLURM_NODELIST": "a,b"}).hosts == ("a", "b")
+    assert slurm_job(env | {"SLURM_GPUS_PER_NODE": "8"}).gpus_per_node == "8"
 
 
 def test_the_srun_line_starts_one_agent_per_node():
-    job = nodes.SlurmJob("9", ("n1", "n2", "n3"))
-    argv = nodes.srun_agents_argv(job, "/s/spec.toml", "/r/out", "n1:20009")
+    job = SlurmJob("9", ("n1", "n2", "n3"))
+    argv = srun_agents_argv(job, "/s/spec.toml", "/r/out", "n1:20009")
     assert argv == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "jitterlab",
                     "run", "/s/spec.toml", "--out", "/r/out", "--nnodes", "3",
                     "--node-rank", "slurm", "--master", "n1:20009"]
-    gpus = nodes.srun_agents_argv(nodes.SlurmJob("9", ("n1", "n2"), "h100:8"), "s", "o", "n1:1")
+    gpus = srun_agents_argv(SlurmJob("9", ("n1", "n2"), "h100:8"), "s", "o", "n1:1")
     assert gpus[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
                         "--gpus-per-node=h100:8"]
 
 
 def test_node_rank_from_a_flag_or_from_slurm():
-    assert nodes.node_rank_from("1", 2, env={}) == 1
-    assert nodes.node_rank_from("slurm", 4, env={"SLURM_NODEID": "3"}) == 3
+    assert node_rank_from("1", 2, env={}) == 1
+    assert node_rank_from("slurm", 4, env={"SLURM_NODEID": "3"}) == 3
     with pytest.raises(ValueError, match=r"node-rank: must be in \[0, 1\] for nnodes=2, "
                                          r"got 2"):
-        nodes.node_rank_from("2", 2, env={})
+        node_rank_from("2", 2, env={})
     with pytest.raises(ValueError, match="node-rank: 'slurm' needs SLURM_NODEID"):
-        nodes.node_rank_from("slurm", 2, env={})
+        node_rank_from("slurm", 2, env={})
     with pytest.raises(ValueError, match="node-rank: expected an integer or 'slurm', "
                                          "got 'x'"):
-        nodes.node_rank_from("x", 2, env={})
+        node_rank_from("x", 2, env={})
 
 
 @pytest.mark.parametrize("text,parsed", [
@@ -94,7 +107,7 @@ def test_node_rank_from_a_flag_or_from_slurm():
     ("[fe80::1]:29500", ("fe80::1", 29500)),
 ])
 def test_master_addresses_parse(text, parsed):
-    assert nodes.parse_master(text) == parsed
+    assert parse_master(text) == parsed
 
 
 @pytest.mark.parametrize("text,message", [
@@ -103,18 +116,18 @@ def test_master_addresses_parse(text, parsed):
 ])
 def test_bad_master_addresses_are_named(text, message):
     with pytest.raises(ValueError, match="master: ") as err:
-        nodes.parse_master(text)
+        parse_master(text)
     assert message in str(err.value)
 
 
 def test_points_fill_node_zero_then_whole_nodes():
-    assert nodes.layout(1, 8) == (1, 1)
-    assert nodes.layout(8, 8) == (1, 8)
-    assert nodes.layout(16, 8) == (2, 8)
-    assert nodes.layout(3, 1) == (3, 1)
+    assert layout(1, 8) == (1, 1)
+    assert layout(8, 8) == (1, 8)
+    assert layout(16, 8) == (2, 8)
+    assert layout(3, 1) == (3, 1)
     with pytest.raises(ValueError, match="world_sizes: 12 is not a multiple of "
                                          "ranks_per_node=8"):
-        nodes.layout(12, 8)
+        layout(12, 8)
 
 
 @pytest.mark.parametrize("kw,nnodes,message", [
@@ -129,17 +142,17 @@ def test_points_fill_node_zero_then_whole_nodes():
 ])
 def test_a_spec_that_cannot_run_on_k_nodes_is_refused(kw, nnodes, message):
     with pytest.raises(ValueError) as err:
-        nodes.check_layout(spec(**kw), nnodes)
+        check_layout(spec(**kw), nnodes)
     assert str(err.value).startswith(message)
 
 
 def test_fitting_specs_pass_and_nodes_agree_only_on_identical_points():
     a = spec(world_sizes=[2, 4, 8], ranks_per_node=2)
-    nodes.check_layout(a, 4)
-    assert nodes.digest(a, 4) == nodes.digest(spec(world_sizes=[2, 4, 8], ranks_per_node=2), 4)
-    assert nodes.digest(a, 4) != nodes.digest(a, 5)
-    assert nodes.digest(a, 4) != nodes.digest(spec(world_sizes=[2, 4, 8], ranks_per_node=2,
-                                                   steps=51), 4)
+    check_layout(a, 4)
+    assert digest(a, 4) == digest(spec(world_sizes=[2, 4, 8], ranks_per_node=2), 4)
+    assert digest(a, 4) != digest(a, 5)
+    assert digest(a, 4) != digest(spec(world_sizes=[2, 4, 8], ranks_per_node=2,
+                                             steps=51), 4)
 
 
 def test_a_point_refused_for_a_dead_agent_publishes_nothing_and_keeps_the_count(
@@ -148,17 +161,17 @@ def test_a_point_refused_for_a_dead_agent_publishes_nothing_and_keeps_the_count(
     (an agent it needs has stopped) must not use up a number, or every later point would
     wait on a message that never comes. A real store on loopback; nothing is launched."""
     from launch.bootstrap import free_port
-    from launch.runner import RunFailed
+    from launch.supervise import RunFailed
 
     monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
 
-    setup = nodes.NodeSetup(nnodes=3, node_rank=0, master_host="127.0.0.1",
-                            master_port=free_port(), join_timeout_s=5)
-    c = nodes.Coordinator(setup, spec(world_sizes=[1, 2, 4], ranks_per_node=1,
-                                      model="small"))
+    setup = NodeSetup(nnodes=3, node_rank=0, master_host="127.0.0.1",
+                      master_port=free_port(), join_timeout_s=5)
+    c = Coordinator(setup, spec(world_sizes=[1, 2, 4], ranks_per_node=1,
+                                model="small"))
     c.hosts += ["h1", "h2"]
     c.pulse.dead = lambda ranks: [r for r in ranks if r == 2]  # node 2 stopped beating
-    point = next(p for p in nodes.expand(c.spec) if p.world_size == 4)
+    point = next(p for p in expand(c.spec) if p.world_size == 4)
     with pytest.raises(RunFailed, match="node 2's agent \\(h2\\) stopped responding"):
         c.run_point(point, tmp_path / "plan.json", None, on_start=lambda pgid: None)
     assert c._seq == 0 and not c.link.has("point/0")
@@ -170,13 +183,13 @@ def test_a_point_refused_for_a_dead_agent_publishes_nothing_and_keeps_the_count(
 def test_the_slurm_step_asks_for_the_nodes_cpus_and_gpus_and_passes_the_join_timeout():
     env = {"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "g[1-2]", "SLURM_CPUS_ON_NODE": "64",
            "SLURM_GPUS_ON_NODE": "8"}
-    job = nodes.slurm_job(env)
-    argv = nodes.srun_agents_argv(job, "s.toml", "/o", "g1:1", join_timeout_s=30)
+    job = slurm_job(env)
+    argv = srun_agents_argv(job, "s.toml", "/o", "g1:1", join_timeout_s=30)
     assert argv[:6] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
                         "--cpus-per-task=64", "--gpus-per-node=8"]
     assert argv[-2:] == ["--join-timeout", "30"]
-    assert "--join-timeout" not in nodes.agent_argv("s", "o", nnodes=2, node_rank=1,
-                                                    master="h:1")
+    assert "--join-timeout" not in agent_argv("s", "o", nnodes=2, node_rank=1,
+                                              master="h:1")
 
 
 # ------------------------------------------------------------------ nobody gets in
@@ -208,7 +221,7 @@ def test_the_store_listens_only_on_the_master_address(monkeypatch):
 
     monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
     port = free_port()
-    link = nodes.Link(setup(0, port))
+    link = Link(setup(0, port))
     assert listeners(port) == {"127.0.0.1"}
     link.server.close()
 
@@ -226,7 +239,7 @@ def test_a_client_without_the_key_changes_nothing_and_the_store_goes_on(monkeypa
 
     monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
     port = free_port()
-    zero = nodes.Link(setup(0, port))
+    zero = Link(setup(0, port))
     try:
         forger = TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=1))
         forger.set("hello/1", '{"host": "evil", "digest": "0"}')
@@ -242,8 +255,8 @@ def test_a_client_without_the_key_changes_nothing_and_the_store_goes_on(monkeypa
                 pass
     with pytest.raises(RuntimeError, match="refused this node's key \\(give every node the "
                                            "same JITTERLAB_SWEEP_KEY\\)"):
-        nodes.Link(setup(1, port, key=b"another-key-of-16-chars"))
-    one = nodes.Link(setup(1, port))
+        Link(setup(1, port, key=b"another-key-of-16-chars"))
+    one = Link(setup(1, port))
     assert one.add("claim/1", 1) == 1
     one.put("hello/1", {"host": "h1"})
     assert zero.get("hello/1") == {"host": "h1"}
@@ -263,7 +276,7 @@ def test_a_multi_node_sweep_without_a_key_is_refused(monkeypatch):
     for rank in (0, 1):
         with pytest.raises(ValueError, match="sweep key: a multi-node sweep needs a secret "
                                              "only its nodes know: set JITTERLAB_SWEEP_KEY"):
-            nodes.Link(setup(rank, free_port(), join_timeout_s=1))
+            Link(setup(rank, free_port(), join_timeout_s=1))
 
 
 def test_an_agent_that_never_beats_is_dead_counted_from_its_join(tmp_path, monkeypatch):
@@ -274,13 +287,13 @@ def test_an_agent_that_never_beats_is_dead_counted_from_its_join(tmp_path, monke
     from launch.bootstrap import free_port
 
     monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
-    monkeypatch.setattr(nodes, "DEAD_AFTER_S", 2.0)
+    monkeypatch.setattr(coordinator, "DEAD_AFTER_S", 2.0)
     s = spec(world_sizes=[1, 2], ranks_per_node=1)
     port = free_port()
-    c = nodes.Coordinator(setup(0, port), s)
-    fake = nodes.Link(setup(1, port))
+    c = Coordinator(setup(0, port), s)
+    fake = Link(setup(1, port))
     assert fake.add("claim/1", 1) == 1
-    fake.put("hello/1", {"host": "h1", "digest": nodes.digest(s, 2), "shared": False})
+    fake.put("hello/1", {"host": "h1", "digest": digest(s, 2), "shared": False})
     c.join(tmp_path)
     assert c.pulse.dead([1]) == []
     time.sleep(2.5)
@@ -295,11 +308,11 @@ def test_an_agent_that_claims_then_dies_before_its_hello_stops_the_join(tmp_path
     from launch.bootstrap import free_port
 
     monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
-    monkeypatch.setattr(nodes, "DEAD_AFTER_S", 1.0)
+    monkeypatch.setattr(coordinator, "DEAD_AFTER_S", 1.0)
     port = free_port()
-    c = nodes.Coordinator(setup(0, port, join_timeout_s=30), spec(world_sizes=[1, 2],
-                                                                  ranks_per_node=1))
-    nodes.Link(setup(1, port)).add("claim/1", 1)
+    c = Coordinator(setup(0, port, join_timeout_s=30), spec(world_sizes=[1, 2],
+                                                            ranks_per_node=1))
+    Link(setup(1, port)).add("claim/1", 1)
     start = time.monotonic()
     with pytest.raises(RuntimeError, match="node 1's agent started, then stopped before "
                                            "joining"):
@@ -324,14 +337,14 @@ def test_a_point_message_of_the_wrong_shape_is_dropped_and_reported(tmp_path, mo
     monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
     port = free_port()
     s = spec(world_sizes=[1], ranks_per_node=1)
-    zero = nodes.Link(setup(0, port))
+    zero = Link(setup(0, port))
     zero.put("token", ".join-000000000000")
     zero.put("go", {"shared": False, "hosts": ["h0", "h1"]})
     zero.put("point/0", msg)
     zero.put("point/1", {"end": True})
     result = []
     agent = threading.Thread(target=lambda: result.append(
-        nodes.run_agent(s, tmp_path / "one", setup(1, port), progress=False)))
+        run_agent(s, tmp_path / "one", setup(1, port), progress=False)))
     agent.start()
     agent.join(60)
     assert result == [0]

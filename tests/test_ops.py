@@ -352,3 +352,10 @@ def test_size_sweep_errors():
         size_sweep(0, 64)
     with pytest.raises(ValueError, match=re.escape("invalid size '8X'")):
         size_sweep("8X", 64)
+
+
+def test_the_native_algorithm_implements_exactly_the_ops_here():
+    # jitter_models (no torch, below collectives) declares native's collectives itself.
+    from jitter_models.algorithms import ALGORITHMS
+
+    assert set(ALGORITHMS["native"]) == set(OPS)

@@ -582,7 +582,7 @@ BURST = "burst=constant(2ms)"
 
 @pytest.mark.parametrize("table, message", [
     ({"dist": "exponential(5us)", "scope": "cluster"},
-     "jitter: scope: must be one of rank, node, global, got 'cluster'"),
+     "jitter: scope: must be one of rank, node, global, link, got 'cluster'"),
     ({"dist": "exponential(5us)", "temporal": "markov"},
      f"jitter: temporal: unknown kind 'markov' {KNOWN_TEMPORALS}"),
     ({"dist": "exponential(5us)", "temporal": {"kind": "markov"}},
@@ -602,13 +602,13 @@ BURST = "burst=constant(2ms)"
      "bursty: p_exit: must be in (0, 1], got 1.2"),
     ({"dist": "exponential(5us)",
       "stragglers": {"ranks": [1], "count": 1, "dist": STRAGGLER}},
-     "stragglers: give exactly one of 'ranks' and 'count'"),
+     "stragglers: give exactly one of 'ranks', 'count' and 'links'"),
     ({"dist": "exponential(5us)", "stragglers": {"dist": STRAGGLER}},
-     "stragglers: give exactly one of 'ranks' and 'count'"),
+     "stragglers: give exactly one of 'ranks', 'count' and 'links'"),
     ({"dist": "exponential(5us)", "stragglers": {"ranks": [1]}},
      "jitter: stragglers: missing key 'dist'"),
     ({"dist": "exponential(5us)", "stragglers": {"ranks": [1], "dist": STRAGGLER, "who": 1}},
-     "jitter: stragglers: unknown key 'who' (keys: ranks, count, dist)"),
+     "jitter: stragglers: unknown key 'who' (keys: ranks, count, links, dist)"),
     ({"dist": "exponential(5us)", "stragglers": {"ranks": 3, "dist": STRAGGLER}},
      "stragglers: ranks: expected a list of ranks, got 3"),
     ({"dist": "exponential(5us)", "stragglers": {"ranks": [], "dist": STRAGGLER}},
@@ -635,7 +635,7 @@ def test_constructor_errors():
         AR1(rho=True)
     with raises("bursty: burst: not a distribution: 'constant(1ms)'"):
         Bursty(p_enter=0.1, p_exit=0.1, burst="constant(1ms)")
-    with raises("stragglers: give exactly one of 'ranks' and 'count'"):
+    with raises("stragglers: give exactly one of 'ranks', 'count' and 'links'"):
         Stragglers(dist=STRAG)
     with raises("jitter: temporal: not a temporal model: 'iid'"):
         Schedule(dist=BASE, temporal="iid")
@@ -656,7 +656,8 @@ def test_schedules_from_toml_errors(doc, message):
         schedules_from_toml(doc)
 
 
-KEYS = ("dist, name, scope, temporal, stragglers.ranks, stragglers.count, stragglers.dist")
+KEYS = ("dist, name, scope, temporal, stragglers.ranks, stragglers.count, stragglers.links, "
+        "stragglers.dist")
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -677,7 +678,7 @@ def test_one_line_errors_name_the_spec(spec, message):
 def test_one_line_errors_from_the_table_rules():
     with raises("jitter: stragglers: missing key 'dist'"):
         parse_schedule("exponential(5us); stragglers.ranks=3")
-    with raises("jitter: scope: must be one of rank, node, global, got 'cluster'"):
+    with raises("jitter: scope: must be one of rank, node, global, link, got 'cluster'"):
         parse_schedule("exponential(5us); scope=cluster")
     with raises(f"jitter: temporal: unknown kind 'markov' {KNOWN_TEMPORALS}"):
         parse_schedule("exponential(5us); temporal=markov(p=1)")

@@ -41,7 +41,7 @@ def doc(**over):
     ({"jitter": [{"name": "a", "dist": "exponential(5us)", "temporal": "ar1(rho=2)"}]},
      "jitter[0].temporal: ar1: rho: must be in (-1, 1), got 2.0"),
     ({"jitter": [{"name": "a", "dist": "constant(0s)", "scope": "host"}]},
-     "jitter[0].scope: must be one of rank, node, global, got 'host'"),
+     "jitter[0].scope: must be one of rank, node, global, link, got 'host'"),
     ({"jitter": [{"name": "a", "dist": "constant(0s)"}, {"name": "a", "dist": "constant(0s)"}]},
      "jitter: name: 'a' is used twice"),
     ({"colour": "red"}, "colour: unknown key"),

@@ -51,10 +51,11 @@ class _RankComm:
 class SimulatedGroup:
     """tp decoders of one model in one process, stepped in lockstep by threads."""
 
-    def __init__(self, cfg: ModelConfig, size: int, *, batch: int, max_seq: int) -> None:
+    def __init__(self, cfg: ModelConfig, size: int, *, batch: int, max_seq: int,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.size = size
-        self.decoders = [TPDecoder(cfg, r, size, seed=SEED, batch=batch, max_seq=max_seq)
-                         for r in range(size)]
+        self.decoders = [TPDecoder(cfg, r, size, seed=SEED, batch=batch, max_seq=max_seq,
+                                   dtype=dtype) for r in range(size)]
         self.comms = [_RankComm(self, r) for r in range(size)]
         self.slots: list = [None] * size
         self.barrier = threading.Barrier(size, timeout=60)
@@ -71,34 +72,68 @@ class SimulatedGroup:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+# Sharded and one-rank logits differ only by rounding: the order of the sums inside each
+# all-reduced matmul, and each rank's partial sum rounded to the dtype before the
+# all-reduce adds them. Relative to the logits' norm (their scale) that is a few units of
+# the dtype's epsilon, the 4 all-reduce sites and the matmuls each adding O(eps) that the
+# layers carry on: measured at most 6 eps in float32 / float64 (long accumulations
+# dominate) and 1.3 eps in bf16 / fp16 (the final rounding dominates), for tiny and kv1 at
+# tp 2 and 4. 16 eps leaves over 2.5x margin; a wrong shard is off by O(1).
+LOGITS_TOL_EPS = 16
+
+
+def logits_tol(dtype: torch.dtype) -> float:
+    return LOGITS_TOL_EPS * torch.finfo(dtype).eps
 
 
 KV1 = ModelConfig(name="kv1", hidden=128, layers=2, heads=4, kv_heads=1, ffn=384, vocab=300,
                   head_dim=32)
 
 
-@pytest.mark.parametrize("cfg", [PRESETS["tiny"], KV1], ids=["tiny", "kv1"])
-def test_tp_logits_match_single_rank(cfg):
+@pytest.mark.parametrize("cfg, dtype, sizes", [
+    (PRESETS["tiny"], torch.float32, (2, 4)), (KV1, torch.float32, (2, 4)),
+    (PRESETS["tiny"], torch.bfloat16, (2,)), (PRESETS["tiny"], torch.float16, (2,))],
+    ids=["tiny", "kv1", "tiny-bf16", "tiny-fp16"])
+def test_tp_logits_match_single_rank(cfg, dtype, sizes):
     batch, steps = 3, 6
-    ref = SimulatedGroup(cfg, 1, batch=batch, max_seq=steps)
-    groups = {tp: SimulatedGroup(cfg, tp, batch=batch, max_seq=steps) for tp in (2, 4)}
+    ref = SimulatedGroup(cfg, 1, batch=batch, max_seq=steps, dtype=dtype)
+    groups = {tp: SimulatedGroup(cfg, tp, batch=batch, max_seq=steps, dtype=dtype)
+              for tp in sizes}
     tokens = torch.tensor([1, 7, cfg.vocab - 1])
+    tol = logits_tol(dtype)
     for pos in range(steps):
         (want,) = ref.step(tokens, pos)
+        assert want.dtype == dtype
         for tp, group in groups.items():
             got = group.step(tokens, pos)
             for r in range(1, tp):
                 assert torch.equal(got[r], got[0]), (tp, r, pos)
-            assert _rel(got[0], want) <= 1e-5, (tp, pos, _rel(got[0], want))
+            assert _rel(got[0], want) <= tol, (tp, pos, _rel(got[0], want))
         tokens = want.argmax(-1)  # the reference's choice feeds every world size
     # the logits depend on the history: a fresh decoder at the last position differs
-    fresh = SimulatedGroup(cfg, 1, batch=batch, max_seq=steps)
-    assert _rel(fresh.step(tokens, steps - 1)[0], ref.step(tokens, steps - 1)[0]) > 1e-3
+    fresh = SimulatedGroup(cfg, 1, batch=batch, max_seq=steps, dtype=dtype)
+    assert _rel(fresh.step(tokens, steps - 1)[0], ref.step(tokens, steps - 1)[0]) > 4 * tol
+    big = groups[max(sizes)]
     sites = [("start", 0), ("all_reduce", 0), ("start", 1), ("all_reduce", 1),
              ("start", 2), ("all_reduce", 2), ("start", 3), ("all_reduce", 3)]
-    assert groups[4].comms[3].sites[:8] == sites
-    assert len(groups[4].comms[3].sites) == 2 * site_count(cfg) * steps
+    assert big.comms[-1].sites[:8] == sites
+    assert len(big.comms[-1].sites) == 2 * site_count(cfg) * steps
+
+
+def test_weights_and_kv_cache_are_in_the_decoder_dtype():
+    dec = TPDecoder(PRESETS["tiny"], 0, 2, seed=SEED, batch=1, max_seq=2, dtype=torch.bfloat16)
+    assert {w.dtype for w in dec.weights.values()} == {torch.bfloat16}
+    assert {c.dtype for c in dec.k_cache + dec.v_cache} == {torch.bfloat16}
+    # the same draws, rounded once: bf16 weights are the float32 ones rounded
+    f32 = TPDecoder(PRESETS["tiny"], 0, 2, seed=SEED, batch=1, max_seq=2)
+    assert torch.equal(dec.weights["layers.1.wq"], f32.weights["layers.1.wq"].bfloat16())
+    with pytest.raises(ValueError, match=r"^dtype: the model computes in float32, float16, "
+                                         r"bfloat16, float64, got torch.int8$"):
+        TPDecoder(PRESETS["tiny"], 0, 2, seed=SEED, batch=1, max_seq=2, dtype=torch.int8)
 
 
 def test_shard_weights_are_slices_of_the_full_model():

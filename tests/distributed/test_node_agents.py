@@ -347,7 +347,7 @@ def test_an_agent_that_dies_before_its_first_beat_fails_its_points_within_second
     """An agent that joined and never beat was never declared dead: node 0 waited the
     point's timeout and a grace (>90 s) for each of its points. Here it joins through the
     protocol, then nothing: its points fail about 10 s after the join, the rest run."""
-    from experiments import nodes
+    from experiments.node_protocol import Link, NodeSetup, digest
     from experiments.spec import load_spec
 
     monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
@@ -356,12 +356,12 @@ def test_an_agent_that_dies_before_its_first_beat_fails_its_points_within_second
     port = free_port()
     zero = agent(spec, a, 0, port)
     try:
-        fake = nodes.Link(nodes.NodeSetup(nnodes=2, node_rank=1, master_host="127.0.0.1",
-                                          master_port=port, join_timeout_s=60))
+        fake = Link(NodeSetup(nnodes=2, node_rank=1, master_host="127.0.0.1",
+                              master_port=port, join_timeout_s=60))
         assert fake.add("claim/1", 1) == 1
         assert fake.wait("token", time.monotonic() + 60) is not None
         fake.put("hello/1", {"host": "doomed", "shared": False,
-                             "digest": nodes.digest(load_spec(spec), 2)})
+                             "digest": digest(load_spec(spec), 2)})
         joined = time.monotonic()
         (rc0, out0, err0), = finish(zero, timeout=90)
         elapsed = time.monotonic() - joined

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 from collectives.timing import read_rank_file
 from experiments.bench import run_bench
 from launch.plan import Plan
-from launch.runner import RunFailed
+from launch.supervise import RunFailed
 
 ALL = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
@@ -49,9 +50,13 @@ def assert_consistent(p: Plan, nproc: int) -> None:
         assert np.all(cols["delay_ns"] >= cols["delay_req_ns"])
         assert cols["delay_req_ns"].max() > 0  # the schedule asked for delays
         # Near what was asked: a loose 50 us on the median, since 2-4 ranks share 2 cores
-        # in CI (benchmarks/bench_inject.py holds the real fidelity targets).
+        # in CI (benchmarks/bench_inject.py holds the real fidelity targets). With more
+        # ranks than cores delays only sleep (the worker's choice), and the OS overshoots
+        # a sleep by ~70 us: 200 us then.
         late_us = (cols["delay_ns"] - cols["delay_req_ns"]) / 1e3
-        assert np.median(late_us) <= 50, np.median(late_us)
+        sleep_only = nproc > (os.cpu_count() or 1)
+        assert meta["injector"].endswith("(sleep only: more ranks than cores)") == sleep_only
+        assert np.median(late_us) <= (200 if sleep_only else 50), np.median(late_us)
 
 
 @pytest.mark.parametrize("launcher,backend,nproc", [

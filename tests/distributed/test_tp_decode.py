@@ -11,7 +11,7 @@ import pytest
 
 from collectives.timing import read_rank_file
 from launch.plan import Plan
-from launch.runner import RunFailed, run_plan
+from launch.supervise import Launch, RunFailed, run_plan
 
 
 def run(tmp_path: Path, launcher: str, nproc: int, **kw) -> Plan:
@@ -21,7 +21,7 @@ def run(tmp_path: Path, launcher: str, nproc: int, **kw) -> Plan:
                 batch=2, steps=4, warmup=1, compute="real", seed=5, timeout_s=60)
     p = Plan(**{**base, **kw})
     (out / "plan.json").write_text(p.to_json())
-    run_plan(out / "plan.json", launcher=launcher, nproc=nproc, timeout_s=60)
+    run_plan(out / "plan.json", Launch(launcher=launcher, nproc=nproc, timeout_s=60))
     return p
 
 
@@ -29,15 +29,25 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("launcher,backend,nproc", [
-    ("mpirun", "mpi", 2), ("mpirun", "mpi", 4), ("torchrun", "gloo", 2)])
-def test_sharded_decode_reproduces_world_size_one_logits(tmp_path, launcher, backend, nproc):
+# Relative to the logits' norm, 16 x the dtype's epsilon (tests/test_tensor_parallel.py
+# LOGITS_TOL_EPS says why): float32 1.9e-6, bfloat16 0.125 (a wrong shard is off by O(1)).
+EPS = {"float32": 2.0 ** -23, "bfloat16": 2.0 ** -7}
+
+
+@pytest.mark.parametrize("launcher,backend,nproc,dtype", [
+    ("mpirun", "mpi", 2, "float32"), ("mpirun", "mpi", 4, "float32"),
+    ("torchrun", "gloo", 2, "float32"), ("torchrun", "gloo", 2, "bfloat16")])
+def test_sharded_decode_reproduces_world_size_one_logits(tmp_path, launcher, backend, nproc,
+                                                         dtype):
     # tiny has 8 heads and 2 KV heads: at 4 ranks the KV heads are replicated (GQA).
-    ref = run(tmp_path, "local", 1, backend=backend, save_logits=True)
-    got = run(tmp_path, launcher, nproc, backend=backend, save_logits=True)
+    ref = run(tmp_path, "local", 1, backend=backend, save_logits=True, dtype=dtype)
+    got = run(tmp_path, launcher, nproc, backend=backend, save_logits=True, dtype=dtype)
     a = np.load(Path(got.out_dir) / "logits.npy")
     b = np.load(Path(ref.out_dir) / "logits.npy")
-    assert a.shape == (2, 512) and rel_err(a, b) <= 1e-5
+    assert a.shape == (2, 512) and rel_err(a, b) <= 16 * EPS[dtype]
+    # the messages were in the plan's dtype: batch x hidden x its size
+    cols, _ = read_rank_file(got.rank_file(1))
+    assert set(cols["bytes"][cols["site"] >= 0]) == {2 * 256 * (4 if dtype == "float32" else 2)}
 
 
 def test_records_have_a_row_per_site_and_per_step_with_delays_at_world_size_one(tmp_path):

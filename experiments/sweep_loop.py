@@ -1,4 +1,5 @@
-"""``jitterlab run``: every point of a sweep, resumable, one failure at a time.
+"""The sweep loop of ``jitterlab run``: every point of a sweep, resumable, one failure at
+a time.
 
 For each point not already complete: a Plan in ``points/.tmp-<id>/``, the ranks started
 through ``launch`` (auto: in-process-style local launch for one rank, mpirun for the mpi
@@ -7,6 +8,8 @@ records file reads back and the summary is written. A failed point leaves
 ``failed/<id>.json`` and the sweep goes on. A lock file holds this runner's pid, so a
 second runner on the same folder is refused and a rerun after a crash knows the folder is
 free; partial folders are removed at start. Rerunning the same command resumes.
+A multi-node sweep's points that need several nodes run through node 0's coordinator
+(``coordinator.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,7 @@ from collectives.files import DIR_MODE
 from collectives.timing import read_rank_file
 from launch.plan import Plan
 from launch.progress import BOARD
-from launch.runner import RunFailed, run_plan
+from launch.supervise import Launch, RunFailed, run_plan
 
 from .analysis import decompose, latency_stats, measured_site_max_us, step_latencies
 from .atomic import make_dirs, write_text_atomic
@@ -41,7 +44,7 @@ from .store import (
 from .sweep import Point, expand
 
 if TYPE_CHECKING:
-    from .nodes import Coordinator
+    from .coordinator import Coordinator
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,11 @@ def launcher_for(spec: Spec, world_size: int) -> str:
     return "mpirun" if spec.backend == "mpi" else "torchrun"
 
 
-def plan_for(point: Point, out_dir: Path) -> Plan:
-    s = point.spec
-    return Plan(workload="tp_decode", out_dir=str(out_dir), backend=s.backend, seed=s.seed,
-                jitter=str(point.schedule) if point.schedule else None, dtype=s.dtype,
-                model=asdict(s.model), batch=point.batch, steps=s.steps, warmup=s.warmup,
-                compute=s.compute, hardware=s.hardware, timeout_s=s.timeout_s)
-
-
 def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
               progress: bool = True, coordinator: Coordinator | None = None) -> Outcome:
     """Run every point not yet complete. With a ``coordinator`` (node 0 of a multi-node
-    sweep, see ``nodes.py``), points that need several nodes run with the other agents."""
+    sweep, see ``coordinator.py``), points that need several nodes run with the other
+    agents."""
     if spec.workload != "tp_decode":
         raise ValueError(f"workload: jitterlab run drives tp_decode sweeps, got "
                          f"{spec.workload!r} (use jitterlab bench for microbenchmarks)")
@@ -85,49 +81,23 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
     ended = "the sweep was interrupted"
     entry = run_entry(new_run_id())
     if coordinator is not None:
-        entry |= {"nodes": [{"node": r, "host": h} for r, h in enumerate(coordinator.hosts)],
-                  "shared_folder": None}
+        entry |= _nodes(coordinator, shared=None)
     wrote_manifest = False
     try:
         if coordinator is not None:
             coordinator.join(store.root)
-            entry |= {"nodes": [{"node": r, "host": h}
-                                for r, h in enumerate(coordinator.hosts)],
-                      "shared_folder": coordinator.shared}
+            entry |= _nodes(coordinator, shared=coordinator.shared)
         store.prepare()
-        warning = store.write_manifest(spec_doc, spec.name, entry)
-        if warning:
-            print(f"jitterlab: warning: {warning}", file=sys.stderr)
+        _warn(store.write_manifest(spec_doc, spec.name, entry))
         wrote_manifest = True
         points = expand(spec)
         todo = []
         for p in points:
             complete, warning = store.settle(p.id, p.identity())
-            if warning:
-                print(f"jitterlab: warning: {warning}", file=sys.stderr)
+            _warn(warning)
             if not complete:
                 todo.append(p)
-        failed: list[str] = []
-        t_begin = time.monotonic()
-        for i, point in enumerate(todo):
-            if progress:
-                _progress(i, len(todo), t_begin, point)
-            try:
-                _run_point(store, point, lock, entry["run"], coordinator)
-                entry["points_run"].append(point.id)
-            except (RunFailed, ValueError) as exc:
-                failed.append(point.id)
-                entry["points_failed"].append(point.id)
-                store.record_failure(point.id, {
-                    "point": point.id, "schedule": point.schedule.name,
-                    "world_size": point.world_size, "batch": point.batch,
-                    "run": entry["run"], "error": str(exc),
-                    "logs": sorted(getattr(exc, "kept_logs", {}).values())})
-                if progress:
-                    print(f"\n  point {point.id} failed: {exc}", file=sys.stderr)
-        if progress and todo:
-            _progress(len(todo), len(todo), t_begin, None)
-            print(file=sys.stderr)
+        failed = _run_points(store, todo, lock, entry, coordinator, progress)
         ended = "the sweep ended"
         return Outcome(done=len(todo) - len(failed), skipped=len(points) - len(todo),
                        failed=failed)
@@ -136,17 +106,61 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
             if coordinator is not None:
                 coordinator.finish(ended)
             if wrote_manifest:  # when it ended, and how
-                entry |= {"end_time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "ended": ended}
-                try:
-                    store.write_manifest(spec_doc, spec.name, entry)
-                except OSError as exc:
-                    print(f"jitterlab: warning: could not update the manifest ({exc})",
-                          file=sys.stderr)
+                _close_manifest(store, spec_doc, spec.name, entry, ended)
         finally:
             lock.release()
             if fresh and store.root.is_dir() and not any(store.root.iterdir()):
                 store.root.rmdir()  # refused before anything was written: leave no trace
+
+
+def _nodes(coordinator: Coordinator, *, shared: bool | None) -> dict[str, Any]:
+    """The run entry's view of a multi-node sweep: the hosts, and whether they share the
+    result folder (None: not known yet)."""
+    return {"nodes": [{"node": r, "host": h} for r, h in enumerate(coordinator.hosts)],
+            "shared_folder": shared}
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        print(f"jitterlab: warning: {warning}", file=sys.stderr)
+
+
+def _close_manifest(store: Store, spec_doc: dict[str, Any], name: str,
+                    entry: dict[str, Any], ended: str) -> None:
+    entry |= {"end_time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "ended": ended}
+    try:
+        store.write_manifest(spec_doc, name, entry)
+    except OSError as exc:
+        print(f"jitterlab: warning: could not update the manifest ({exc})", file=sys.stderr)
+
+
+def _run_points(store: Store, todo: list[Point], lock: RunLock, entry: dict[str, Any],
+                coordinator: Coordinator | None, progress: bool) -> list[str]:
+    """Each point in turn; the ids of those that failed (each one recorded in
+    ``failed/``, and the sweep goes on)."""
+    failed: list[str] = []
+    t_begin = time.monotonic()
+    for i, point in enumerate(todo):
+        if progress:
+            _progress(i, len(todo), t_begin, point)
+        try:
+            _run_point(store, point, lock, entry["run"], coordinator)
+            entry["points_run"].append(point.id)
+        except (RunFailed, ValueError) as exc:
+            failed.append(point.id)
+            entry["points_failed"].append(point.id)
+            store.record_failure(point.id, {
+                "point": point.id, "schedule": point.schedule.name,
+                "world_size": point.world_size, "batch": point.batch,
+                "run": entry["run"], "error": str(exc),
+                "logs": sorted(getattr(exc, "kept_logs", {}).values())})
+            if progress:
+                print(f"\n  point {point.id} failed: {exc}", file=sys.stderr)
+    if progress and todo:
+        _progress(len(todo), len(todo), t_begin, None)
+        print(file=sys.stderr)
+    return failed
 
 
 def _run_point(store: Store, point: Point, lock: RunLock, run_id: str,
@@ -154,7 +168,7 @@ def _run_point(store: Store, point: Point, lock: RunLock, run_id: str,
     tmp = store.tmp_dir(point.id)
     make_dirs(tmp.parent)
     tmp.mkdir(mode=DIR_MODE)
-    plan = plan_for(point, tmp)
+    plan = point.plan(tmp)
     write_text_atomic(tmp / "plan.json", plan.to_json() + "\n")
 
     def remember(pgid: int) -> None:  # a rerun after a crash stops this group
@@ -165,8 +179,9 @@ def _run_point(store: Store, point: Point, lock: RunLock, run_id: str,
         if coordinator is not None and coordinator.nodes_for(point) > 1:
             coordinator.run_point(point, tmp / "plan.json", plan, on_start=remember)
         else:
-            run_plan(tmp / "plan.json", launcher=launcher_for(point.spec, point.world_size),
-                     nproc=point.world_size, timeout_s=plan.timeout_s, on_start=remember)
+            run_plan(tmp / "plan.json", Launch(
+                launcher=launcher_for(point.spec, point.world_size), nproc=point.world_size,
+                timeout_s=plan.timeout_s, on_start=remember))
     except RunFailed as exc:
         _keep_logs(store, point.id, tmp, exc)
         raise
@@ -206,7 +221,7 @@ def _summarize(point: Point, plan: Plan, run_id: str) -> dict[str, Any]:
         cols, meta = read_rank_file(plan.rank_file(rank))  # every file must read back
         tables.append(cols)
         metas.append(meta)
-    offsets = [m.get("clock_offset_ns") for m in metas]
+    offsets = metas  # each rank's clock metadata: offsets interpolated in time
     folder = Path(plan.out_dir)
     covered = ["plan.json", *(rank_file_name(r) for r in range(point.world_size))]
     summary = {"point": point.id, "schedule": point.schedule.name,

@@ -1,4 +1,4 @@
-"""Start a Plan's ranks through a launcher, wait within a timeout, and say what failed.
+"""Start one Plan's ranks under a launcher, watch them within a timeout, say what failed.
 
 The launcher runs in its own process group (session), so a timeout can stop every rank
 it started. Failures name the rank that fell behind on the progress board (see
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -163,26 +164,46 @@ def stop_stale(folder: str | Path, *, pgid: int | None, pgid_start: int | None,
     return verdict
 
 
-def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: float,
-             on_start: Callable[[int], None] | None = None, argv: list[str] | None = None,
-             board: str = BOARD, watch_ranks: Sequence[int] | None = None,
-             expect_ranks: Sequence[int] | None = None,
-             should_stop: Callable[[], str | None] | None = None,
-             log_name: str = "launcher.log") -> None:
+@dataclass(frozen=True, kw_only=True)
+class Launch:
+    """How ``run_plan`` starts and watches a plan's ranks."""
+
+    launcher: str
+    """One of ``LAUNCHERS``: what starts the ranks (unless ``argv`` is given)."""
+    nproc: int
+    """Ranks of the run: the progress board's rows and, by default, the records expected."""
+    timeout_s: float
+    """The run stops when no rank's mark has moved, or a heartbeat has stopped, this long."""
+    on_start: Callable[[int], None] | None = None
+    """Called with the launcher's pid (the leader of its own process group) once started."""
+    argv: Sequence[str] | None = None
+    """The launcher's command instead of ``launch_argv``'s (one node of a multi-node run)."""
+    board: str = BOARD
+    """The progress board's file name in the run folder (the ranks learn it from
+    ``$JITTERLAB_BOARD``)."""
+    watch_ranks: Sequence[int] | None = None
+    """The board rows this call answers for; None: all."""
+    expect_ranks: Sequence[int] | None = None
+    """The ranks whose records files must exist afterwards; None: all."""
+    should_stop: Callable[[], str | None] | None = None
+    """Polled while the ranks run: a reason stops the run (another node failed)."""
+    log_name: str = "launcher.log"
+    """The launcher's log in the run folder (every rank's output goes there)."""
+
+
+def run_plan(plan_path: str | Path, launch: Launch) -> None:
     """Run the plan's ranks; raise RunFailed unless every rank wrote its records file.
 
-    A watchdog reads the progress board: when no rank's mark has moved for ``timeout_s``
-    (start-up included), or a rank's heartbeat stops for as long, the run is stopped and
-    the rank that fell behind is named. However this function is left (an error, Ctrl-C),
-    the launcher and every rank it started are stopped first.
-
-    For one node's share of a multi-node run (``experiments.nodes``): ``argv`` replaces the
-    launcher's command, ``board`` names this node's progress board (the ranks learn it from
-    ``$JITTERLAB_BOARD``), ``watch_ranks`` are the board rows this call answers for (default: all),
-    ``expect_ranks`` the records files that must exist afterwards (default: all), and
-    ``should_stop`` is polled: a reason stops the run (another node failed), and
-    ``log_name`` names the launcher's log in the run folder."""
+    A watchdog reads the progress board: when no rank's mark has moved for
+    ``launch.timeout_s`` (start-up included), or a rank's heartbeat stops for as long, the
+    run is stopped and the rank that fell behind is named. However this function is left
+    (an error, Ctrl-C), the launcher and every rank it started are stopped first. One
+    node's share of a multi-node run (``experiments.coordinator``, ``experiments.agent``)
+    sets ``argv``, ``board``, ``watch_ranks``, ``expect_ranks``, ``should_stop`` and
+    ``log_name``."""
     plan = Plan.load(plan_path)
+    launcher, nproc, board = launch.launcher, launch.nproc, launch.board
+    argv = launch.argv
     if argv is None:
         argv = launch_argv(launcher, nproc, worker_argv(plan_path))
     create_board(plan.out_dir, nproc, board)
@@ -190,8 +211,8 @@ def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: flo
     if board != BOARD:
         env[BOARD_ENV] = board
     env.pop("JITTERLAB_SWEEP_KEY", None)  # the node agents' secret: no rank needs it
-    mine = range(nproc) if watch_ranks is None else list(watch_ranks)
-    log_path = Path(plan.out_dir) / log_name
+    mine = range(nproc) if launch.watch_ranks is None else list(launch.watch_ranks)
+    log_path = Path(plan.out_dir) / launch.log_name
     watch = Watch()
     with open(log_path, "wb") as log:
         set_file_mode(log.fileno())
@@ -199,13 +220,14 @@ def run_plan(plan_path: str | Path, *, launcher: str, nproc: int, timeout_s: flo
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
-            if on_start is not None:
-                on_start(proc.pid)  # the launcher leads its own process group
-            rc = _watch(proc, plan, board, watch, timeout_s, mine, log_path, should_stop)
+            if launch.on_start is not None:
+                launch.on_start(proc.pid)  # the launcher leads its own process group
+            rc = _watch(proc, plan, board, watch, launch.timeout_s, mine, log_path,
+                        launch.should_stop)
         except BaseException:
             _stop(proc, _rows(read_board(plan.out_dir, board), mine))
             raise
-    expect = range(nproc) if expect_ranks is None else expect_ranks
+    expect = range(nproc) if launch.expect_ranks is None else launch.expect_ranks
     missing = [r for r in expect if not plan.rank_file(r).exists()]
     if rc != 0 or missing:
         _stop(proc, _rows(read_board(plan.out_dir, board), mine))  # a launcher may leave ranks

@@ -1,0 +1,217 @@
+"""Explicit collective algorithms on real ranks: a pattern of ``jitter_models.algorithms``
+executed over the backend's non-blocking point-to-point calls.
+
+The pattern says, per step, who sends which chunks to whom and whether the receiver
+reduces or overwrites; this module follows its execution semantics exactly (see that
+module's docstring): a rank runs its own steps in order with no barrier between them;
+in a step it posts its receives, then each send, then waits for all of them and applies
+the receives in order. A send's payload is a view of the working buffer: receives land
+in scratch buffers and are applied only after the step's sends completed, so the payload
+is the start-of-step content without a copy.
+
+Per-hop jitter (``scope = "link"``): every send departs its own delay after the step is
+ready (the sender waits, then sends). Sends of one step wait concurrently: they are
+posted in order of their deadlines, each as soon as its deadline has passed. Backends
+whose point-to-point calls must be posted as one group (NCCL) wait for the step's
+largest delay, then post the group: there the step's sends depart together.
+
+Buffers (as ``ops``): all_reduce works in place on ``inp``; all_gather fills ``out``
+(world_size chunks) from ``inp``; reduce_scatter reads ``inp`` (world_size chunks, left
+unchanged: it is copied into a working buffer) and leaves chunk ``rank`` in ``out``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jitter_models.algorithms import Pattern, chunk_bounds, pattern
+
+from .backends import Backend
+from .inject import Injector, NoInjector
+from .timing import now_ns
+
+
+@dataclass(frozen=True)
+class _Send:
+    buf: Any
+    dst: int
+    link: int  # index into this rank's links (destinations), for the per-link draws
+    index: int  # the message's index on its link within one call
+
+
+@dataclass(frozen=True)
+class _Recv:
+    buf: Any      # scratch buffer the message lands in
+    target: Any   # the working buffer's chunks it is applied to
+    src: int
+    reduce: bool
+
+
+@dataclass(frozen=True)
+class _Step:
+    sends: tuple[_Send, ...]
+    recvs: tuple[_Recv, ...]
+
+
+class Explicit:
+    """One explicit collective on this rank, its buffers allocated once."""
+
+    def __init__(self, backend: Backend, *, algorithm: str, collective: str, count: int,
+                 dtype: str, redop: str = "sum", ranks_per_node: int | None = None):
+        """``count``: elements of the buffer the pattern works on (all_reduce: the
+        buffer; all_gather and reduce_scatter: the whole, world_size chunks)."""
+        self.backend, self.collective, self.redop = backend, collective, redop
+        n, rank = backend.world_size, backend.rank
+        self.pattern: Pattern = pattern(algorithm, collective, n, ranks_per_node)
+        if collective in ("all_gather", "reduce_scatter") and count % n:
+            raise ValueError(f"count: {collective} needs a multiple of world_size={n}, "
+                             f"got {count}")
+        self.count = count
+        self.work = None if collective == "all_reduce" else backend.empty(count, dtype)
+        self.bounds = chunk_bounds(count, self.pattern.n_chunks)
+        self.links: list[int] = []  # destinations, in the order this rank first sends
+        self._dtype = dtype
+        self._steps_on: Any = None
+        self._scratch: list[list[Any]] | None = None
+        self._plan: list[tuple[tuple[int, int, int, int], ...]] = []
+        per_link: dict[int, int] = {}
+        self.sends: list[tuple[int, int]] = []
+        """(destination, index of the message on that link within one call) of each of
+        this rank's sends, in pattern order: the columns of ``run``'s hop delays."""
+        for _, sends, _recvs in self.pattern.rank_steps(rank):
+            for t in sends:
+                if t.dst not in per_link:
+                    per_link[t.dst] = 0
+                    self.links.append(t.dst)
+                self.sends.append((t.dst, per_link[t.dst]))
+                per_link[t.dst] += 1
+        self.messages_per_link = [per_link[d] for d in self.links]
+        """Messages this rank sends on each of its links per call (paired with links)."""
+
+    def _span(self, lo: int, hi: int) -> tuple[int, int]:
+        return self.bounds[lo][0], self.bounds[hi - 1][1]
+
+    def _bind(self, work: Any) -> list[_Step]:
+        """The steps with views into ``work`` (cached while the buffer stays the same; a
+        caller with a fresh buffer per call pays for the views, not for new scratch)."""
+        if self._steps_on is work:
+            return self._steps
+        backend, rank = self.backend, self.backend.rank
+        if self._scratch is None:  # the receives' landing buffers, allocated once
+            self._scratch = [[backend.empty(b - a, self._dtype) for a, b in
+                              (self._span(t.lo, t.hi) for t in recvs)]
+                             for _, _, recvs in self.pattern.rank_steps(rank)]
+        seen: dict[int, int] = {}
+        steps = []
+        for (_, sends, recvs), scratch in zip(self.pattern.rank_steps(rank), self._scratch):
+            out_sends = []
+            for t in sends:
+                a, b = self._span(t.lo, t.hi)
+                li = self.links.index(t.dst)
+                out_sends.append(_Send(work[a:b], t.dst, li, seen.get(t.dst, 0)))
+                seen[t.dst] = seen.get(t.dst, 0) + 1
+            out_recvs = []
+            for t, buf in zip(recvs, scratch):
+                a, b = self._span(t.lo, t.hi)
+                out_recvs.append(_Recv(buf, work[a:b], t.src, t.reduce))
+            steps.append(_Step(tuple(out_sends), tuple(out_recvs)))
+        self._steps, self._steps_on = steps, work
+        return steps
+
+
+    def run(self, inp: Any, out: Any = None, *, hop_delays_ns: Sequence[int] | None = None,
+            injector: Injector | None = None) -> tuple[int, int]:
+        """One call. ``hop_delays_ns[j]``: the delay of this rank's j-th send of the call
+        (in pattern order), None for none. Returns (requested, achieved) hop delay summed
+        over this rank's sends, in ns: achieved is each send's post time minus the time
+        its step was ready."""
+        backend = self.backend
+        if self.collective == "all_reduce":
+            work = inp.reshape(-1)  # (a model's (batch, hidden) activations: a view)
+            if work.shape[0] != self.count:
+                raise ValueError(f"inp: {self.collective} was set up for {self.count} "
+                                 f"elements, got {work.shape[0]}")
+        else:
+            work = self.work
+            if self.collective == "reduce_scatter":
+                backend.copy(work, inp)
+            else:
+                a, b = self._span(backend.rank, backend.rank + 1)
+                backend.copy(work[a:b], inp)
+        steps = self._bind(work)
+        inject = injector if injector is not None else NoInjector()
+        requested = achieved = 0
+        j = 0
+        for step in steps:
+            delays = ([int(hop_delays_ns[j + k]) for k in range(len(step.sends))]
+                      if hop_delays_ns is not None else [0] * len(step.sends))
+            j += len(step.sends)
+            requested += sum(delays)
+            achieved += self._step(step, delays, inject)
+            for r in step.recvs:
+                if r.reduce:
+                    backend.combine(r.target, r.buf, self.redop)
+                else:
+                    backend.copy(r.target, r.buf)
+        if self.redop == "avg" and self.pattern.steps and self.collective != "all_gather":
+            backend.divide(work, backend.world_size)
+        if self.collective == "reduce_scatter":
+            a, b = self._span(backend.rank, backend.rank + 1)
+            backend.copy(out, work[a:b])
+        elif self.collective == "all_gather":
+            backend.copy(out, work)
+        return requested, achieved
+
+    def _step(self, step: _Step, delays: list[int], inject: Injector) -> int:
+        """Post the step's messages, each send after its delay; wait; the achieved delay."""
+        backend = self.backend
+        recvs = [(r.buf, r.src) for r in step.recvs]
+        t_ready = now_ns()
+        achieved = 0
+        if backend.grouped_p2p or not step.sends:
+            if step.sends:
+                inject.inject(t_ready, max(delays))
+                achieved = (now_ns() - t_ready) * len(step.sends)
+            reqs = backend.post_group([(s.buf, s.dst) for s in step.sends], recvs)
+        else:
+            reqs = [backend.irecv(b, src) for b, src in recvs]
+            for k in np.argsort(delays, kind="stable").tolist():
+                inject.inject(t_ready, delays[k])
+                achieved += now_ns() - t_ready
+                s = step.sends[k]
+                reqs.append(backend.isend(s.buf, s.dst))
+        backend.wait_all(reqs)
+        return achieved
+
+
+def link_delays(schedule: Any, seed: int, rank: int, calls: Sequence[tuple[Explicit, int]]
+                ) -> tuple[list[np.ndarray], int]:
+    """This rank's hop delays for a run: for each (collective, number of calls) in run
+    order, an int64 ns array [calls, sends per call] (``Explicit.sends`` order), and the
+    number of draws clipped. A link's message index runs on over the whole run, so the
+    k-th message on a link gets the link's k-th draw (``Schedule.link_delays_ns``): each
+    collective's calls run as one block, in the order given (warm-up calls included)."""
+    total: dict[int, int] = {}
+    for ex, n_calls in calls:
+        for dst, m in zip(ex.links, ex.messages_per_link):
+            total[dst] = total.get(dst, 0) + n_calls * m
+    draws, clipped = {}, 0
+    for dst, n in total.items():
+        draws[dst], c = schedule.link_delays_ns(seed, rank, dst, n)
+        clipped += c
+    cursor = dict.fromkeys(total, 0)
+    out = []
+    for ex, n_calls in calls:
+        per_call = dict(zip(ex.links, ex.messages_per_link))
+        table = np.zeros((n_calls, len(ex.sends)), dtype=np.int64)
+        t = np.arange(n_calls)
+        for j, (dst, idx) in enumerate(ex.sends):
+            table[:, j] = draws[dst][cursor[dst] + t * per_call[dst] + idx]
+        for dst, m in per_call.items():
+            cursor[dst] += n_calls * m
+        out.append(table)
+    return out, clipped
