@@ -21,6 +21,7 @@ from collectives import tp_decode  # noqa: E402
 from collectives.backends import MPIBackend  # noqa: E402
 from collectives.inject import make_injector  # noqa: E402
 from collectives.models import model_config  # noqa: E402
+from collectives.timing import STEP_SITE  # noqa: E402
 from jitter_models import parse_schedule  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def block(backend, record: bool, steps: int) -> list[float]:
         schedule=parse_schedule("exponential(20us)"), injector=make_injector("host"),
         node=0, record_sites=record)
     t = records.table()
-    rows = t["site"] == tp_decode.STEP_SITE
+    rows = t["site"] == STEP_SITE
     return ((t["t_done_ns"][rows] - t["t_start_ns"][rows]) / 1e6).tolist()
 
 

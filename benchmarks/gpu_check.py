@@ -75,7 +75,7 @@ def nccl_through_harness(quick: bool) -> None:
 
     for jitter in (None, "constant(100us)"):
         out = tempfile.mkdtemp(prefix="gpu-check-")
-        plan = Plan(workload="microbench", out_dir=out, backend="nccl",
+        plan = Plan.build(workload="microbench", out_dir=out, backend="nccl",
                     colls=("all_reduce",), sizes=(1024, 65536, 1 << 20, 64 << 20),
                     iters=20 if quick else 100, warmup=5, check=True, jitter=jitter,
                     timeout_s=120)

@@ -16,9 +16,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .ops import REDOPS
+
+BACKENDS: tuple[str, ...] = ("auto", "gloo", "nccl", "mpi")
+"""Backend names a plan, a spec or ``bench --backend`` takes (auto: nccl with CUDA, else
+gloo; mpi only on request)."""
 DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16", "int8", "uint8",
                            "int32", "int64")
-REDOPS: tuple[str, ...] = ("sum", "prod", "max", "min", "avg")
 
 
 def check_dtype(dtype: str) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 
 from jitter_models.algorithms import Pattern, chunk_bounds, pattern
 
-from .backends import Backend
+from .backends import Backend, elem_size
 from .inject import Injector, NoInjector
 from .timing import now_ns
 
@@ -55,6 +55,34 @@ class _Recv:
 class _Step:
     sends: tuple[_Send, ...]
     recvs: tuple[_Recv, ...]
+    index: int = 0  # the pattern's (global) step number
+
+
+HOP_COLUMNS = ("op", "site", "call", "step", "direction", "peer", "bytes", "delay_req_ns",
+               "delay_ns", "t_post_ns", "t_done_ns")
+SEND, RECV = 0, 1
+
+
+class HopLog:
+    """``record_hops``: one row per message an explicit collective of this rank sent
+    (``direction`` 0) or received (1). ``op`` and ``site``: the records' op index and
+    site of the collective (microbench: its case, one per size; a workload with one
+    explicit all-reduce for all its sites: 0); ``call``: that collective's call number on
+    this rank (warm-up and check calls included; a workload's calls run through its steps'
+    sites in order); ``step``:
+    the pattern's step; ``peer``: the destination of a send, the source of a receive;
+    ``delay_req_ns`` / ``delay_ns``: a send's requested hop delay and its post time minus
+    the time its step was ready (0 for a receive); ``t_post_ns``: when the message was
+    posted; ``t_done_ns``: when the step's messages were done (its wait returned and the
+    device synchronized: a receive is done by then). Host clock (``timing.now_ns``) of
+    this rank."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, ...]] = []
+
+    def table(self) -> dict[str, np.ndarray]:
+        data = np.array(self.rows, dtype=np.int64).reshape(-1, len(HOP_COLUMNS))
+        return {name: data[:, i].copy() for i, name in enumerate(HOP_COLUMNS)}
 
 
 class Explicit:
@@ -78,6 +106,11 @@ class Explicit:
         self._steps_on: Any = None
         self._scratch: list[list[Any]] | None = None
         self._plan: list[tuple[tuple[int, int, int, int], ...]] = []
+        self.hop_log: HopLog | None = None
+        """Set (with ``hop_op``) to record one row per message (``record_hops``)."""
+        self.hop_op = self.hop_site = 0
+        self._calls = 0
+        self._esize = elem_size(dtype)
         per_link: dict[int, int] = {}
         self.sends: list[tuple[int, int]] = []
         """(destination, index of the message on that link within one call) of each of
@@ -107,7 +140,8 @@ class Explicit:
                              for _, _, recvs in self.pattern.rank_steps(rank)]
         seen: dict[int, int] = {}
         steps = []
-        for (_, sends, recvs), scratch in zip(self.pattern.rank_steps(rank), self._scratch):
+        for (index, sends, recvs), scratch in zip(self.pattern.rank_steps(rank),
+                                                  self._scratch):
             out_sends = []
             for t in sends:
                 a, b = self._span(t.lo, t.hi)
@@ -118,7 +152,7 @@ class Explicit:
             for t, buf in zip(recvs, scratch):
                 a, b = self._span(t.lo, t.hi)
                 out_recvs.append(_Recv(buf, work[a:b], t.src, t.reduce))
-            steps.append(_Step(tuple(out_sends), tuple(out_recvs)))
+            steps.append(_Step(tuple(out_sends), tuple(out_recvs), index))
         self._steps, self._steps_on = steps, work
         return steps
 
@@ -157,6 +191,7 @@ class Explicit:
                     backend.combine(r.target, r.buf, self.redop)
                 else:
                     backend.copy(r.target, r.buf)
+        self._calls += 1
         if self.redop == "avg" and self.pattern.steps and self.collective != "all_gather":
             backend.divide(work, backend.world_size)
         if self.collective == "reduce_scatter":
@@ -168,6 +203,8 @@ class Explicit:
 
     def _step(self, step: _Step, delays: list[int], inject: Injector) -> int:
         """Post the step's messages, each send after its delay; wait; the achieved delay."""
+        if self.hop_log is not None:
+            return self._logged_step(step, delays, inject)
         backend = self.backend
         recvs = [(r.buf, r.src) for r in step.recvs]
         t_ready = now_ns()
@@ -189,6 +226,38 @@ class Explicit:
                 reqs.append(backend.isend(s.buf, s.dst))
         backend.wait_all(reqs)
         return achieved
+
+    def _logged_step(self, step: _Step, delays: list[int], inject: Injector) -> int:
+        """``_step`` with a clock read at each post and one row per message."""
+        backend = self.backend
+        t_ready = now_ns()
+        reqs = [backend.irecv(r.buf, r.src) for r in step.recvs] \
+            if not backend.grouped_p2p else []
+        posted = [t_ready] * len(step.sends)
+        t_recv = t_ready
+        if backend.grouped_p2p:  # one group, receives included, after the largest delay
+            if step.sends:
+                inject.inject(t_ready, max(delays))
+            t_recv = now_ns()
+            posted = [t_recv] * len(step.sends)
+            reqs = backend.post_group([(s.buf, s.dst) for s in step.sends],
+                                      [(r.buf, r.src) for r in step.recvs])
+        else:
+            for k in sorted(range(len(delays)), key=delays.__getitem__):  # by deadline
+                inject.inject(t_ready, delays[k])
+                posted[k] = now_ns()
+                reqs.append(backend.isend(step.sends[k].buf, step.sends[k].dst))
+        backend.wait_all(reqs)
+        backend.synchronize()  # (NCCL's wait returns once the work is queued)
+        t_done = now_ns()
+        head = (self.hop_op, self.hop_site, self._calls, step.index)
+        rows = self.hop_log.rows  # type: ignore[union-attr]
+        for s, d, t in zip(step.sends, delays, posted):
+            rows.append((*head, SEND, s.dst, len(s.buf) * self._esize, d, t - t_ready, t,
+                         t_done))
+        for r in step.recvs:
+            rows.append((*head, RECV, r.src, len(r.buf) * self._esize, 0, 0, t_recv, t_done))
+        return sum(t - t_ready for t in posted)
 
 
 def link_delays(schedule: Any, seed: int, rank: int, calls: Sequence[tuple[Explicit, int]]
@@ -218,3 +287,34 @@ def link_delays(schedule: Any, seed: int, rank: int, calls: Sequence[tuple[Expli
             cursor[dst] += n_calls * m
         out.append(table)
     return out, clipped
+
+
+def all_reduce_call(backend: Backend, *, algorithm: str, count: int, dtype: str,
+                    ranks_per_node: int, schedule: Any = None, seed: int = 0,
+                    n_calls: int = 0, injector: Injector | None = None,
+                    hop_log: HopLog | None = None):
+    """A workload's all-reduce of ``count`` elements in place: ``call(t) -> (requested,
+    achieved)`` hop delays in ns. ``native``: the backend's own call (no hops, (0, 0));
+    otherwise an explicit algorithm whose messages take a link-scoped ``schedule``'s
+    delays, drawn for ``n_calls`` calls in call order (warm-up included). Also returns
+    the number of hop draws clipped."""
+    from jitter_models.algorithms import has_pattern
+
+    if not has_pattern(algorithm):
+        def native(t: Any) -> tuple[int, int]:
+            backend.all_reduce(t)
+            return 0, 0
+        return native, 0
+    ex = Explicit(backend, algorithm=algorithm, collective="all_reduce", count=count,
+                  dtype=dtype, ranks_per_node=ranks_per_node)
+    ex.hop_log = hop_log
+    hops, clipped = None, 0
+    if schedule is not None and schedule.scope == "link":
+        (hops,), clipped = link_delays(schedule, seed, backend.rank, [(ex, n_calls)])
+    calls = [0]  # the call's number in the run: its row of hop delays
+
+    def explicit(t: Any) -> tuple[int, int]:
+        k = calls[0]
+        calls[0] = k + 1
+        return ex.run(t, hop_delays_ns=None if hops is None else hops[k], injector=injector)
+    return explicit, clipped

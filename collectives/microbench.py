@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from jitter_models import Schedule
-from jitter_models.percentiles import nearest_rank
+from jitter_models.percentiles import PERCENTILES, nearest_rank
 
 from .backends import Backend, elem_size
 from .clocks import Clock, aligned
@@ -32,8 +32,7 @@ from .inject import Injector
 from .ops import check as count_wrong
 from .ops import get_op
 from .timing import Records, SiteTimer, cuda_event
-
-PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}
+from .workload import BaseWorkload, RankResult, check_ints, with_defaults
 
 
 @dataclass(frozen=True)
@@ -97,13 +96,16 @@ class _Case:
 
 
 def _setup(backend: Backend, coll: str, algo: str, size: int, dtype: str, redop: str,
-           root: int, ranks_per_node: int, injector: Injector) -> _Case:
+           root: int, ranks_per_node: int, injector: Injector, hop_log: Any = None,
+           op_index: int = 0, site: int = 0) -> _Case:
     n = backend.world_size
     op = get_op(coll)
     send_count, recv_count = op.counts(size, elem_size(dtype), n)
     inp = backend.from_numpy(np.zeros(send_count, dtype=_np_dtype(dtype)), dtype)
     out = None if op.in_place else backend.empty(recv_count, dtype)
-    if algo == "native":
+    from jitter_models.algorithms import has_pattern
+
+    if not has_pattern(algo):
         def native(it: int) -> tuple[int, int]:
             op.run(backend, inp, out, redop, root)
             return 0, 0
@@ -112,6 +114,7 @@ def _setup(backend: Backend, coll: str, algo: str, size: int, dtype: str, redop:
 
     ex = Explicit(backend, algorithm=algo, collective=coll, dtype=dtype, redop=redop,
                   count=max(send_count, recv_count), ranks_per_node=ranks_per_node)
+    ex.hop_log, ex.hop_op, ex.hop_site = hop_log, op_index, site
     case = _Case(op, inp, out, lambda it: (0, 0), send_count, recv_count, ex)
 
     def explicit(it: int) -> tuple[int, int]:
@@ -126,8 +129,8 @@ def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: 
         redop: str, root: int, iters: int, warmup: int, check: bool, seed: int,
         schedule: Schedule | None, injector: Injector, node: int,
         progress: np.ndarray | None = None, fault: Fault | None = None,
-        algorithms: Sequence[str] = ("native",), ranks_per_node: int = 8
-        ) -> tuple[Records, list[int]]:
+        algorithms: Sequence[str] = ("native",), ranks_per_node: int = 8,
+        hop_log: Any = None) -> tuple[Records, list[int]]:
     """Time every collective with every algorithm at every size on this rank. Returns the
     records and, per case (see :func:`cases`), the number of wrong elements (-1 where not
     checked).
@@ -146,8 +149,8 @@ def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: 
         delays_ns, clipped = schedule.delays_ns(seed, rank, node, n, iters, len(todo))
     else:
         delays_ns = np.zeros((iters, len(todo)), dtype=np.int64)
-    setups = [_setup(backend, coll, algo, size, dtype, redop, root, ranks_per_node, injector)
-              for _, coll, algo, size in todo]
+    setups = [_setup(backend, coll, algo, size, dtype, redop, root, ranks_per_node, injector,
+                     hop_log, k, site) for site, (k, coll, algo, size) in enumerate(todo)]
     if schedule is not None and schedule.scope == "link":
         from .explicit import link_delays
 
@@ -241,6 +244,11 @@ def summarize(tables: Sequence[dict[str, np.ndarray]], *, colls: Sequence[str],
         got = np.concatenate([r["delay_ns"] for r in per_rank])
         row["delay_err_p50_us"] = nearest_rank(np.abs(got - req), 50) / 1e3 if req.any() \
             else None
+        # Link scope: each rank's summed achieved hop delays per iteration (its sends'
+        # departure delays), the mean of their max over ranks; None without hop delays.
+        hop_req = np.array([r.get("hop_delay_req_ns", np.zeros_like(r["step"])) for r in per_rank])
+        hop = np.array([r.get("hop_delay_ns", np.zeros_like(r["step"])) for r in per_rank])
+        row["hop_delay_us"] = float(hop.max(axis=0).mean() / 1e3) if hop_req.any() else None
         counts = [w[int(site)] for w in wrong]
         row["wrong"] = -1 if any(c < 0 for c in counts) else int(sum(counts))
         rows.append(row)
@@ -253,16 +261,20 @@ HEADER = ("coll", "algorithm", "size_B", "min_us", "p50_us", "p90_us", "p99_us",
 
 def render(rows: Sequence[dict[str, Any]]) -> str:
     """The table an nccl-tests user reads at a glance; units in the header."""
-    keys = ("coll", "algorithm", "size_bytes", "min_us", "p50_us", "p90_us", "p99_us",
-            "p999_us", "max_us", "mean_us", "algbw_gbps", "busbw_gbps", "skew_us", "wrong")
+    keys = ["coll", "algorithm", "size_bytes", "min_us", "p50_us", "p90_us", "p99_us",
+            "p999_us", "max_us", "mean_us", "algbw_gbps", "busbw_gbps", "skew_us", "wrong"]
+    header = list(HEADER)
+    if any(r.get("hop_delay_us") is not None for r in rows):  # link-scoped jitter
+        keys.insert(-1, "hop_delay_us")
+        header.insert(-1, "hop_us")
     width = max([14] + [len(r["coll"]) + 2 for r in rows])
     awidth = max([11] + [len(r.get("algorithm", "native")) + 2 for r in rows])
-    lines = [HEADER[0].rjust(width) + HEADER[1].rjust(awidth)
-             + "".join(h.rjust(12) for h in HEADER[2:])]
+    lines = [header[0].rjust(width) + header[1].rjust(awidth)
+             + "".join(h.rjust(12) for h in header[2:])]
     for r in rows:
         cells = []
         for k in keys:
-            v = r.get(k, "native") if k == "algorithm" else r[k]
+            v = r.get(k, "native") if k == "algorithm" else r.get(k)
             if v is None or (k == "wrong" and v < 0):
                 cells.append("n/a")
             elif k in ("coll", "algorithm", "size_bytes", "wrong"):
@@ -274,3 +286,77 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(cells[0].rjust(width) + cells[1].rjust(awidth)
                      + "".join(c.rjust(12) for c in cells[2:]))
     return "\n".join(lines)
+
+
+class Microbench(BaseWorkload):
+    """The collective benchmark as a workload (``jitterlab bench``): every collective with
+    every algorithm at every size, ``iters`` timed iterations each. Its plan params:
+    ``colls``, ``sizes`` (bytes), ``redop``, ``root``, ``iters``, ``warmup`` (per size) and
+    ``check``. It is not a sweep workload: its iterations are per size, not the steps of
+    one step latency, so ``jitterlab run`` refuses it."""
+
+    name = "microbench"
+    spec_keys: dict[str, str] = {}
+    DEFAULTS: dict[str, Any] = {"colls": ["all_reduce"], "sizes": [1024], "redop": "sum",
+                                "root": 0, "iters": 20, "warmup": 5, "check": False}
+
+    def parse(self, doc: Any, common: Any) -> dict[str, Any]:
+        raise ValueError("workload: 'microbench' runs through `jitterlab bench` (its "
+                         "iterations are per size, not decode steps); `jitterlab run` "
+                         "sweeps step workloads such as 'tp_decode'")
+
+    def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` over the defaults, validated; ValueError naming the key."""
+        from .backends import check_redop
+
+        p = with_defaults(self.name, self.DEFAULTS, params)
+        for key in ("colls", "sizes"):
+            if not isinstance(p[key], (list, tuple)):
+                raise ValueError(f"{key}: expected a list, got {p[key]!r}")
+            p[key] = list(p[key])
+        if not p["colls"]:
+            raise ValueError("colls: needs at least one collective")
+        for c in p["colls"]:
+            try:
+                get_op(c)
+            except ValueError as exc:
+                raise ValueError(f"colls: {exc}") from None
+        if not p["sizes"] or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                                 for s in p["sizes"]):
+            raise ValueError(f"sizes: must be positive integers, got {p['sizes']!r}")
+        check_ints(p, (("root", 0), ("iters", 1), ("warmup", 0)))
+        if not isinstance(p["check"], bool):
+            raise ValueError(f"check: must be true or false, got {p['check']!r}")
+        check_redop(p["redop"])
+        return p
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.params(params)
+
+    def plan_params(self, params: Any, *, batch: int, steps: int, warmup: int
+                    ) -> dict[str, Any]:
+        return self.params({**params, "iters": steps, "warmup": warmup})
+
+    def content(self, params: Any, batch: int) -> dict[str, Any]:
+        return dict(params)
+
+    def collectives(self, params: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(self.params(params)["colls"])
+
+    def sites_per_step(self, params: dict[str, Any]) -> int:
+        return 1  # one collective per timed iteration
+
+    def message_bytes(self, params: dict[str, Any], *, batch: int, dtype: str,
+                      world_size: int) -> int:
+        return max(self.params(params)["sizes"])
+
+    def run(self, rank: Any) -> Any:
+        p = self.params(rank.params)
+        records, wrong = run(
+            rank.backend, colls=p["colls"], sizes=p["sizes"], dtype=rank.dtype,
+            redop=p["redop"], root=p["root"], iters=p["iters"], warmup=p["warmup"],
+            check=p["check"], seed=rank.seed, schedule=rank.schedule, injector=rank.injector,
+            algorithms=rank.algorithms, ranks_per_node=rank.ranks_per_node, node=rank.node,
+            progress=rank.progress, fault=rank.fault, hop_log=rank.hop_log)
+        return RankResult(records=records, wrong=wrong,
+                          ops=op_list(p["colls"], rank.algorithms))

@@ -40,6 +40,9 @@ import numpy as np
 
 REDOPS: tuple[str, ...] = ("sum", "prod", "max", "min", "avg")
 SUPPORTED_DTYPES: tuple[str, ...] = ("float16", "float32", "float64", "int32", "int64")
+DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16", "int32", "int64")
+"""The element types an op runs in: numpy's SUPPORTED_DTYPES, and bfloat16 (inputs made
+in float32 and converted, exact: see above)."""
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGkmg]?)\s*$")
 _RANK_STREAM, _OWNER_STREAM = 1, 2  # keep per-rank and shared draws apart

@@ -19,9 +19,7 @@ row per step with ``site = -1`` holding the step's start and end.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,91 +27,15 @@ import numpy as np
 from jitter_models import Schedule
 
 from .backends import Backend, elem_size
+from .explicit import all_reduce_call
+from .hardware import HARDWARE, Hardware, hardware, memory_per_rank  # noqa: F401
 from .inject import HostInjector, Injector
 from .timing import Records, SiteTimer, cuda_event, now_ns
+from .workload import BaseWorkload, RankResult, check_ints, with_defaults
 
 COMPUTE_MODES = ("real", "emulated", "none")
+DTYPES = ("float32", "float16", "bfloat16", "float64")  # the model's weights and messages
 EMULATED_WEIGHT_BYTES = 2  # the roofline's weights and KV cache are bf16
-
-
-@dataclass(frozen=True, kw_only=True)
-class Hardware:
-    """A GPU's roofline: what one rank can read and compute per second."""
-
-    name: str
-    """Preset name or 'custom'."""
-    hbm_bytes_per_s: float
-    """Memory bandwidth, bytes/s."""
-    peak_flops: float
-    """Dense bf16 peak, FLOP/s."""
-    memory_bytes: float | None = None
-    """Device memory, bytes (datasheet GB, 1e9); None where unknown (a custom table)."""
-
-    def __post_init__(self) -> None:
-        for f in ("hbm_bytes_per_s", "peak_flops", "memory_bytes"):
-            v = getattr(self, f)
-            if v is None and f == "memory_bytes":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-                raise ValueError(f"hardware.{f}: must be > 0, got {v!r}")
-
-    def seconds(self, nbytes: float, flops: float) -> float:
-        return max(nbytes / self.hbm_bytes_per_s, flops / self.peak_flops)
-
-
-# Vendor datasheet figures (REFERENCES.md for H100, H200, A100; B200: 8 TB/s HBM3e and
-# about 2.25 PFLOP/s dense bf16 by its datasheet). Memory: the datasheets' 80, 141, 80
-# (A100 80GB) and 192 GB, taken as 1e9 bytes: a little under what the devices report
-# (an H100 shows 79.6 GiB = 85.5e9 B), which leaves room for the CUDA context.
-HARDWARE: dict[str, Hardware] = {
-    "h100": Hardware(name="h100", hbm_bytes_per_s=3.35e12, peak_flops=989e12,
-                     memory_bytes=80e9),
-    "h200": Hardware(name="h200", hbm_bytes_per_s=4.8e12, peak_flops=989e12,
-                     memory_bytes=141e9),
-    "a100": Hardware(name="a100", hbm_bytes_per_s=2.0e12, peak_flops=312e12,
-                     memory_bytes=80e9),
-    "b200": Hardware(name="b200", hbm_bytes_per_s=8.0e12, peak_flops=2250e12,
-                     memory_bytes=192e9),
-}
-
-
-def hardware(spec: str | dict) -> Hardware:
-    if isinstance(spec, dict):
-        return Hardware(name="custom", **spec)
-    if spec not in HARDWARE:
-        raise ValueError(f"hardware: unknown preset {spec!r} (known: {', '.join(HARDWARE)}, "
-                         "or a table with hbm_bytes_per_s, peak_flops and optionally "
-                         "memory_bytes)")
-    return HARDWARE[spec]
-
-
-def _gb(nbytes: float) -> str:
-    if nbytes < 1e8:
-        return f"{nbytes / 1e6:.1f} MB"
-    return f"{nbytes / 1e9:.1f}".removesuffix(".0") + " GB"
-
-
-def memory_per_rank(cfg: Any, world_sizes: Any, *, batch: int, steps: int, warmup: int,
-                    dtype: str, hw: Hardware) -> tuple[str, str | None]:
-    """For real compute: one line of what one rank holds at each world size, and an error
-    line for the smallest world size whose shard does not fit ``hw``'s memory (None when
-    all fit, or the memory is unknown). Positions: ``warmup + steps + 1``, the KV cache
-    ``run`` allocates."""
-    from .models import rank_memory
-
-    esize = elem_size(dtype)
-    need = {n: rank_memory(cfg, n, batch=batch, positions=warmup + steps + 1,
-                           dtype_bytes=esize) for n in world_sizes}
-    line = (f"memory per rank ({dtype} weights + KV cache at batch {batch}): "
-            + ", ".join(f"N={n} {_gb(m.total_bytes)}" for n, m in need.items())
-            + (f"; {hw.name} has {_gb(hw.memory_bytes)}" if hw.memory_bytes else ""))
-    for n, m in need.items():
-        if hw.memory_bytes is not None and m.total_bytes > hw.memory_bytes:
-            return line, (f"world_sizes: at N={n} one rank needs {_gb(m.total_bytes)} "
-                          f"(weights {_gb(m.weights_bytes)} + KV cache "
-                          f"{_gb(m.kv_cache_bytes)} in {dtype}); {hw.name} has "
-                          f"{_gb(hw.memory_bytes)}")
-    return line, None
 
 
 def site_costs(layout: Any, batch: int, pos: int, dtype_bytes: int
@@ -154,35 +76,11 @@ class _Sites:
                               computed=computed)
 
 
-def _all_reduce(backend: Backend, algorithm: str, count: int, dtype: str,
-                ranks_per_node: int, hops: np.ndarray | None = None,
-                injector: Injector | None = None) -> Callable[[Any], tuple[int, int]]:
-    """The sites' all-reduce: the backend's own, or an explicit algorithm whose messages
-    take the link-scoped delays ``hops`` [call, send] in call order."""
-    if algorithm == "native":
-        def native(t: Any) -> tuple[int, int]:
-            backend.all_reduce(t)
-            return 0, 0
-        return native
-    from .explicit import Explicit
-
-    ex = Explicit(backend, algorithm=algorithm, collective="all_reduce", count=count,
-                  dtype=dtype, ranks_per_node=ranks_per_node)
-    calls = [0]  # the call's number in the run: its row of hop delays
-
-    def explicit(t: Any) -> tuple[int, int]:
-        k = calls[0]
-        calls[0] = k + 1
-        return ex.run(t, hop_delays_ns=None if hops is None else hops[k], injector=injector)
-    explicit.explicit = ex  # type: ignore[attr-defined]
-    return explicit
-
-
 def run(backend: Backend, *, cfg: Any, batch: int, steps: int, warmup: int, compute: str,
         hw: Hardware | None, dtype: str, seed: int, schedule: Schedule | None,
         injector: Injector, node: int, progress: np.ndarray | None = None,
         record_sites: bool = True, algorithm: str = "native", ranks_per_node: int = 8,
-        ) -> tuple[Records, np.ndarray | None]:
+        hop_log: Any = None) -> tuple[Records, np.ndarray | None]:
     """Decode ``warmup + steps`` tokens; only the last ``steps`` are recorded. Returns the
     records and, in ``real`` mode, the last step's logits (batch x vocab).
     ``record_sites=False`` keeps only the per-step rows (to measure recording's cost)."""
@@ -200,15 +98,11 @@ def run(backend: Backend, *, cfg: Any, batch: int, steps: int, warmup: int, comp
     timer = SiteTimer(backend, injector, records, mark=progress,
                       event=cuda_event if backend.device.startswith("cuda") else None)
     timer.record_sites = record_sites
-    reduce = _all_reduce(backend, algorithm, batch * cfg.hidden, dtype, ranks_per_node)
-    ex = getattr(reduce, "explicit", None)
-    if ex is not None and schedule is not None and schedule.scope == "link":
-        from .explicit import link_delays
-
-        (hops,), hop_clipped = link_delays(schedule, seed, rank, [(ex, total * n_sites)])
-        clipped += hop_clipped
-        reduce = _all_reduce(backend, algorithm, batch * cfg.hidden, dtype, ranks_per_node,
-                             hops, injector)
+    reduce, hop_clipped = all_reduce_call(
+        backend, algorithm=algorithm, count=batch * cfg.hidden, dtype=dtype,
+        ranks_per_node=ranks_per_node, schedule=schedule, seed=seed, n_calls=total * n_sites,
+        injector=injector, hop_log=hop_log)
+    clipped += hop_clipped
     records.delays_clipped = clipped  # warm-up steps included: they are injected too
     sites = _Sites(timer, delays_ns, reduce, batch * cfg.hidden * elem_size(dtype), n_sites)
     if compute == "real":
@@ -285,3 +179,128 @@ def _drop_warmup(records: Records, warmup: int) -> None:
         v[:m] = cols[k][keep]
     records.columns["step"][:m] -= warmup
     records.n = m
+
+
+class TPDecode(BaseWorkload):
+    """Tensor-parallel decode as a workload. Spec keys: ``model`` (a preset or a table of
+    dims), ``compute`` and ``hardware``; the sweep's ``batch`` values are its variants.
+    Plan params: those, plus ``batch``, ``steps``, ``warmup`` and ``save_logits``."""
+
+    name = "tp_decode"
+    spec_keys = {"model": "a preset name or a table of dims",
+                 "compute": "real | emulated | none",
+                 "hardware": f"roofline preset for emulated compute: {', '.join(HARDWARE)}"}
+    DEFAULTS: dict[str, Any] = {"model": "tiny", "batch": 1, "steps": 16, "warmup": 5,
+                                "compute": "real", "hardware": "h100", "save_logits": False}
+
+    def parse(self, doc: Any, common: Any) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from .models import model_config, shard_layout
+
+        if common.dtype not in DTYPES:
+            raise ValueError(f"dtype: tp_decode runs in {', '.join(DTYPES)}, got "
+                             f"{common.dtype!r}")
+        raw = doc.get("model", "tiny")
+        if not isinstance(raw, (str, dict)):
+            raise ValueError(f"model: expected a preset name or a table of dims, got {raw!r}")
+        try:
+            model = model_config(raw)
+        except (ValueError, TypeError) as exc:
+            text = str(exc)
+            raise ValueError(text if text.startswith("model") else f"model: {text}") from None
+        for n in common.world_sizes:
+            try:
+                shard_layout(model, n)
+            except ValueError as exc:
+                raise ValueError(f"world_sizes: {exc}") from None
+        return {"model": asdict(model),
+                "compute": _choice(doc, "compute", "emulated", COMPUTE_MODES),
+                "hardware": _choice(doc, "hardware", "h100", tuple(HARDWARE))}
+
+    def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        from .models import model_config
+
+        p = with_defaults(self.name, self.DEFAULTS, params)
+        check_ints(p, (("batch", 1), ("steps", 1), ("warmup", 0)))
+        if p["compute"] not in COMPUTE_MODES:
+            raise ValueError(f"compute: must be one of {', '.join(COMPUTE_MODES)}, got "
+                             f"{p['compute']!r}")
+        hardware(p["hardware"])
+        model_config(p["model"])
+        return p
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.params(params)
+
+    def plan_params(self, params: dict[str, Any], *, batch: int, steps: int, warmup: int
+                    ) -> dict[str, Any]:
+        return self.params({**params, "batch": batch, "steps": steps, "warmup": warmup})
+
+    def content(self, params: dict[str, Any], batch: int) -> dict[str, Any]:
+        # exactly the keys points had before workloads were modules: their ids stay
+        return {"model": params["model"], "batch": batch, "compute": params["compute"],
+                "hardware": params["hardware"]}
+
+    def collectives(self, params: dict[str, Any]) -> tuple[str, ...]:
+        return ("all_reduce",)
+
+    def sites_per_step(self, params: dict[str, Any]) -> int:
+        from .models import model_config
+
+        return 2 * model_config(params["model"]).layers  # attention and MLP all-reduces
+
+    def message_bytes(self, params: dict[str, Any], *, batch: int, dtype: str,
+                      world_size: int) -> int:
+        from .models import model_config
+
+        return batch * model_config(params["model"]).hidden * elem_size(dtype)
+
+    def compute_share(self, params: dict[str, Any]) -> Callable[[float], float]:
+        from .models import model_config, weight_share
+
+        return functools.partial(weight_share, model_config(params["model"]))
+
+    def describe(self, params: dict[str, Any]) -> str:
+        hw = f", {params['hardware']} roofline" if params["compute"] == "emulated" else ""
+        return f"tp_decode of {params['model']['name']} ({params['compute']} compute{hw})"
+
+    def model_note(self, params: dict[str, Any]) -> str:
+        heads = params["model"]["heads"]
+        return ("compute(N) the measured compute scaled by the rank's share of the weights "
+                f"(1/N while the {heads} heads split, constant past N = {heads})")
+
+    def check_fit(self, params: dict[str, Any], common: Any) -> tuple[str | None, str | None]:
+        """Real compute: what one rank holds at each world size, and an error where it
+        cannot fit the GPU of ``hardware``."""
+        if params["compute"] != "real":
+            return None, None
+        from .models import model_config
+
+        return memory_per_rank(model_config(params["model"]), common.world_sizes,
+                               batch=max(common.batches), steps=common.steps,
+                               warmup=common.warmup, dtype=common.dtype,
+                               hw=hardware(params["hardware"]))
+
+    def run(self, rank: Any) -> Any:
+        from pathlib import Path
+
+        from .models import model_config
+
+        p = self.params(rank.params)
+        records, logits = run(
+            rank.backend, cfg=model_config(p["model"]), batch=p["batch"], steps=p["steps"],
+            warmup=p["warmup"], compute=p["compute"], hw=hardware(p["hardware"]),
+            dtype=rank.dtype, seed=rank.seed, schedule=rank.schedule, injector=rank.injector,
+            node=rank.node, progress=rank.progress, algorithm=rank.algorithms[0],
+            ranks_per_node=rank.ranks_per_node, hop_log=rank.hop_log)
+        if p["save_logits"] and rank.backend.rank == 0 and logits is not None:
+            np.save(Path(rank.out_dir) / "logits.npy", logits)
+        return RankResult(records=records, ops=[("all_reduce", rank.algorithms[0])])
+
+
+def _choice(doc: Any, key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = doc.get(key, default)
+    if value not in choices:
+        raise ValueError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return value

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jitter_models.errors import BadInput
 from launch.plan import Plan
 from launch.supervise import Launch, RunFailed, run_plan, torchrun_node_argv, worker_argv
 
@@ -87,7 +88,7 @@ def run_agent(spec: Spec, out: Path, setup: NodeSetup, *, progress: bool = True)
     r = setup.node_rank
     link = Link(setup)
     if link.add(Key.CLAIM.at(node=r), 1) != 1:
-        raise ValueError(f"node-rank: node {r} has already joined this sweep (another agent "
+        raise BadInput(f"node-rank: node {r} has already joined this sweep (another agent "
                          f"with --node-rank {r}, or this one restarted: rerun every node)")
     heart = _Heart(link)
     store = Store(out)

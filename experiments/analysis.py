@@ -24,13 +24,10 @@ import numpy as np
 from collectives.clocks import Clock, aligned
 from collectives.timing import COLUMNS, STEP_SITE
 from jitter_models import Schedule, expected_max
-from jitter_models.percentiles import nearest_rank, quantile_interval
+from jitter_models.percentiles import PERCENTILES, nearest_rank, quantile_interval
 
 Table = Mapping[str, np.ndarray]
 
-# (key prefix, percentile) of every reported percentile.
-PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50), ("p90", 90), ("p99", 99),
-                                              ("p999", 99.9))
 CI_LEVEL = 0.95
 
 
@@ -77,7 +74,7 @@ def latency_stats(samples_s: Any) -> dict[str, Any]:
         raise ValueError("latency_stats: samples must be finite")
     us = x * 1e6
     out: dict[str, Any] = {"n": int(x.size), "min_us": float(us.min())}
-    for key, p in PERCENTILES:
+    for key, p in PERCENTILES.items():
         out[f"{key}_us"] = nearest_rank(us, p)
         out[f"{key}_ci_us"] = list(quantile_interval(us, p, CI_LEVEL))
     out["max_us"] = float(us.max())

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from collectives.files import FILE_MODE, make_dirs, set_file_mode
+from jitter_models.errors import BadInput
 from jitter_models.files import named_error
 
 __all__ = ["FILE_MODE", "check_writable", "make_dirs", "named_error", "write_bytes_atomic",
@@ -49,7 +50,7 @@ def check_writable(path: str | os.PathLike[str], field: str) -> None:
     exists or can be made, and is writable; the path is not a folder)."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{field}: {str(path)!r} is a directory")
+        raise BadInput(f"{field}: {str(path)!r} is a directory")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -60,5 +61,5 @@ def check_writable(path: str | os.PathLike[str], field: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError:
-        raise ValueError(f"{field}: cannot write {str(path)!r} ({str(parent)!r} is not a "
+        raise BadInput(f"{field}: cannot write {str(path)!r} ({str(parent)!r} is not a "
                          "writable directory)") from None

@@ -15,6 +15,7 @@ from typing import Any
 
 from collectives import microbench
 from collectives.timing import read_rank_file
+from jitter_models.errors import BadInput
 from launch.plan import Plan
 from launch.supervise import Launch, run_plan
 
@@ -22,7 +23,8 @@ from .atomic import write_text_atomic
 from .csv_cells import csv_text
 
 ROW_KEYS = ("coll", "algorithm", "size_bytes", "min_us", "p50_us", "p90_us", "p99_us",
-            "p999_us", "max_us", "mean_us", "algbw_gbps", "busbw_gbps", "skew_us", "wrong")
+            "p999_us", "max_us", "mean_us", "algbw_gbps", "busbw_gbps", "skew_us",
+            "hop_delay_us", "wrong")
 
 
 def default_out_dir() -> str:
@@ -36,7 +38,7 @@ def run_bench(plan: Plan, *, launcher: str, nproc: int) -> dict[str, Any]:
     plan_path = out / "plan.json"
     if plan_path.exists() or any(out.glob("rank-*.parquet")):
         # Never mix two runs' records, and never delete a finished run's.
-        raise ValueError(f"out: {str(out)!r} already holds a run; choose another directory")
+        raise BadInput(f"out: {str(out)!r} already holds a run; choose another directory")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(plan_path, plan.to_json() + "\n")
     run_plan(plan_path, Launch(launcher=launcher, nproc=nproc, timeout_s=plan.timeout_s))
@@ -46,7 +48,7 @@ def run_bench(plan: Plan, *, launcher: str, nproc: int) -> dict[str, Any]:
         tables.append(columns)
         metas.append(meta)
     offsets = metas  # each rank's clock metadata: offsets interpolated in time
-    rows = microbench.summarize(tables, colls=plan.colls, algorithms=plan.algorithms,
+    rows = microbench.summarize(tables, colls=plan.params["colls"], algorithms=plan.algorithms,
                                 world_size=nproc,
                                 offsets_ns=offsets, wrong=[m["wrong"] for m in metas])
     return {"rows": rows, "world_size": nproc, "launcher": launcher,
@@ -64,12 +66,13 @@ def run_bench(plan: Plan, *, launcher: str, nproc: int) -> dict[str, Any]:
 
 def render_result(result: dict[str, Any]) -> str:
     plan = result["plan"]
+    params = plan["params"]
     algos = plan.get("algorithms", ["native"])
-    head = (f"# {','.join(plan['colls'])} ({','.join(algos)}) {plan['dtype']} "
-            f"redop={plan['redop']}  world size "
+    head = (f"# {','.join(params['colls'])} ({','.join(algos)}) {plan['dtype']} "
+            f"redop={params['redop']}  world size "
             f"{result['world_size']} ({result['launcher']}, {result['backend']} on "
             f"{result['device']}, hosts: {', '.join(result['hosts'])})  iters "
-            f"{plan['iters']} warmup {plan['warmup']}  jitter: {plan['jitter'] or 'none'}")
+            f"{params['iters']} warmup {params['warmup']}  jitter: {plan['jitter'] or 'none'}")
     note = ("# time per iteration = max over ranks of (t_done - t_start), start after an "
             "untimed barrier; percentiles nearest-rank; bandwidths from the mean")
     if result["world_size"] == 1:  # nccl-tests prints busbw 0 here; we print n/a
@@ -79,6 +82,9 @@ def render_result(result: dict[str, Any]) -> str:
         lines.append("# more ranks than cores on a host: injected delays only sleep (the "
                      "OS overshoot, ~70 us here, counts as achieved delay) and Open MPI "
                      "ranks yield when idle; times include the scheduler's share")
+    if plan.get("record_hops"):
+        lines.append(f"# one row per message of the explicit algorithms: "
+                     f"{plan['out_dir']}/hops-NNNNN.parquet (collectives.explicit.HopLog)")
     if result.get("delays_clipped"):
         lines.append(f"# {result['delays_clipped']} injected delays were clipped to the "
                      "maximum delay (one hour)")

@@ -17,9 +17,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from jitter_models.errors import BadInput
 from launch.bootstrap import free_port
 from launch.plan import Plan
-from launch.supervise import Launch, RunFailed, run_plan, torchrun_node_argv, worker_argv
+from launch.supervise import (
+    Launch,
+    RunFailed,
+    run_plan,
+    seconds_from_env,
+    torchrun_node_argv,
+    worker_argv,
+)
 
 from .node_protocol import (
     PLAN_WAIT_S,
@@ -36,7 +44,9 @@ from .node_store import log_dropped
 from .spec import Spec
 from .sweep import Point
 
-DEAD_AFTER_S = 10.0       # an agent whose beat has not moved for this long is gone
+# An agent whose beat has not moved for this long is gone ($JITTERLAB_DEAD_AFTER_S: the
+# tests' shorter wait; BEAT_S is 1 s).
+DEAD_AFTER_S = seconds_from_env("JITTERLAB_DEAD_AFTER_S", 10.0)
 REPORT_GRACE_S = 60.0     # after node 0's part ends, how long the others may take to report
 
 
@@ -137,15 +147,15 @@ class Coordinator:
             if not (shaped(hello, host=str) and (shaped(hello, digest=str)
                                                 or shaped(hello, error=str))):
                 log_dropped(f"node {r}", f"an unreadable hello: {hello!r:.80}")
-                raise ValueError(self._refuse(f"node {r} sent an unreadable hello (the same "
+                raise BadInput(self._refuse(f"node {r} sent an unreadable hello (the same "
                                               "jitterlab version on every node?)"))
             if hello.get("error"):
-                raise ValueError(self._refuse(f"node {r} ({hello.get('host')}): "
+                raise BadInput(self._refuse(f"node {r} ({hello.get('host')}): "
                                               f"{hello['error']}"))
         mine = digest(self.spec, self.setup.nnodes)
         for r, hello in hellos.items():
             if hello.get("digest") != mine:
-                raise ValueError(self._refuse(
+                raise BadInput(self._refuse(
                     f"spec: node {r} ({hello.get('host')}) has a different spec or nnodes "
                     "(its points differ from node 0's); give every node the same command"))
 

@@ -259,8 +259,8 @@ def run_checks(out_root: str, *, checks: Sequence[Check] | None = None) -> list[
         try:
             out_dir = str(Path(out_root) / f"{backend}-{launcher}")
             plan = Plan(workload="microbench", out_dir=out_dir, backend=backend,
-                        colls=("all_reduce",), sizes=(1024,), iters=5, warmup=1, check=True,
-                        timeout_s=60)
+                        params={"colls": ["all_reduce"], "sizes": [1024], "iters": 5,
+                                "warmup": 1, "check": True}, timeout_s=60)
             row = run_bench(plan, launcher=launcher, nproc=nproc)["rows"][0]
         except (RunFailed, ValueError, OSError) as exc:
             out.append(Check(component=name, available=False, version=None,

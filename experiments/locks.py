@@ -27,6 +27,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from jitter_models.errors import BadInput
 from launch.ownership import alive, boot_id, cmdline, describe, start_ticks
 from launch.progress import BOARD
 from launch.supervise import stop_stale
@@ -36,7 +37,7 @@ from .atomic import FILE_MODE, make_dirs
 _MAX_LOCK_BYTES = 64 * 1024
 
 
-class FolderInUse(ValueError):
+class FolderInUse(BadInput):
     """Another sweep holds the folder, or the lock names processes that are not ours."""
 
 

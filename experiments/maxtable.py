@@ -12,12 +12,15 @@ import math
 import os
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jitter_models import Schedule, expected_max, format_us, max_quantile, schedules_from_toml
-from jitter_models.files import read_input_file
+if TYPE_CHECKING:
+    from jitter_models import Schedule
 
+# (jitter_models is imported where it is used: the CLI's parser reads STATS, and --help
+# must not import scipy.)
 STATS = {"mean": None, "p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
+"""The statistics of the max a table can give: its mean, or a quantile."""
 DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -26,6 +29,8 @@ MAX_SPEC_BYTES = 4 * 2**20
 
 
 def load_toml(text: str, where: str) -> dict[str, Any]:
+    from jitter_models.errors import BadInput
+
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -33,19 +38,22 @@ def load_toml(text: str, where: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{where}: not valid TOML: {exc}") from None
+        raise BadInput(f"{where}: not valid TOML: {exc}") from None
     except RecursionError:  # the parser recurses per level of nested arrays and tables
-        raise ValueError(f"{where}: not valid TOML: arrays or tables nested too deeply"
+        raise BadInput(f"{where}: not valid TOML: arrays or tables nested too deeply"
                          ) from None
 
 
 def load_toml_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The TOML document in the user-named file ``path`` (a regular file, at most
-    ``MAX_SPEC_BYTES``); ValueError naming ``spec`` and the file otherwise."""
+    ``MAX_SPEC_BYTES``); BadInput naming ``spec`` and the file otherwise."""
+    from jitter_models.errors import BadInput
+    from jitter_models.files import read_input_file
+
     try:
         text = read_input_file(path, what=f"spec {str(path)!r}", max_bytes=MAX_SPEC_BYTES)
     except OSError as exc:
-        raise ValueError(f"spec: cannot read {str(path)!r} ({exc.strerror or exc})") from None
+        raise BadInput(f"spec: cannot read {str(path)!r} ({exc.strerror or exc})") from None
     return load_toml(text, f"spec {str(path)!r}")
 
 
@@ -55,8 +63,10 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
+    from jitter_models.errors import BadInput
+
     if name not in preset_names():
-        raise ValueError(f"preset: unknown preset {name!r} (known: {', '.join(preset_names())})")
+        raise BadInput(f"preset: unknown preset {name!r} (known: {', '.join(preset_names())})")
     text = resources.files("experiments.presets").joinpath(f"{name}.toml").read_text("utf-8")
     return load_toml(text, f"preset {name!r}")
 
@@ -65,8 +75,17 @@ def max_table(schedules: Sequence[Schedule], ns: Sequence[int], stat: str = "mea
               seed: int = 0, ranks_per_node: int = 8) -> list[dict[str, Any]]:
     """One row per (schedule, N): the statistic of the max over ranks of one site's delays,
     in µs, and its amplification over N = 1 (same statistic)."""
+    from jitter_models import expected_max, max_quantile
+    from jitter_models.errors import BadInput
+
     if stat not in STATS:
-        raise ValueError(f"stat: must be one of {', '.join(STATS)}, got {stat!r}")
+        raise BadInput(f"stat: must be one of {', '.join(STATS)}, got {stat!r}")
+    for i, s in enumerate(schedules):
+        if s.scope == "link":
+            raise BadInput(f"jitter[{i}].scope: 'link' delays an explicit algorithm's "
+                           "messages, not ranks before a collective: the max over ranks "
+                           "of one collective's delays (this table) does not apply; the "
+                           "simulator of the algorithms' patterns times those")
     rows = []
     for s in schedules:
         base = None
@@ -84,6 +103,8 @@ def max_table(schedules: Sequence[Schedule], ns: Sequence[int], stat: str = "mea
 def render_table(rows: list[dict[str, Any]], names: Sequence[str], means_s: Sequence[float]
                  ) -> str:
     """Rows of N, a column per schedule; the first line is each schedule's mean delay."""
+    from jitter_models import format_us
+
     stat = rows[0]["stat"] if rows else "mean"
     width = [max(12, len(n) + 2) for n in names]
     head = "N".rjust(8) + "".join(n.rjust(w) for n, w in zip(names, width))
@@ -99,6 +120,3 @@ def render_table(rows: list[dict[str, Any]], names: Sequence[str], means_s: Sequ
         lines.append(str(n).rjust(8) + cells)
     return "\n".join(lines)
 
-
-def schedules_from_doc(doc: dict[str, Any]) -> list[Schedule]:
-    return schedules_from_toml(doc)

@@ -145,82 +145,102 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n
     if not points:
         return {"validation": [], "extrapolation": [], "holdout": None,
                 "collective_fit_us": None}
-    coll = fit_collective(points, n_sites)
-    n_min = min(p["world_size"] for p in points)
-    base = [p["compute_us"] for p in points if p["world_size"] == n_min]
-    compute_min = float(np.mean(base)) / n_sites  # per site, at the smallest N
+    fit = _Fit(points, schedules, n_sites=n_sites, seed=seed, ranks_per_node=ranks_per_node,
+               share=share)
+    return {"validation": _validation(fit, points),
+            "extrapolation": _extrapolation(fit),
+            "holdout": _holdout(points, schedules, n_sites=n_sites, seed=seed,
+                                ranks_per_node=ranks_per_node, share=fit.share)
+            if holdout else None,
+            "collective_fit_us": {"a": fit.coll[0], "b_per_rank": fit.coll[1],
+                                  "fitted": fit.coll[2], **fit.extra}}
 
-    if share is None:
-        def share(n: int) -> float:
-            return 1.0 / n
 
-    def compute_at(n: int) -> float:
-        return compute_min * share(n) / share(n_min)
+class _Fit:
+    """The model fitted to the measured points: its prediction at (schedule, N) and the
+    replicas of its band."""
 
-    ones = [p["collective_us"] / n_sites for p in points if p["world_size"] == 1]
-    local = float(np.mean(ones)) if ones else 0.0
-    # Host time per step outside the sites' four parts (step bookkeeping, the barrier),
-    # measured at the smallest N and held.
-    parts = ("compute_us", "delay_us", "collective_us", "skew_wait_us")
-    rest = [p["mean_us"] - sum(p.get(k) or 0.0 for k in parts)
-            for p in points if p["world_size"] == n_min and "delay_us" in p]
-    overhead = max(float(np.mean(rest)), 0.0) if rest else 0.0
-    extra = {"local_coll_us": local, "overhead_us": overhead}
+    def __init__(self, points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *,
+                 n_sites: int, seed: int, ranks_per_node: int,
+                 share: Callable[[int], float] | None) -> None:
+        self.schedules, self.n_sites = schedules, n_sites
+        self.seed, self.ranks_per_node = seed, ranks_per_node
+        self.coll = fit_collective(points, n_sites)
+        self.n_min = n_min = min(p["world_size"] for p in points)
+        base = [p["compute_us"] for p in points if p["world_size"] == n_min]
+        self.compute_min = float(np.mean(base)) / n_sites  # per site, at the smallest N
+        self.share = share if share is not None else _inverse
+        ones = [p["collective_us"] / n_sites for p in points if p["world_size"] == 1]
+        local = float(np.mean(ones)) if ones else 0.0
+        # Host time per step outside the sites' four parts (step bookkeeping, the
+        # barrier), measured at the smallest N and held.
+        parts = ("compute_us", "delay_us", "collective_us", "skew_wait_us")
+        rest = [p["mean_us"] - sum(p.get(k) or 0.0 for k in parts)
+                for p in points if p["world_size"] == n_min and "delay_us" in p]
+        overhead = max(float(np.mean(rest)), 0.0) if rest else 0.0
+        self.extra = {"local_coll_us": local, "overhead_us": overhead}
+        inputs = _Inputs(points, n_sites)
+        rng = np.random.default_rng(BAND_SEED)
+        self.replicas = inputs.terms(*inputs.draws(BAND_DRAWS, rng))
+        self._delays: dict[tuple[str, int], float] = {}
 
-    inputs = _Inputs(points, n_sites)
-    rng = np.random.default_rng(BAND_SEED)
-    replicas = inputs.terms(*inputs.draws(BAND_DRAWS, rng))
-    delays: dict[tuple[str, int], float] = {}
+    def compute_at(self, n: int) -> float:
+        return self.compute_min * self.share(n) / self.share(self.n_min)
 
-    def delay(name: str, n: int) -> float:
-        if (name, n) not in delays:
-            delays[name, n] = predicted_site_max_us(schedules[name], seed, n, ranks_per_node)
-        return delays[name, n]
+    def delay(self, name: str, n: int) -> float:
+        if (name, n) not in self._delays:
+            self._delays[name, n] = predicted_site_max_us(self.schedules[name], self.seed, n,
+                                                          self.ranks_per_node)
+        return self._delays[name, n]
 
-    def band(name: str, n: int) -> np.ndarray:
-        return _step_us(replicas, n, share(n) / share(n_min), delay(name, n), n_sites,
-                        overhead)
+    def band(self, name: str, n: int) -> np.ndarray:
+        return _step_us(self.replicas, n, self.share(n) / self.share(self.n_min),
+                        self.delay(name, n), self.n_sites, self.extra["overhead_us"])
 
-    validation = []
+    def predict(self, sched: Schedule, n: int) -> float:
+        return predict_step_us(sched, n, compute_site_us=self.compute_at(n), coll=self.coll,
+                               n_sites=self.n_sites, seed=self.seed,
+                               ranks_per_node=self.ranks_per_node, **self.extra)
+
+
+def _inverse(n: int) -> float:
+    return 1.0 / n
+
+
+def _validation(fit: _Fit, points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
     for p in points:
-        sched = schedules.get(p["schedule"])
+        sched = fit.schedules.get(p["schedule"])
         if sched is None:
             continue
-        model = predict_step_us(sched, p["world_size"], compute_site_us=compute_at(
-            p["world_size"]), coll=coll, n_sites=n_sites, seed=seed,
-            ranks_per_node=ranks_per_node, **extra)
-        lo, hi = np.percentile(band(p["schedule"], p["world_size"]), [2.5, 97.5])
+        model = fit.predict(sched, p["world_size"])
+        lo, hi = np.percentile(fit.band(p["schedule"], p["world_size"]), [2.5, 97.5])
         se = p.get("mean_se_us")
-        validation.append({"schedule": p["schedule"], "world_size": p["world_size"],
-                           "measured_mean_us": p["mean_us"],
-                           "measured_ci95_us": None if se is None else 1.96 * se,
-                           "model_mean_us": model, "model_lo_us": float(lo),
-                           "model_hi_us": float(hi), "rel_error": model / p["mean_us"] - 1})
-    order = {name: i for i, name in enumerate(schedules)}
-    validation.sort(key=lambda r: (order[r["schedule"]], r["world_size"]))
-    extrapolation = []
-    for name, sched in schedules.items():
-        t1 = band(name, 1)
+        rows.append({"schedule": p["schedule"], "world_size": p["world_size"],
+                     "measured_mean_us": p["mean_us"],
+                     "measured_ci95_us": None if se is None else 1.96 * se,
+                     "model_mean_us": model, "model_lo_us": float(lo),
+                     "model_hi_us": float(hi), "rel_error": model / p["mean_us"] - 1})
+    order = {name: i for i, name in enumerate(fit.schedules)}
+    rows.sort(key=lambda r: (order[r["schedule"]], r["world_size"]))
+    return rows
+
+
+def _extrapolation(fit: _Fit) -> list[dict[str, Any]]:
+    rows = []
+    for name, sched in fit.schedules.items():
+        t1 = fit.band(name, 1)
+        t_1 = fit.predict(sched, 1)
         for n in EXTRAPOLATE_TO:
-            t = predict_step_us(sched, n, compute_site_us=compute_at(n), coll=coll,
-                                n_sites=n_sites, seed=seed, ranks_per_node=ranks_per_node,
-                                **extra)
-            t_1 = t if n == 1 else predict_step_us(
-                sched, 1, compute_site_us=compute_at(1), coll=coll, n_sites=n_sites,
-                seed=seed, ranks_per_node=ranks_per_node, **extra)
-            tn = band(name, n)
+            t = fit.predict(sched, n)
+            tn = fit.band(name, n)
             lo, hi = np.percentile(tn, [2.5, 97.5])
             e_lo, e_hi = np.percentile(t1 / tn / n, [2.5, 97.5])
-            extrapolation.append({"schedule": name, "world_size": n, "model_mean_us": t,
-                                  "model_lo_us": float(lo), "model_hi_us": float(hi),
-                                  "efficiency": t_1 / t / n, "efficiency_lo": float(e_lo),
-                                  "efficiency_hi": float(e_hi)})
-    return {"validation": validation, "extrapolation": extrapolation,
-            "holdout": _holdout(points, schedules, n_sites=n_sites, seed=seed,
-                                ranks_per_node=ranks_per_node, share=share)
-            if holdout else None,
-            "collective_fit_us": {"a": coll[0], "b_per_rank": coll[1], "fitted": coll[2],
-                                  **extra}}
+            rows.append({"schedule": name, "world_size": n, "model_mean_us": t,
+                         "model_lo_us": float(lo), "model_hi_us": float(hi),
+                         "efficiency": t_1 / t / n, "efficiency_lo": float(e_lo),
+                         "efficiency_hi": float(e_hi)})
+    return rows
 
 
 def _holdout(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *,

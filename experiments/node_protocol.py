@@ -42,6 +42,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from jitter_models.errors import BadInput
 from launch.slurm import SlurmJob, srun_per_node_argv
 
 from . import node_store
@@ -107,11 +108,11 @@ def parse_master(text: str) -> tuple[str, int]:
     """'host:port' or '[v6addr]:port' -> (host, port); ValueError naming the flag."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)|([^\s:\[\]]+):([0-9]+)", text or "")
     if not m:
-        raise ValueError(f"master: expected HOST:PORT, got {text!r}")
+        raise BadInput(f"master: expected HOST:PORT, got {text!r}")
     host = m.group(1) or m.group(3)
     port = int(m.group(2) or m.group(4))
     if not 1 <= port <= 65535:
-        raise ValueError(f"master: port must be in [1, 65535], got {port}")
+        raise BadInput(f"master: port must be in [1, 65535], got {port}")
     return host, port
 
 
@@ -121,7 +122,7 @@ def layout(world_size: int, ranks_per_node: int) -> tuple[int, int]:
     if world_size <= ranks_per_node:
         return 1, world_size
     if world_size % ranks_per_node:
-        raise ValueError(f"world_sizes: {world_size} is not a multiple of ranks_per_node="
+        raise BadInput(f"world_sizes: {world_size} is not a multiple of ranks_per_node="
                          f"{ranks_per_node} (a multi-node point fills whole nodes)")
     return world_size // ranks_per_node, ranks_per_node
 
@@ -129,15 +130,15 @@ def layout(world_size: int, ranks_per_node: int) -> tuple[int, int]:
 def check_layout(spec: Spec, nnodes: int) -> None:
     """Bad input for a K-node sweep, found before anything starts or is written."""
     if spec.backend == "mpi":
-        raise ValueError("backend: a multi-node sweep starts torchrun on each node (gloo or "
+        raise BadInput("backend: a multi-node sweep starts torchrun on each node (gloo or "
                          "nccl); for mpi, run on one host with launcher = \"mpirun\"")
     if spec.launcher not in ("auto", "torchrun"):
-        raise ValueError(f"launcher: a multi-node sweep starts torchrun on each node; got "
+        raise BadInput(f"launcher: a multi-node sweep starts torchrun on each node; got "
                          f"{spec.launcher!r} (use auto or torchrun)")
     for n in spec.world_sizes:
         k, _ = layout(n, spec.ranks_per_node)
         if k > nnodes:
-            raise ValueError(f"world_sizes: {n} needs {k} nodes of ranks_per_node="
+            raise BadInput(f"world_sizes: {n} needs {k} nodes of ranks_per_node="
                              f"{spec.ranks_per_node}, the sweep has nnodes={nnodes}")
 
 
@@ -185,13 +186,13 @@ def node_rank_from(value: str, nnodes: int, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     raw = env.get("SLURM_NODEID") if value == "slurm" else value
     if raw is None:
-        raise ValueError("node-rank: 'slurm' needs SLURM_NODEID (run it as an srun task)")
+        raise BadInput("node-rank: 'slurm' needs SLURM_NODEID (run it as an srun task)")
     try:
         rank = int(raw)
     except ValueError:
-        raise ValueError(f"node-rank: expected an integer or 'slurm', got {value!r}") from None
+        raise BadInput(f"node-rank: expected an integer or 'slurm', got {value!r}") from None
     if not 0 <= rank < nnodes:
-        raise ValueError(f"node-rank: must be in [0, {nnodes - 1}] for nnodes={nnodes}, "
+        raise BadInput(f"node-rank: must be in [0, {nnodes - 1}] for nnodes={nnodes}, "
                          f"got {rank}")
     return rank
 
@@ -212,7 +213,7 @@ class Link:
                 self.server = StoreServer(setup.master_host, setup.master_port, self.key,
                                           max_connections=2 * setup.nnodes + 32)
             except OSError as exc:
-                raise ValueError(f"master: cannot listen on {where} "
+                raise BadInput(f"master: cannot listen on {where} "
                                  f"({exc.strerror or exc})") from None
             self._request = self.server.apply
             return

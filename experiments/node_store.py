@@ -39,6 +39,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from jitter_models.errors import BadInput
+
 MAX_HELLO_BYTES = 1024   # a real hello is about 100 bytes
 KEY_ENV = "JITTERLAB_SWEEP_KEY"
 KEY_FILE_ENV = "JITTERLAB_SWEEP_KEY_FILE"
@@ -68,25 +70,25 @@ def sweep_key(env: Mapping[str, str] | None = None) -> bytes:
         try:  # no FIFO, no link; the mode checked on what was opened
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise ValueError(f"sweep key: cannot read {path} ({exc.strerror})") from None
+            raise BadInput(f"sweep key: cannot read {path} ({exc.strerror})") from None
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             mode = st.st_mode & 0o777
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                raise ValueError(f"sweep key: {path} is not a regular file of this user")
+                raise BadInput(f"sweep key: {path} is not a regular file of this user")
             if mode & 0o077:
-                raise ValueError(f"sweep key: {path} can be read by other users (mode "
+                raise BadInput(f"sweep key: {path} can be read by other users (mode "
                                  f"{mode:04o}); make it private: chmod 600 {path}")
             raw = f.read(4096).strip()
         text = raw.hex() if len(raw) >= 16 and not raw.isascii() else raw.decode("ascii",
                                                                                "replace")
     if not text:
-        raise ValueError(f"sweep key: a multi-node sweep needs a secret only its nodes "
+        raise BadInput(f"sweep key: a multi-node sweep needs a secret only its nodes "
                          f"know: set {KEY_ENV} to the same value on every node (e.g. "
                          f"export {KEY_ENV}=$(openssl rand -hex 32)), or {KEY_FILE_ENV} "
                          "to a file of mode 0600")
     if len(text) < MIN_KEY_CHARS:
-        raise ValueError(f"sweep key: must be at least {MIN_KEY_CHARS} characters, got "
+        raise BadInput(f"sweep key: must be at least {MIN_KEY_CHARS} characters, got "
                          f"{len(text)}")
     return text.encode()
 

@@ -4,19 +4,20 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from jitter_models.errors import BadInput
 from jitter_models.syntax import escape
 from jitter_models.units import MAX_DELAY_S, format_duration
 
 from .analysis import predicted_site_max_us, scaling, useful_parallelism
 from .atomic import write_bytes_atomic, write_text_atomic
 from .csv_cells import csv_text
+from .report_plots import SITE_MAX_PLOT, site_max_pairs  # noqa: F401 (the report's API)
+from .report_plots import plots as _plots
+from .report_plots import site_max_caption as _site_max_caption
 
 DEFINITIONS = [
     ("step latency", "per token: the max over ranks of the step's duration on that rank"),
@@ -59,10 +60,6 @@ def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
     """Tables for the report: per point, per (schedule, batch, N) scaling, headlines. A
     point whose files do not read back raises ``BadPoint``, or with ``skip_bad`` is left
     out and listed under ``skipped``."""
-    import functools
-
-    from collectives.models import weight_share
-
     from .model import build as build_model
     from .spec import parse_spec
     from .sweep import expand
@@ -86,9 +83,10 @@ def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
                         for p in mine])
         rows += [{**r, "batch": batch} for r in part]
         useful[batch] = useful_parallelism(part)
-        models[batch] = build_model(mine, schedules, n_sites=2 * spec.model.layers,
+        models[batch] = build_model(mine, schedules,
+                                    n_sites=spec.work.sites_per_step(spec.params),
                                     seed=spec.seed, ranks_per_node=spec.ranks_per_node,
-                                    share=functools.partial(weight_share, spec.model))
+                                    share=spec.work.compute_share(spec.params))
     failed = []
     for pid in sorted(expected):
         path = root / "failed" / f"{pid}.json"
@@ -132,14 +130,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     from .store import MAX_MANIFEST_BYTES, read_json_file
 
     if not path.exists() and not path.is_symlink():
-        raise ValueError(f"dir: {str(path.parent)!r} is not a jitterlab result folder "
+        raise BadInput(f"dir: {str(path.parent)!r} is not a jitterlab result folder "
                          "(no manifest)")
     try:
         doc = read_json_file(path, max_bytes=MAX_MANIFEST_BYTES)
     except OSError as exc:
-        raise ValueError(f"{path}: unreadable ({exc.strerror or exc})") from None
+        raise BadInput(f"{path}: unreadable ({exc.strerror or exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
-        raise ValueError(f"{path}: not a jitterlab manifest (no 'spec' table)")
+        raise BadInput(f"{path}: not a jitterlab manifest (no 'spec' table)")
     return doc
 
 
@@ -210,149 +208,6 @@ def _headlines(rows: list[dict], useful: dict, by_batch: bool,
     return out
 
 
-def _plots(data: dict[str, Any]) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: dict[str, bytes] = {}
-    rows = data["scaling"]
-    by_batch = len(data["spec"].batches) > 1
-    series = sorted({(r["schedule"], r["batch"]) for r in rows})
-
-    def label(key: tuple[str, int]) -> str:
-        return f"{key[0]} (batch {key[1]})" if by_batch else key[0]
-
-    def log2_x(ax) -> None:  # a log axis needs data: a sweep may have no N = 1 point
-        if any(len(line.get_xdata()) for line in ax.get_lines()):
-            ax.set_xscale("log", base=2)
-
-    def save(fig) -> bytes:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return buf.getvalue()
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in series:
-        mine = sorted((r for r in rows if (r["schedule"], r["batch"]) == key),
-                      key=lambda r: r["world_size"])
-        n = [r["world_size"] for r in mine]
-        (line,) = ax.plot(n, [r["p99_s"] * 1e3 for r in mine], marker="o", label=label(key))
-        ax.plot(n, [r["mean_s"] * 1e3 for r in mine], ls="--", alpha=0.6,
-                color=line.get_color())
-    log2_x(ax)
-    ax.set_xlabel("world size N (ranks)")
-    ax.set_ylabel("step latency (ms); solid p99, dashed mean")
-    ax.legend(fontsize=7)
-    out["latency_vs_n.png"] = save(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in series:
-        mine = sorted((r for r in rows if (r["schedule"], r["batch"]) == key
-                       and r["efficiency_mean"] is not None), key=lambda r: r["world_size"])
-        if mine:
-            ax.plot([r["world_size"] for r in mine], [r["efficiency_mean"] for r in mine],
-                    marker="o", label=label(key))
-    log2_x(ax)
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("world size N (ranks)")
-    ax.set_ylabel("efficiency E(N) = S(N)/N (mean)")
-    ax.legend(fontsize=7)
-    out["efficiency_vs_n.png"] = save(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, big in sorted(data["largest"].items()):
-        x = np.sort(big["steps_s"]) * 1e3
-        ax.step(x, np.arange(1, x.size + 1) / x.size, where="post",
-                label=f"{name} (N={big['world_size']})")
-    ax.set_xlabel("step latency (ms)")
-    ax.set_ylabel("fraction of steps")
-    ax.legend(fontsize=7)
-    out["step_latency_cdf.png"] = save(fig)
-
-    for name, big in sorted(data["largest"].items()):
-        fig, ax = plt.subplots(figsize=(6, 2 + 0.15 * len(big["wait_us"])))
-        im = ax.imshow(np.array(big["wait_us"]), aspect="auto", cmap="viridis")
-        ax.set_xlabel("site (collective index in the step)")
-        ax.set_ylabel("rank")
-        ax.set_yticks(range(len(big["wait_us"])))
-        ax.set_title(f"{name}, N={big['world_size']}: mean wait in the all-reduce (µs)")
-        fig.colorbar(im, ax=ax)
-        out[f"wait_heatmap_{_slug(name)}.png"] = save(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for batch, model in data["models"].items():
-        for name in sorted({r["schedule"] for r in model["extrapolation"]}):
-            mine = [r for r in model["extrapolation"] if r["schedule"] == name
-                    and r["efficiency"] is not None]
-            if mine:
-                xs = [r["world_size"] for r in mine]
-                line, = ax.plot(xs, [r["efficiency"] for r in mine],
-                                label=label((name, batch)))
-                if all("efficiency_lo" in r for r in mine):
-                    ax.fill_between(xs, [r["efficiency_lo"] for r in mine],
-                                    [r["efficiency_hi"] for r in mine],
-                                    color=line.get_color(), alpha=0.15, lw=0)
-    log2_x(ax)
-    measured = [q["world_size"] for q in data["points"]]
-    if measured:
-        ax.axvline(max(measured), color="grey", lw=0.8, ls="--")
-        ax.annotate(" largest measured N", (max(measured), 0.98), fontsize=7,
-                    xycoords=("data", "axes fraction"), va="top")
-    ax.set_xlabel("world size N (ranks), model beyond the measured points")
-    ax.set_ylabel("efficiency E(N) of the mean step (model, 95% band)")
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.legend(fontsize=7)
-    out["model_efficiency_to_4096.png"] = save(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs, ys = site_max_pairs(data["points"])
-    ax.scatter(xs, ys)
-    lim = max([1.0, *xs, *ys])
-    ax.plot([0, lim], [0, lim], color="grey", lw=0.8)
-    ax.set_xlabel("predicted E[max over ranks] of a site's injected delay (µs), "
-                  "order statistics")
-    ax.set_ylabel("achieved: mean over sites of max over ranks of delay_ns (µs)")
-    ax.set_title("injected delay at a site: achieved vs predicted", fontsize=9)
-    out[SITE_MAX_PLOT] = save(fig)
-    return out
-
-
-SITE_MAX_PLOT = "predicted_vs_measured.png"
-
-
-def site_max_pairs(points: list[dict]) -> tuple[list[float], list[float]]:
-    """(predicted, achieved) site max, µs, of the points that have both: the achieved
-    delay (``delay_ns``, what the injector did), not the requested one, which is the
-    schedule's own draw and agrees with its prediction by construction."""
-    pts = [p for p in points if p["site_max_predicted_us"] is not None
-           and p.get("site_max_achieved_us") is not None]
-    return ([p["site_max_predicted_us"] for p in pts],
-            [p["site_max_achieved_us"] for p in pts])
-
-
-def _site_max_caption(points: list[dict]) -> str:
-    missing = sum(p.get("site_max_achieved_us") is None for p in points)
-    return ("Achieved vs predicted injected delay per site: x, the order-statistics "
-            "prediction E[max over ranks] of the schedule's delay at one site (µs); y, the "
-            "measured mean over (step, site) of the max over ranks of the achieved delay "
-            "delay_ns (µs); one dot per point, the grey line is y = x. Above it the "
-            "injector delays more than asked (its lateness)."
-            + (f" {missing} point(s) without an achieved value (an older summary) are "
-               "n/a here." if missing else ""))
-
-
-def _slug(name: str) -> str:
-    """A file-name-safe form; a short hash keeps names that differ only in punctuation
-    ("a b/c", "a b_c") apart."""
-    import hashlib
-
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:48]
-    return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
-
-
 def write_report(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
     """report.md, report.html, plots and CSV tables under ``root``; returns the data."""
     root = Path(root)
@@ -390,12 +245,65 @@ def _table(rows: list[dict], keys: list[str]) -> list[str]:
     return lines
 
 
+def _model_sections(data: dict, spec) -> list[str]:
+    """The model's sections: measured vs predicted, held out, extrapolation."""
+    lines: list[str] = []
+    for batch, m in data["models"].items():
+        if not m["validation"]:
+            continue
+        fit = m["collective_fit_us"]
+        coll = (f"collective(N) = {fit['a']:.2f} + {fit['b_per_rank']:.2f} x (N-1) µs per "
+                "site, fitted on the measured N >= 2 points" if fit["fitted"] else
+                f"collective(N) held at {fit['a']:.2f} µs per site, its value at the largest "
+                "measured N (one multi-rank world size measured: no growth to fit, so the "
+                "extrapolation shows the jitter's max-of-N effect alone)")
+        tag = f" (batch {batch})" if len(data["models"]) > 1 else ""
+        lines += ["", f"## Model: measured vs predicted mean step{tag}", "",
+                  "T(N) = sites x (compute(N) + E[max of N delays] + collective(N)), with "
+                  f"{escape(spec.work.model_note(spec.params))}, {coll}; at N = 1 the "
+                  "all-reduce is the measured local call; plus the "
+                  "step's host overhead measured at the smallest N; E[max] from the "
+                  "schedule's order statistics.", ""]
+        lines += _table(m["validation"], ["schedule", "world_size", "measured_mean_us",
+                                          "measured_ci95_us", "model_mean_us", "model_lo_us",
+                                          "model_hi_us", "rel_error"])
+        lines += ["", "measured_ci95_us: half-width of the 95% interval of the measured mean "
+                  "(1.96 batch-means SE). model_lo_us .. model_hi_us: the model's 95% band "
+                  "from the sampling error of its measured inputs (compute and collective "
+                  "time per step), assuming the model's form; rel_error = model / measured "
+                  "- 1 is the test of that form."]
+        hold = m.get("holdout")
+        lines += ["", f"## Model held out{tag}", ""]
+        if hold:
+            lines += [f"Refitted on N = {', '.join(map(str, hold['fitted_on']))} only, the "
+                      f"model predicts the largest measured N = "
+                      f"{hold['held_out_world_size']}:", ""]
+            lines += _table(hold["rows"], ["schedule", "world_size", "measured_mean_us",
+                                           "model_mean_us", "rel_error"])
+        else:
+            sizes = sorted({r["world_size"] for r in m["validation"] if r["world_size"] >= 2})
+            lines += [f"Not possible here: a held-out test needs three or more multi-rank "
+                      f"world sizes (two to fit the collective's growth, one to predict); "
+                      f"measured: {sizes or 'none'}. Until then the extrapolation rests on "
+                      "the fit at the measured N alone."]
+        keep = {1, 8, 64, 512, 4096}
+        lines += ["", f"## Extrapolation (model only){tag}", ""]
+        lines += _table([r for r in m["extrapolation"] if r["world_size"] in keep],
+                        ["schedule", "world_size", "model_mean_us", "model_lo_us",
+                         "model_hi_us", "efficiency", "efficiency_lo", "efficiency_hi"])
+        lines += ["", "The band (lo .. hi, 95%) carries the sampling error of the measured "
+                  "inputs only" + ("." if fit["fitted"] else
+                                   ": with the collective held at one measured world size, "
+                                   "how it grows with N is unknown and not in the band; "
+                                   "measure more world sizes to fit it.")]
+    return lines
+
+
 def _markdown(data: dict, plots: dict[str, bytes]) -> str:
     spec = data["spec"]
-    hw = f", {spec.hardware} roofline" if spec.compute == "emulated" else ""
     lines = [f"# jitterlab report: {escape(spec.name)}", "",
-             f"{spec.workload} of {escape(spec.model.name)} ({spec.compute} compute{hw}), "
-             f"world sizes {list(spec.world_sizes)}, batch {list(spec.batches)}, backend "
+             f"{escape(spec.work.describe(spec.params))}, world sizes "
+             f"{list(spec.world_sizes)}, batch {list(spec.batches)}, backend "
              f"{spec.backend}, {spec.steps} recorded steps per point after {spec.warmup} warm-up; "
              f"{len(data['points'])} of {data['expected_points']} points complete.", "",
              "## Headlines", ""]
@@ -432,56 +340,7 @@ def _markdown(data: dict, plots: dict[str, bytes]) -> str:
                   f"{format_duration(MAX_DELAY_S)}, the maximum delay (delays_clipped: draws "
                   "of an unbounded law above it, over all ranks and steps, warm-up "
                   "included): those points measure the clipped law, not the schedule's."]
-    for batch, m in data["models"].items():
-        if not m["validation"]:
-            continue
-        fit = m["collective_fit_us"]
-        coll = (f"collective(N) = {fit['a']:.2f} + {fit['b_per_rank']:.2f} x (N-1) µs per "
-                "site, fitted on the measured N >= 2 points" if fit["fitted"] else
-                f"collective(N) held at {fit['a']:.2f} µs per site, its value at the largest "
-                "measured N (one multi-rank world size measured: no growth to fit, so the "
-                "extrapolation shows the jitter's max-of-N effect alone)")
-        tag = f" (batch {batch})" if len(data["models"]) > 1 else ""
-        lines += ["", f"## Model: measured vs predicted mean step{tag}", "",
-                  "T(N) = sites x (compute(N) + E[max of N delays] + collective(N)), with "
-                  "compute(N) the measured compute scaled by the rank's share of the "
-                  f"weights (1/N while the {spec.model.heads} heads split, constant past "
-                  f"N = {spec.model.heads}), "
-                  f"{coll}; at N = 1 the all-reduce is the measured local call; plus the "
-                  "step's host overhead measured at the smallest N; E[max] from the "
-                  "schedule's order statistics.", ""]
-        lines += _table(m["validation"], ["schedule", "world_size", "measured_mean_us",
-                                          "measured_ci95_us", "model_mean_us", "model_lo_us",
-                                          "model_hi_us", "rel_error"])
-        lines += ["", "measured_ci95_us: half-width of the 95% interval of the measured mean "
-                  "(1.96 batch-means SE). model_lo_us .. model_hi_us: the model's 95% band "
-                  "from the sampling error of its measured inputs (compute and collective "
-                  "time per step), assuming the model's form; rel_error = model / measured "
-                  "- 1 is the test of that form."]
-        hold = m.get("holdout")
-        lines += ["", f"## Model held out{tag}", ""]
-        if hold:
-            lines += [f"Refitted on N = {', '.join(map(str, hold['fitted_on']))} only, the "
-                      f"model predicts the largest measured N = "
-                      f"{hold['held_out_world_size']}:", ""]
-            lines += _table(hold["rows"], ["schedule", "world_size", "measured_mean_us",
-                                           "model_mean_us", "rel_error"])
-        else:
-            sizes = sorted({r["world_size"] for r in m["validation"] if r["world_size"] >= 2})
-            lines += [f"Not possible here: a held-out test needs three or more multi-rank "
-                      f"world sizes (two to fit the collective's growth, one to predict); "
-                      f"measured: {sizes or 'none'}. Until then the extrapolation rests on "
-                      "the fit at the measured N alone."]
-        keep = {1, 8, 64, 512, 4096}
-        lines += ["", f"## Extrapolation (model only){tag}", ""]
-        lines += _table([r for r in m["extrapolation"] if r["world_size"] in keep],
-                        ["schedule", "world_size", "model_mean_us", "model_lo_us",
-                         "model_hi_us", "efficiency", "efficiency_lo", "efficiency_hi"])
-        lines += ["", "The band (lo .. hi, 95%) carries the sampling error of the measured "
-                  "inputs only" + ("." if fit["fitted"] else
-                                   ": with the collective held at one measured world size, "
-                                   "how it grows with N is unknown and not in the band; "
-                                   "measure more world sizes to fit it.")]
+    lines += _model_sections(data, spec)
     lines += ["", "## Plots", ""]
     for n in plots:
         lines.append(f"![{n}]({n})")

@@ -2,11 +2,11 @@
 
 ```toml
 name = "quickstart"
-workload = "tp_decode"        # or "microbench"
-model = "llama-3-8b"          # a preset, or a table of dims
-batch = 1                     # or a list: one variant each
+workload = "tp_decode"        # a registered workload, or "module:Class"
+model = "llama-3-8b"          # tp_decode's own keys: a preset, or a table of dims
 compute = "emulated"          # real | emulated | none
 hardware = "h100"             # roofline preset for emulated compute
+batch = 1                     # or a list: one variant each
 dtype = "float16"
 world_sizes = [1, 2]
 backend = "mpi"               # auto | gloo | nccl | mpi
@@ -21,34 +21,37 @@ name = "lognormal"
 dist = "lognormal(median=20us, sigma=0.6)"
 ```
 
-Errors name the key path and the value, e.g. ``jitter[2].dist: lognormal: sigma: must be
-> 0, got -1.0`` or ``world_sizes: 3 does not divide heads=32``. Importing this module does
-not import torch (``jitterlab validate`` stays fast).
+The keys below ``KEYS`` are every sweep's; a workload adds its own (``spec_keys`` of
+``collectives.workload``), which it validates into ``Spec.params``. Errors name the key path
+and the value, e.g. ``jitter[2].dist: lognormal: sigma: must be > 0, got -1.0`` or
+``world_sizes: 3 does not divide heads=32``. Importing this module does not import torch
+(``jitterlab validate`` stays fast).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collectives.models import ModelConfig, model_config, shard_layout
+from collectives.backends import BACKENDS
+from collectives.ops import DTYPES
+from collectives.workload import SweepCommon, Workload, get_workload
 from jitter_models import Schedule, check_unique_names, parse_schedule, schedule_from_table
+from jitter_models.errors import reading_input
 from jitter_models.syntax import check_printable
+from launch.commands import LAUNCHERS
 
 from .maxtable import load_toml_file
 
-KEYS = ("name", "workload", "model", "batch", "compute", "hardware", "dtype", "world_sizes",
-        "backend", "launcher", "steps", "warmup", "seed", "timeout_s", "ranks_per_node",
-        "algorithm", "jitter")
+KEYS = ("name", "workload", "batch", "dtype", "world_sizes", "backend", "launcher", "steps",
+        "warmup", "seed", "timeout_s", "ranks_per_node", "algorithm", "record_hops", "jitter")
 MAX_STEPS = 100_000
 MAX_WORLD = 4096
-CHOICES = {"workload": ("tp_decode", "microbench"), "compute": ("real", "emulated", "none"),
-           "backend": ("auto", "gloo", "nccl", "mpi"),
-           "launcher": ("auto", "local", "torchrun", "mpirun", "srun"),
-           "dtype": ("float32", "float16", "bfloat16", "float64"),
-           "hardware": ("h100", "h200", "a100", "b200")}
+CHOICES = {"backend": BACKENDS, "launcher": ("auto", *LAUNCHERS),
+           "dtype": DTYPES}  # (a workload may take fewer dtypes: tp_decode floats only)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,15 +61,11 @@ class Spec:
     name: str
     """Names the output folder runs/<name>/."""
     workload: str
-    """tp_decode or microbench."""
-    model: ModelConfig
-    """Model shape (tp_decode)."""
+    """A workload name or ``module:Class`` (``collectives.workload.get_workload``)."""
+    params: dict[str, Any]
+    """The workload's own keys, as its ``parse`` validated them (JSON-able)."""
     batches: tuple[int, ...]
     """Batch sizes: one sweep variant each."""
-    compute: str
-    """real, emulated or none."""
-    hardware: str
-    """Roofline preset for emulated compute."""
     dtype: str
     """Element type of messages (and of weights in the roofline)."""
     world_sizes: tuple[int, ...]
@@ -90,6 +89,20 @@ class Spec:
     of jitter_models.algorithms (ring, recursive_doubling, tree, hierarchical)."""
     schedules: tuple[Schedule, ...]
     """The [[jitter]] tables, in order."""
+    record_hops: bool = False
+    """Explicit algorithms: also record one row per message (``hops-NNNNN.parquet`` in
+    each point folder); for small runs."""
+
+    @property
+    def work(self) -> Workload:
+        """The workload object ``workload`` names."""
+        return get_workload(self.workload)
+
+    def common(self) -> SweepCommon:
+        """The common keys, as a workload sees them."""
+        return SweepCommon(dtype=self.dtype, world_sizes=self.world_sizes,
+                           batches=self.batches, steps=self.steps, warmup=self.warmup,
+                           algorithm=self.algorithm, ranks_per_node=self.ranks_per_node)
 
 
 def _int(path: str, value: Any, low: int, high: int) -> int:
@@ -120,31 +133,23 @@ def _ints(doc: dict, key: str, default: Any, low: int, high: int) -> tuple[int, 
 
 
 def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
-    """Validate a parsed TOML document; ValueError naming the key path and value."""
-    unknown = [k for k in doc if k not in KEYS]
+    """Validate a parsed TOML document; ``BadInput`` naming the key path and value."""
+    with reading_input():
+        return _parse_spec(doc, default_name)
+
+
+def _parse_spec(doc: dict, default_name: str) -> Spec:
+    workload = _workload(doc)
+    own = dict(workload.spec_keys)
+    unknown = [k for k in doc if k not in KEYS and k not in own]
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown key (keys: {', '.join(KEYS)})")
+        raise ValueError(f"{unknown[0]}: unknown key (keys: {', '.join((*KEYS, *own))})")
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not name or any(c in name for c in "/\\\n") \
             or name.startswith("."):
         raise ValueError(f"name: must be a plain folder name, got {name!r}")
     check_printable("name", name)
-    workload = _choice(doc, "workload", "tp_decode")
-    raw = doc.get("model", "tiny")
-    if not isinstance(raw, (str, dict)):
-        raise ValueError(f"model: expected a preset name or a table of dims, got {raw!r}")
-    try:
-        model = model_config(raw)
-    except (ValueError, TypeError) as exc:
-        text = str(exc)
-        raise ValueError(text if text.startswith("model") else f"model: {text}") from None
     world_sizes = tuple(sorted(_ints(doc, "world_sizes", [1, 2], 1, MAX_WORLD)))
-    if workload == "tp_decode":
-        for n in world_sizes:
-            try:
-                shard_layout(model, n)
-            except ValueError as exc:
-                raise ValueError(f"world_sizes: {exc}") from None
     timeout = doc.get("timeout_s", 300.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
             or not (math.isfinite(timeout) and 0 < timeout <= 86_400):
@@ -166,10 +171,8 @@ def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
         schedules.append(schedule)
     check_unique_names(schedules)
     algorithm = _algorithm(doc, schedules)
-    return Spec(algorithm=algorithm, name=name, workload=workload, model=model,
-                batches=_ints(doc, "batch", 1, 1, 4096),
-                compute=_choice(doc, "compute", "emulated"),
-                hardware=_choice(doc, "hardware", "h100"),
+    spec = Spec(algorithm=algorithm, name=name, workload=doc.get("workload", "tp_decode"),
+                params={}, batches=_ints(doc, "batch", 1, 1, 4096),
                 dtype=_choice(doc, "dtype", "float32"), world_sizes=world_sizes,
                 backend=_choice(doc, "backend", "auto"),
                 launcher=_choice(doc, "launcher", "auto"),
@@ -179,24 +182,43 @@ def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
                 timeout_s=float(timeout),
                 ranks_per_node=_int("ranks_per_node", doc.get("ranks_per_node", 8), 1,
                                     MAX_WORLD),
-                schedules=tuple(schedules))
+                schedules=tuple(schedules), record_hops=_bool(doc, "record_hops"))
+    from launch.plan import check_record_hops
+
+    check_record_hops(spec.record_hops, (spec.algorithm,))
+    params = workload.parse({k: v for k, v in doc.items() if k in own}, spec.common())
+    return dataclasses.replace(spec, params=params)
+
+
+def _bool(doc: dict, key: str) -> bool:
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}: must be true or false, got {value!r}")
+    return value
+
+
+def _workload(doc: dict) -> Workload:
+    value = doc.get("workload", "tp_decode")
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"workload: expected a name or 'module:Class', got {value!r}")
+    check_printable("workload", value)
+    return get_workload(value)
 
 
 def _algorithm(doc: dict, schedules: list[Schedule]) -> str:
     """The spec's algorithm; link-scoped jitter needs an explicit one (it delays the
     algorithm's messages: a native call has none to delay)."""
-    from jitter_models.algorithms import check_algorithm
+    from jitter_models.algorithms import check_algorithm, explicit_names, has_pattern
 
     value = doc.get("algorithm", "native")
     if not isinstance(value, str):
         raise ValueError(f"algorithm: expected a name, got {value!r}")
     check_algorithm(value, "all_reduce")
     for i, s in enumerate(schedules):
-        if s.scope == "link" and value == "native":
+        if s.scope == "link" and not has_pattern(value):
             raise ValueError(f"jitter[{i}].scope: 'link' delays an explicit algorithm's "
-                             "messages, but algorithm = 'native' (the backend's own call) "
-                             "has none; set algorithm = 'ring', 'recursive_doubling', "
-                             "'tree' or 'hierarchical'")
+                             f"messages, but algorithm = {value!r} (the backend's own call) "
+                             f"has none; set algorithm = {explicit_names(' or ')}")
     return value
 
 
@@ -208,4 +230,6 @@ def _field(exc: ValueError) -> str:
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
-    return parse_spec(load_toml_file(path), default_name=path.stem)
+    with reading_input():
+        doc = load_toml_file(path)
+    return parse_spec(doc, default_name=path.stem)

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jitter_models.errors import BadInput
+
 from .atomic import make_dirs, write_text_atomic
 
 SCHEMA_VERSION = 2
@@ -36,7 +38,7 @@ ENV_PREFIXES = ("NCCL_", "OMPI_", "UCX_", "GLOO_", "PMIX_", "SLURM_")
 _CHUNK = 1 << 20
 
 
-class BadPoint(ValueError):
+class BadPoint(BadInput):
     """A point's files do not read back; ``file`` names the first bad one."""
 
     def __init__(self, file: Path, why: str):
@@ -95,9 +97,9 @@ def read_json_file(path: Path, *, max_bytes: int) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
-        raise ValueError(f"{path}: nested too deeply") from None
+        raise BadInput(f"{path}: nested too deeply") from None
     except ValueError:
-        raise ValueError(f"{path}: not JSON (empty or garbled)") from None
+        raise BadInput(f"{path}: not JSON (empty or garbled)") from None
 
 
 def _check_tables(summary: dict[str, Any], where: Path) -> None:

@@ -6,18 +6,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jitter_models import Schedule, input_files
+from jitter_models.algorithms import has_pattern
 from jitter_models.composite import MAX_SAMPLE_FILE_BYTES
+from jitter_models.errors import BadInput
 from jitter_models.files import read_input_file
 from launch.plan import Plan
 
 from .spec import Spec
 
 ID_LENGTH = 12
+_COMMON_CONTENT = {"inputs", "algorithm", "record_hops"}  # (present only in some points)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,13 +42,19 @@ class Point:
         s = self.spec
         inputs = self.inputs
         # (the algorithm only when explicit, so points of earlier sweeps keep their ids)
-        return {**({"inputs": inputs} if inputs else {}),
-                **({"algorithm": s.algorithm} if s.algorithm != "native" else {}),
-                "workload": s.workload, "model": asdict(s.model), "batch": self.batch,
-                "compute": s.compute, "hardware": s.hardware, "dtype": s.dtype,
-                "backend": s.backend, "steps": s.steps, "warmup": s.warmup, "seed": s.seed,
-                "world_size": self.world_size, "ranks_per_node": s.ranks_per_node,
-                "jitter": self.schedule.to_table() | {"name": self.schedule.name}}
+        common = {**({"inputs": inputs} if inputs else {}),
+                  **({"algorithm": s.algorithm} if has_pattern(s.algorithm) else {}),
+                  **({"record_hops": True} if s.record_hops else {}),  # (its clock reads)
+                  "workload": s.workload, "dtype": s.dtype, "backend": s.backend,
+                  "steps": s.steps, "warmup": s.warmup, "seed": s.seed,
+                  "world_size": self.world_size, "ranks_per_node": s.ranks_per_node,
+                  "jitter": self.schedule.to_table() | {"name": self.schedule.name}}
+        own = s.work.content(s.params, self.batch)
+        clash = sorted(set(own) & (set(common) | _COMMON_CONTENT))
+        if clash:
+            raise BadInput(f"workload: {s.workload!r} names its content {clash[0]!r}, a key "
+                           "every point's id has: rename it")
+        return {**common, **own}
 
     @functools.cached_property
     def inputs(self) -> dict[str, str]:
@@ -58,7 +67,7 @@ class Point:
         now = _input_digests(self.schedule)
         for path, digest in self.inputs.items():
             if now.get(path) != digest:
-                raise ValueError(f"jitter: {path!r} changed while the sweep ran (a point's "
+                raise BadInput(f"jitter: {path!r} changed while the sweep ran (a point's "
                                  "id covers its contents): rerun to run it as it is now")
 
     def identity(self) -> dict[str, Any]:
@@ -75,11 +84,13 @@ class Point:
     def plan(self, out_dir: Path) -> Plan:
         """What every rank of this point runs, writing its records into ``out_dir``."""
         s = self.spec
-        return Plan(workload="tp_decode", out_dir=str(out_dir), backend=s.backend, seed=s.seed,
+        params = s.work.plan_params(s.params, batch=self.batch, steps=s.steps,
+                                    warmup=s.warmup)
+        return Plan(workload=s.workload, out_dir=str(out_dir), params=params,
+                    backend=s.backend, seed=s.seed,
                     jitter=str(self.schedule) if self.schedule else None, dtype=s.dtype,
-                    model=asdict(s.model), batch=self.batch, steps=s.steps, warmup=s.warmup,
-                    compute=s.compute, hardware=s.hardware, timeout_s=s.timeout_s,
-                    ranks_per_node=s.ranks_per_node, algorithms=(s.algorithm,))
+                    timeout_s=s.timeout_s, ranks_per_node=s.ranks_per_node,
+                    algorithms=(s.algorithm,), record_hops=s.record_hops)
 
 
 def _input_digests(schedule: Schedule) -> dict[str, str]:
@@ -91,7 +102,7 @@ def _input_digests(schedule: Schedule) -> dict[str, str]:
             data = read_input_file(path, what=f"jitter: file {path!r}",
                                    max_bytes=MAX_SAMPLE_FILE_BYTES)
         except OSError as exc:
-            raise ValueError(f"jitter: cannot read {path!r} ({exc.strerror or exc})") from None
+            raise BadInput(f"jitter: cannot read {path!r} ({exc.strerror or exc})") from None
         out[path] = hashlib.sha256(data.encode()).hexdigest()
     return out
 

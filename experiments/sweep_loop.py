@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from collectives.files import DIR_MODE
 from collectives.timing import read_rank_file
+from jitter_models.errors import BadInput
 from launch.plan import Plan
 from launch.progress import BOARD
 from launch.supervise import Launch, RunFailed, run_plan
@@ -67,9 +68,6 @@ def run_sweep(spec: Spec, spec_doc: dict[str, Any], out: str | Path, *,
     """Run every point not yet complete. With a ``coordinator`` (node 0 of a multi-node
     sweep, see ``coordinator.py``), points that need several nodes run with the other
     agents."""
-    if spec.workload != "tp_decode":
-        raise ValueError(f"workload: jitterlab run drives tp_decode sweeps, got "
-                         f"{spec.workload!r} (use jitterlab bench for microbenchmarks)")
     store = Store(out)
     fresh = not store.root.exists()
     try:
@@ -147,7 +145,7 @@ def _run_points(store: Store, todo: list[Point], lock: RunLock, entry: dict[str,
         try:
             _run_point(store, point, lock, entry["run"], coordinator)
             entry["points_run"].append(point.id)
-        except (RunFailed, ValueError) as exc:
+        except (RunFailed, BadInput) as exc:  # any other error is a bug: it stops the sweep
             failed.append(point.id)
             entry["points_failed"].append(point.id)
             store.record_failure(point.id, {
@@ -218,12 +216,17 @@ def _summarize(point: Point, plan: Plan, run_id: str) -> dict[str, Any]:
     checksum of every file it covers (so a later read can tell if one changed)."""
     tables, metas = [], []
     for rank in range(point.world_size):
-        cols, meta = read_rank_file(plan.rank_file(rank))  # every file must read back
+        try:  # every file must read back
+            cols, meta = read_rank_file(plan.rank_file(rank))
+        except (OSError, ValueError) as exc:
+            raise RunFailed(f"rank {rank}'s records do not read back: {exc}") from exc
         tables.append(cols)
         metas.append(meta)
     offsets = metas  # each rank's clock metadata: offsets interpolated in time
     folder = Path(plan.out_dir)
-    covered = ["plan.json", *(rank_file_name(r) for r in range(point.world_size))]
+    covered = ["plan.json", *(rank_file_name(r) for r in range(point.world_size)),
+               *(plan.hops_file(r).name for r in range(point.world_size)
+                 if plan.record_hops)]
     summary = {"point": point.id, "schedule": point.schedule.name,
                "world_size": point.world_size, "batch": point.batch, "run": run_id,
                "step_latency": latency_stats(step_latencies(tables)),
@@ -233,6 +236,12 @@ def _summarize(point: Point, plan: Plan, run_id: str) -> dict[str, Any]:
                "hosts": sorted({m["hostname"] for m in metas}),
                "files": {name: file_record(folder / name) for name in covered},
                "schema": SUMMARY_SCHEMA}
+    extra = point.spec.work.summary(tables, metas)
+    clash = sorted(set(extra) & (set(summary) | {"summary_sha256"}))
+    if clash:
+        raise BadInput(f"workload: {point.spec.workload!r} adds {clash[0]!r} to a point's "
+                       "summary, a field every summary has: rename it")
+    summary |= extra
     summary["summary_sha256"] = summary_digest(summary)
     return summary
 

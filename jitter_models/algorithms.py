@@ -1,328 +1,41 @@
 """The explicit collective algorithms' communication patterns, as plain data.
 
-A ``Pattern`` says, per step, which rank sends which chunks of its working buffer to whom
-and whether the receiver reduces them into its own or overwrites its own with them. Real
-ranks (collectives/) and the simulator execute the same patterns under the contract below;
-``execute`` and ``finish_times`` here are its numpy reference.
+The public home of this layer's algorithms; the pieces live in:
 
-Buffer
-------
-Each rank holds a working buffer split into ``n_chunks`` chunks by ``chunk_bounds`` (equal
-split, the first ``count % n_chunks`` chunks one element longer, like numpy.array_split).
+- ``pattern.py``: ``Pattern`` (the contract real ranks and the simulator follow: buffer,
+  execution, timing), ``chunk_bounds``, and the numpy reference ``execute`` and
+  ``finish_times``;
+- ``algorithm_builders.py``: each algorithm's steps, and the registry of names
+  (``ALGORITHMS``, ``check_algorithm``, ``has_pattern``);
+- ``transfer.py``: one message (``Transfer``) and the patterned ``COLLECTIVES``.
 
-- all_reduce: starts as the rank's input; the result is the whole buffer.
-- reduce_scatter: starts as the rank's input of ``world_size * c`` elements
-  (``n_chunks == world_size``, chunk i belongs to rank i); the result is chunk ``rank``.
-- all_gather: the output buffer of ``world_size * c`` elements whose chunk ``rank`` holds
-  the rank's input (the rest undefined); the result is the whole buffer.
-
-Execution
----------
-Each rank walks its own steps (``rank_steps``) in order; there is no global barrier. In a
-step the payload of each send is the sender's chunks ``[lo, hi)`` as they were at the start
-of that step (after every receive of its earlier steps). The rank posts all its sends and
-receives of the step at once, waits for all of them, then applies the receives in the order
-listed: ``reduce=True`` combines with the redop, ``reduce=False`` overwrites. Several
-receives of one step may reduce into the same chunks; two receives of one step never
-overwrite the same chunk, and no rank sends to itself (checked when a Pattern is built).
-Every send of step k is matched by a receive of step k on its destination, so walking the
-steps in order cannot deadlock.
-
-Timing (``finish_times``)
--------------------------
-``hop_time``: a message's time from departure to arrival. ``hop_delay(k, j)``: extra wait
-of transfer ``steps[k][j]`` on its sender before it departs (link jitter; key draws by
-``(src, dst, link_index()[k][j])``). A rank's step starts when its previous step finished
-(0 for its first). Its sends depart at step start + their own hop_delay (concurrently, not
-one after another); a receive arrives at its sender's departure + hop_time; the step
-finishes at the max of the rank's own departures and its receives' arrivals (and never
-before it started): a sender is not held until its message arrives. ``depth()`` is the
-slowest rank's finish time with hop_time = 1 and no delays: the longest dependency chain
-of messages.
+:func:`pattern` here builds (and caches) an algorithm's pattern for a world size.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Literal
 
 import numpy as np
 
-Collective = Literal["all_reduce", "all_gather", "reduce_scatter"]
-COLLECTIVES: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter")
+from .algorithm_builders import (
+    ALGORITHMS,
+    BUILDERS,
+    NATIVE,
+    NATIVE_COLLECTIVES,
+    check_algorithm,
+    check_patterned,
+    explicit_names,
+    has_pattern,
+)
+from .pattern import REDOPS, Pattern, chunk_bounds, execute, finish_times
+from .transfer import COLLECTIVES, Collective, Steps, Transfer
 
-# Executor's redops: the receiver's chunks become op(own, received).
-REDOPS = MappingProxyType({
-    "sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply,
-})
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """One message: chunks ``[lo, hi)`` of ``src``'s working buffer to ``dst``."""
-
-    src: int
-    """Sending rank."""
-    dst: int
-    """Receiving rank."""
-    lo: int
-    """First chunk index sent."""
-    hi: int
-    """One past the last chunk index sent (hi > lo)."""
-    reduce: bool
-    """True: dst combines the chunks into its own with the redop; False: overwrites its own."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.lo < self.hi:
-            raise ValueError(f"Transfer: needs 0 <= lo < hi, got lo={self.lo}, hi={self.hi}")
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """Who sends which chunks to whom, step by step (see the module docstring)."""
-
-    algorithm: str
-    """The algorithm's name, a key of ALGORITHMS other than "native"."""
-    collective: str
-    """One of COLLECTIVES, supported by the algorithm."""
-    world_size: int
-    """Number of ranks."""
-    n_chunks: int
-    """The working buffer is split into this many chunks (chunk_bounds)."""
-    steps: tuple[tuple[Transfer, ...], ...]
-    """The global step order; each step's transfers."""
-    ranks_per_node: int | None = None
-    """Ranks per node, for hierarchical only."""
-
-    def __post_init__(self) -> None:
-        check_algorithm(self.algorithm, self.collective)
-        if self.algorithm == "native":
-            raise ValueError("algorithm: 'native' has no pattern (it is the backend's own call)")
-        object.__setattr__(self, "steps", tuple(tuple(step) for step in self.steps))
-        n = self.world_size
-        if n < 1:
-            raise ValueError(f"world_size: must be >= 1, got {n}")
-        if self.n_chunks < 1:
-            raise ValueError(f"n_chunks: must be >= 1, got {self.n_chunks}")
-        if self.collective != "all_reduce" and self.n_chunks != n:
-            raise ValueError(f"n_chunks: {self.collective} needs n_chunks == world_size ({n}),"
-                             f" got {self.n_chunks}")
-        if (self.ranks_per_node is not None) != (self.algorithm == "hierarchical"):
-            raise ValueError(f"ranks_per_node: {self.ranks_per_node!r} does not fit algorithm "
-                             f"{self.algorithm!r} (hierarchical only)")
-        for k, step in enumerate(self.steps):
-            if not step:
-                raise ValueError(f"steps: step {k} is empty")
-            overwritten: dict[int, set[int]] = {}
-            pairs: set[tuple[int, int]] = set()
-            for t in step:
-                if (t.src, t.dst) in pairs:  # their order on the wire would be ambiguous
-                    raise ValueError(f"steps: step {k}: two transfers from rank {t.src} to "
-                                     f"rank {t.dst}")
-                pairs.add((t.src, t.dst))
-                if not (0 <= t.src < n and 0 <= t.dst < n):
-                    raise ValueError(f"steps: step {k}: {t} has a rank outside 0..{n - 1}")
-                if t.src == t.dst:
-                    raise ValueError(f"steps: step {k}: {t} sends to itself")
-                if t.hi > self.n_chunks:
-                    raise ValueError(f"steps: step {k}: {t} has hi > n_chunks ({self.n_chunks})")
-                if not t.reduce:
-                    mine = overwritten.setdefault(t.dst, set())
-                    if mine.intersection(range(t.lo, t.hi)):
-                        raise ValueError(f"steps: step {k}: two receives overwrite the same "
-                                         f"chunk of rank {t.dst}")
-                    mine.update(range(t.lo, t.hi))
-
-    def rank_steps(self, rank: int) -> list[tuple[int, tuple[Transfer, ...], tuple[Transfer, ...]]]:
-        """(step index, this rank's sends, this rank's receives) for the steps where the rank
-        takes part, in order."""
-        if not 0 <= rank < self.world_size:
-            raise ValueError(f"rank: must be in 0..{self.world_size - 1}, got {rank}")
-        out = []
-        for k, step in enumerate(self.steps):
-            sends = tuple(t for t in step if t.src == rank)
-            receives = tuple(t for t in step if t.dst == rank)
-            if sends or receives:
-                out.append((k, sends, receives))
-        return out
-
-    def link_index(self) -> tuple[tuple[int, ...], ...]:
-        """For steps[k][j], its index among this pattern's transfers on the same (src, dst)
-        link, in step order: a per-link message counter to key per-link jitter draws."""
-        seen: dict[tuple[int, int], int] = {}
-        out = []
-        for step in self.steps:
-            row = []
-            for t in step:
-                row.append(seen.get((t.src, t.dst), 0))
-                seen[t.src, t.dst] = row[-1] + 1
-            out.append(tuple(row))
-        return tuple(out)
-
-    def messages(self) -> int:
-        """Total number of transfers."""
-        return sum(len(step) for step in self.steps)
-
-    def depth(self) -> int:
-        """Length of the longest dependency chain of messages: the slowest rank's finish
-        time with hop_time = 1 and no delays."""
-        return int(round(float(np.max(finish_times(self)))))
-
-
-def chunk_bounds(count: int, n_chunks: int) -> list[tuple[int, int]]:
-    """Element [start, stop) of each chunk of a buffer of ``count`` elements: equal split,
-    the first ``count % n_chunks`` chunks one element longer (like numpy.array_split);
-    chunks are empty when count < n_chunks."""
-    if count < 0 or n_chunks < 1:
-        raise ValueError(f"chunk_bounds: needs count >= 0 and n_chunks >= 1, "
-                         f"got count={count}, n_chunks={n_chunks}")
-    size, extra = divmod(count, n_chunks)
-    bounds, start = [], 0
-    for i in range(n_chunks):
-        stop = start + size + (i < extra)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
-
-
-# --- the algorithms ---------------------------------------------------------------------
-
-Steps = list[list[Transfer]]
-
-
-def _ring(ranks: list[int], phases: tuple[str, ...]) -> Steps:
-    """Chunked ring over ``ranks`` (chunk i belongs to ranks[i]) with n_chunks = len(ranks).
-    "reduce_scatter": after it ranks[i] holds chunk i reduced; "all_gather": from ranks[i]
-    holding chunk i, every rank holds all. ranks[i] sends to ranks[i + 1]."""
-    m = len(ranks)
-    steps: Steps = []
-    for phase in phases:
-        # Reduce-scatter: at step s position i sends chunk i - s - 1, so that the chunk a
-        # position receives last is its own; all-gather: position i first sends chunk i.
-        offset, reduce = (1, True) if phase == "reduce_scatter" else (0, False)
-        for s in range(m - 1):
-            steps.append([Transfer(ranks[i], ranks[(i + 1) % m], c, c + 1, reduce)
-                          for i in range(m) for c in [(i - s - offset) % m]])
-    return steps
-
-
-def _tree_levels(size: int) -> list[list[int]]:
-    """Local ranks of a binary tree rooted at 0 (children of r: 2r+1, 2r+2) by level."""
-    return [list(range(2**level - 1, min(2 ** (level + 1) - 1, size)))
-            for level in range(size.bit_length())]
-
-
-def _tree_reduce(base: int, size: int, n_chunks: int, slots: int) -> Steps:
-    """Tree reduce of ranks base..base+size-1 to base, deepest level first, as ``slots``
-    steps ending with the last slot (a shallower tree leaves the first slots empty)."""
-    levels = _tree_levels(size)[1:]
-    steps: Steps = [[] for _ in range(slots)]
-    for level, members in enumerate(levels):
-        steps[slots - 1 - level] = [Transfer(base + r, base + (r - 1) // 2, 0, n_chunks, True)
-                                    for r in members]
-    return steps
-
-
-def _tree_broadcast(base: int, size: int, n_chunks: int, slots: int) -> Steps:
-    """Tree broadcast from base to base..base+size-1, level by level, in ``slots`` steps."""
-    levels = _tree_levels(size)[1:]
-    steps: Steps = [[] for _ in range(slots)]
-    for level, members in enumerate(levels):
-        steps[level] = [Transfer(base + (r - 1) // 2, base + r, 0, n_chunks, False)
-                        for r in members]
-    return steps
-
-
-def _merge(*parts: Steps) -> Steps:
-    """Slot-wise union of independent step lists (e.g. one per node)."""
-    steps: Steps = [[] for _ in range(max((len(p) for p in parts), default=0))]
-    for part in parts:
-        for k, step in enumerate(part):
-            steps[k].extend(step)
-    return steps
-
-
-def _build_ring(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
-    """Rank r sends to r + 1: all_reduce is reduce-scatter then all-gather, 2(N-1) steps."""
-    phases = {"all_reduce": ("reduce_scatter", "all_gather")}.get(collective, (collective,))
-    return n, _ring(list(range(n)), phases)
-
-
-def _build_recursive_doubling(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
-    """Whole-buffer exchanges at distance 1, 2, 4, ...: log2 N steps for a power of two,
-    log2 p + 2 otherwise (p the largest power of two <= N; extra ranks folded in)."""
-    p = 1 << (n.bit_length() - 1)
-    rem = n - p
-    # Fold: of the first 2*rem ranks the even ones hand their buffer to the next rank and
-    # sit out; the p ranks left are renumbered 0..p-1.
-    active = [2 * i + 1 for i in range(rem)] + list(range(2 * rem, n))
-    steps: Steps = [[Transfer(2 * i, 2 * i + 1, 0, 1, True) for i in range(rem)]]
-    distance = 1
-    while distance < p:
-        # Both partners send their start-of-step buffer and reduce the other's into theirs.
-        steps.append([Transfer(active[q], active[q ^ distance], 0, 1, True) for q in range(p)])
-        distance *= 2
-    steps.append([Transfer(2 * i + 1, 2 * i, 0, 1, False) for i in range(rem)])
-    return 1, [s for s in steps if s]
-
-
-def _build_tree(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
-    """A single binary tree rooted at 0 (not NCCL's double binary tree, and not pipelined):
-    reduce up level by level from the deepest, then broadcast down, 2 * height steps."""
-    height = n.bit_length() - 1
-    return 1, _tree_reduce(0, n, 1, height) + _tree_broadcast(0, n, 1, height)
-
-
-def _build_hierarchical(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
-    """Tree reduce inside each node to its leader, chunked ring all_reduce among the M
-    leaders (n_chunks = M), tree broadcast inside each node; nodes share step slots."""
-    assert k is not None
-    # The node of rank r is r // k (the last node may be smaller); its leader its first rank.
-    nodes = [(base, min(k, n - base)) for base in range(0, n, k)]
-    leaders = [base for base, _ in nodes]
-    m = len(leaders)
-    height = min(k, n).bit_length() - 1  # the first node is the largest
-    reduce = _merge(*(_tree_reduce(base, size, m, height) for base, size in nodes))
-    ring = _ring(leaders, ("reduce_scatter", "all_gather"))
-    broadcast = _merge(*(_tree_broadcast(base, size, m, height) for base, size in nodes))
-    return m, reduce + ring + broadcast
-
-
-_BUILDERS: dict[tuple[str, str], Callable[[str, int, int | None], tuple[int, Steps]]] = {
-    ("ring", "all_reduce"): _build_ring,
-    ("ring", "all_gather"): _build_ring,
-    ("ring", "reduce_scatter"): _build_ring,
-    ("recursive_doubling", "all_reduce"): _build_recursive_doubling,
-    ("tree", "all_reduce"): _build_tree,
-    ("hierarchical", "all_reduce"): _build_hierarchical,
-}
-
-# The backend's own call implements every collective the ops know (collectives.ops.OPS;
-# this layer cannot import it): the patterned ones plus broadcast and all_to_all.
-NATIVE_COLLECTIVES: tuple[str, ...] = (*COLLECTIVES, "broadcast", "all_to_all")
-
-ALGORITHMS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
-    "native": NATIVE_COLLECTIVES,  # the backend's own call: no pattern
-    **{name: tuple(c for a, c in _BUILDERS if a == name) for name, _ in _BUILDERS},
-})
-"""Every valid algorithm name and the collectives it implements."""
-
-
-def check_algorithm(algorithm: object, collective: object) -> str:
-    """Return ``algorithm`` if it names an algorithm that implements ``collective``."""
-    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm: unknown {algorithm!r} (known: {', '.join(ALGORITHMS)})")
-    if not isinstance(collective, str) or collective not in NATIVE_COLLECTIVES:
-        raise ValueError(f"collective: unknown {collective!r} "
-                         f"(known: {', '.join(NATIVE_COLLECTIVES)})")
-    supported = ALGORITHMS[algorithm]
-    if collective not in supported:
-        raise ValueError(f"algorithm: {algorithm!r} does not implement {collective} "
-                         f"({algorithm} implements: {', '.join(supported)})")
-    return algorithm  # type: ignore[return-value]
+__all__ = [
+    "ALGORITHMS", "COLLECTIVES", "NATIVE", "NATIVE_COLLECTIVES", "REDOPS", "Collective",
+    "Pattern", "Steps", "Transfer", "check_algorithm", "chunk_bounds", "execute",
+    "explicit_names", "finish_times", "has_pattern", "pattern",
+]
 
 
 def pattern(algorithm: str, collective: str, world_size: int,
@@ -330,9 +43,7 @@ def pattern(algorithm: str, collective: str, world_size: int,
     """The (cached, shared) pattern of ``algorithm`` for ``collective`` on ``world_size``
     ranks. ``ranks_per_node`` is required (>= 1) for hierarchical and ignored otherwise, so
     a caller can pass its layout whatever the algorithm."""
-    check_algorithm(algorithm, collective)
-    if algorithm == "native":
-        raise ValueError("algorithm: 'native' has no pattern (it is the backend's own call)")
+    check_patterned(algorithm, collective)
     if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) \
             or world_size < 1:
         raise ValueError(f"world_size: must be an integer >= 1, got {world_size!r}")
@@ -349,66 +60,8 @@ def pattern(algorithm: str, collective: str, world_size: int,
 
 @functools.lru_cache(maxsize=1024)
 def _pattern(algorithm: str, collective: str, n: int, k: int | None) -> Pattern:
-    n_chunks, steps = (1, []) if n == 1 else _BUILDERS[algorithm, collective](collective, n, k)
+    n_chunks, steps = (1, []) if n == 1 else BUILDERS[algorithm, collective](collective, n, k)
     if collective != "all_reduce":
         n_chunks = n
     return Pattern(algorithm=algorithm, collective=collective, world_size=n, n_chunks=n_chunks,
                    steps=tuple(tuple(s) for s in steps), ranks_per_node=k)
-
-
-# --- the reference executors --------------------------------------------------------------
-
-def execute(pattern: Pattern, inputs: list[np.ndarray], redop: str = "sum") -> list[np.ndarray]:
-    """Run ``pattern`` on one initial working buffer per rank (module docstring) and return
-    each rank's result: the whole buffer, or chunk ``rank`` for reduce_scatter. The inputs
-    are not modified."""
-    if redop not in REDOPS:
-        raise ValueError(f"redop: unknown {redop!r} (known: {', '.join(REDOPS)})")
-    if len(inputs) != pattern.world_size:
-        raise ValueError(f"inputs: need one buffer per rank ({pattern.world_size}), "
-                         f"got {len(inputs)}")
-    buffers = [np.array(x, copy=True).reshape(-1) for x in inputs]
-    count = buffers[0].size
-    if any(b.size != count for b in buffers):
-        raise ValueError("inputs: every rank's buffer must have the same number of elements")
-    if pattern.collective != "all_reduce" and count % pattern.world_size:
-        raise ValueError(f"inputs: {pattern.collective} needs a multiple of world_size "
-                         f"({pattern.world_size}) elements, got {count}")
-    bounds = chunk_bounds(count, pattern.n_chunks)
-    op = REDOPS[redop]
-    for step in pattern.steps:
-        # Payloads are taken from every sender's start-of-step buffer before any receive
-        # of the step is applied; a rank's buffer only changes at its own steps, so this
-        # global order gives the same result as each rank walking its own steps.
-        lo_hi = [(bounds[t.lo][0], bounds[t.hi - 1][1]) for t in step]
-        payloads = [buffers[t.src][a:b].copy() for t, (a, b) in zip(step, lo_hi)]
-        for t, (a, b), payload in zip(step, lo_hi, payloads):
-            if t.reduce:
-                op(buffers[t.dst][a:b], payload, out=buffers[t.dst][a:b])
-            else:
-                buffers[t.dst][a:b] = payload
-    if pattern.collective == "reduce_scatter":
-        return [buffers[r][slice(*bounds[r])] for r in range(pattern.world_size)]
-    return buffers
-
-
-def finish_times(pattern: Pattern, hop_delay: Callable[[int, int], float] = lambda k, j: 0.0,
-                 hop_time: float = 1.0) -> np.ndarray:
-    """Each rank's finish time under the timing semantics of the module docstring: a step's
-    finish is the max of the rank's own departures (step start + hop_delay, concurrently)
-    and its receives' arrivals (sender's departure + hop_time); a rank with no steps
-    finishes at 0. ``hop_delay`` may return arrays (e.g. one draw per Monte Carlo sample):
-    the result then has shape (world_size, *their broadcast shape)."""
-    clock: list[np.ndarray | float] = [0.0] * pattern.world_size
-    for k, step in enumerate(pattern.steps):
-        departures = [np.add(clock[t.src], hop_delay(k, j)) for j, t in enumerate(step)]
-        # A step never ends before it starts: a message that arrived while its receiver
-        # was still busy with an earlier step is taken at once.
-        finish = {r: clock[r] for t in step for r in (t.src, t.dst)}
-        for t, departure in zip(step, departures):
-            finish[t.src] = np.maximum(finish[t.src], departure)
-            finish[t.dst] = np.maximum(finish[t.dst], departure + hop_time)
-        for rank, time in finish.items():
-            clock[rank] = time
-    shape = np.broadcast_shapes(*(np.shape(c) for c in clock))
-    return np.stack([np.broadcast_to(np.asarray(c, dtype=float), shape) for c in clock])

@@ -14,6 +14,8 @@ import os
 import stat
 from typing import Any
 
+from .errors import BadInput
+
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISSOCK, "a socket"))
@@ -35,16 +37,16 @@ def read_input_file(path: str | os.PathLike[str], *, what: str, max_bytes: int) 
     """
     kind = _not_regular(os.stat(path).st_mode)  # no open at all of a device or a FIFO
     if kind is not None:
-        raise ValueError(f"{what}: is {kind}: only a regular file is read")
+        raise BadInput(f"{what}: is {kind}: only a regular file is read")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
                  | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         kind = _not_regular(st.st_mode)  # it may have been replaced since the stat
         if kind is not None:
-            raise ValueError(f"{what}: is {kind}: only a regular file is read")
+            raise BadInput(f"{what}: is {kind}: only a regular file is read")
         if st.st_size > max_bytes:
-            raise ValueError(f"{what}: {st.st_size} bytes, over the limit of {max_bytes} "
+            raise BadInput(f"{what}: {st.st_size} bytes, over the limit of {max_bytes} "
                              "bytes")
         chunks, total = [], 0
         while True:  # at most max_bytes + 1: a file that grows after the fstat is caught
@@ -54,14 +56,14 @@ def read_input_file(path: str | os.PathLike[str], *, what: str, max_bytes: int) 
             chunks.append(chunk)
             total += len(chunk)
             if total > max_bytes:
-                raise ValueError(f"{what}: over the limit of {max_bytes} bytes")
+                raise BadInput(f"{what}: over the limit of {max_bytes} bytes")
     finally:
         os.close(fd)
     data = b"".join(chunks)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{what}: not UTF-8 text (byte {exc.start})") from None
+        raise BadInput(f"{what}: not UTF-8 text (byte {exc.start})") from None
 
 
 def named_error(exc: OSError, path: str | os.PathLike[str]) -> OSError:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import special
 
-from .distributions import Distribution, _arr, _out, register
+from .protocol import Distribution, _arr, _out, register
 from .syntax import Param
 
 _GL10_X, _GL10_W = np.polynomial.legendre.leggauss(10)

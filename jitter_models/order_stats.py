@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .composite import smallest_true
+from .bisection import smallest_true
 from .distributions import Distribution, parse
 
 Groups = list[tuple[Distribution, int]]

@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+PERCENTILES: dict[str, float] = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}
+"""Every percentile jitterlab reports of a latency (key prefix -> p)."""
+
 
 def nearest_rank(values: Any, p: float) -> float:
     """The nearest-rank ``p``-th percentile (0 <= p <= 100) of ``values``."""

@@ -134,8 +134,8 @@ class Bursty(Temporal):
         first = bool(rng.random() < self.burst_fraction)
         p_first, p_second = (self.p_exit, self.p_enter) if first else (self.p_enter, self.p_exit)
         runs = np.empty(0, dtype=np.int64)
+        pairs = 64  # fixed chunks: a longer sequence extends a shorter one (prefix-stable)
         while runs.sum() < length:
-            pairs = max(8, int(length / (1 / self.p_enter + 1 / self.p_exit)) + 8)
             chunk = np.empty(2 * pairs, dtype=np.int64)
             chunk[0::2] = rng.geometric(p_first, pairs)
             chunk[1::2] = rng.geometric(p_second, pairs)
@@ -150,9 +150,14 @@ class Bursty(Temporal):
         return np.repeat(labels, runs)
 
     def draw(self, dist: Distribution, rng: np.random.Generator, length: int) -> np.ndarray:
-        burst = self.states(rng, length)
-        out = dist.sample(rng, length)
-        out[burst] = self.burst.sample(rng, int(burst.sum()))
+        """Prefix-stable (the states, the calm and the burst values from streams of their
+        own, burst values drawn at every position): a link's k-th message gets the same
+        delay however many messages follow."""
+        seeds = rng.integers(0, 2**63, 3)
+        burst = self.states(np.random.default_rng(seeds[0]), length)
+        out = dist.sample(np.random.default_rng(seeds[1]), length)
+        if burst.any():
+            out[burst] = self.burst.sample(np.random.default_rng(seeds[2]), length)[burst]
         return out
 
     def marginal(self, dist: Distribution) -> Distribution:

@@ -14,13 +14,16 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
-from typing import Literal, get_args
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, NamedTuple, get_args
 
 Rendezvous = Literal["standalone", "static", "c10d", "file"]
 RENDEZVOUS: tuple[str, ...] = get_args(Rendezvous)
 MpiFlavour = Literal["openmpi", "mpich"]
 MPI_FLAVOURS: tuple[str, ...] = get_args(MpiFlavour)
+LAUNCHERS: tuple[str, ...] = ("local", "torchrun", "mpirun", "srun")
+"""What can start a run's ranks (``launch.supervise.launch_argv``); local: one rank in a
+plain process."""
 LOOPBACK = "127.0.0.1"
 # torchrun's agent hosts a TCPStore for its workers unless this is "1" in its environment.
 NO_AGENT_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
@@ -115,54 +118,87 @@ def torchrun_cmd(worker_argv: Sequence[str], *, nproc_per_node: int, nnodes: int
         raise ValueError(f"rdzv={rdzv!r} is not one of {', '.join(RENDEZVOUS)}")
     if rdzv != "static" and node_rank != 0:
         raise ValueError(f"node_rank={node_rank} is only used with rdzv='static'")
+    head = _torchrun_head(python, torchrun)
+    prefix, rendezvous = _RENDEZVOUS_FLAGS[rdzv](_RendezvousOptions(
+        nnodes, node_rank, master_addr, master_port, rdzv_endpoint, rdzv_id))
+    return [*prefix, *head, *rendezvous, "--nproc-per-node", str(per_node), *extra,
+            "--no-python", *argv]
+
+
+def _torchrun_head(python: str | None, torchrun: str) -> list[str]:
+    """The program: `torchrun`, or `python -m torch.distributed.run` (not both)."""
     if python is None:
-        head = [_text("torchrun", torchrun)]
-    elif torchrun != "torchrun":
+        return [_text("torchrun", torchrun)]
+    if torchrun != "torchrun":
         raise ValueError(f"give python or torchrun, not both (python={python!r}, "
                          f"torchrun={torchrun!r})")
-    else:
-        head = [_text("python", python), "-m", "torch.distributed.run"]
+    return [_text("python", python), "-m", "torch.distributed.run"]
 
-    if rdzv == "file":
-        if nnodes != 1:
-            raise ValueError(f"rdzv='file' runs on one node, got nnodes={nnodes}")
-        if rdzv_endpoint is None or rdzv_id is None:
-            raise ValueError(f"rdzv='file' needs rdzv_endpoint (a path) and rdzv_id, got "
-                             f"rdzv_endpoint={rdzv_endpoint!r}, rdzv_id={rdzv_id!r}")
-        _unused(rdzv, master_addr=master_addr, master_port=master_port)
-        head = ["env", f"{NO_AGENT_STORE}=1", *head]
-        rendezvous = ["--nnodes", "1", "--rdzv-backend", "c10d",
-                      "--rdzv-endpoint", _text("rdzv_endpoint", rdzv_endpoint),
-                      "--rdzv-conf", "store_type=file", "--rdzv-id", _word("rdzv_id", rdzv_id),
-                      "--local-addr", LOOPBACK]
-    elif rdzv == "standalone":
-        if nnodes != 1:
-            raise ValueError(f"rdzv='standalone' runs on one node, got nnodes={nnodes}")
-        _unused(rdzv, master_addr=master_addr, master_port=master_port,
-                rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
-        rendezvous = ["--standalone", "--nnodes", "1"]
-    elif rdzv == "static":
-        if master_addr is None or master_port is None:
-            raise ValueError(f"rdzv='static' needs master_addr and master_port, got "
-                             f"master_addr={master_addr!r}, master_port={master_port!r}")
-        if node_rank >= nnodes:
-            raise ValueError(f"node_rank={node_rank} is not < nnodes={nnodes}")
-        _unused(rdzv, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
-        # Explicit backend: torchrun would otherwise take PET_RDZV_BACKEND from the env.
-        rendezvous = ["--nnodes", str(nnodes), "--rdzv-backend", "static",
-                      "--node-rank", str(node_rank),
-                      "--master-addr", _word("master_addr", master_addr),
-                      "--master-port", str(_port("master_port", master_port))]
-    else:
-        if rdzv_endpoint is None or rdzv_id is None:
-            raise ValueError(f"rdzv='c10d' needs rdzv_endpoint and rdzv_id, got "
-                             f"rdzv_endpoint={rdzv_endpoint!r}, rdzv_id={rdzv_id!r}")
-        _unused(rdzv, master_addr=master_addr, master_port=master_port)
-        rendezvous = ["--nnodes", str(nnodes), "--rdzv-backend", "c10d",
-                      "--rdzv-endpoint", _word("rdzv_endpoint", rdzv_endpoint),
-                      "--rdzv-id", _word("rdzv_id", rdzv_id)]
-    return [*head, *rendezvous, "--nproc-per-node", str(per_node), *extra,
-            "--no-python", *argv]
+
+class _RendezvousOptions(NamedTuple):
+    """torchrun_cmd's rendezvous options, as given."""
+
+    nnodes: int
+    node_rank: int
+    master_addr: str | None
+    master_port: int | None
+    rdzv_endpoint: str | None
+    rdzv_id: str | None
+
+
+# One function per rendezvous: (what goes ahead of the program, the rendezvous flags);
+# each checks the options its rendezvous needs.
+
+def _file_rendezvous(o: _RendezvousOptions) -> tuple[list[str], list[str]]:
+    if o.nnodes != 1:
+        raise ValueError(f"rdzv='file' runs on one node, got nnodes={o.nnodes}")
+    if o.rdzv_endpoint is None or o.rdzv_id is None:
+        raise ValueError(f"rdzv='file' needs rdzv_endpoint (a path) and rdzv_id, got "
+                         f"rdzv_endpoint={o.rdzv_endpoint!r}, rdzv_id={o.rdzv_id!r}")
+    _unused("file", master_addr=o.master_addr, master_port=o.master_port)
+    return (["env", f"{NO_AGENT_STORE}=1"],
+            ["--nnodes", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", _text("rdzv_endpoint", o.rdzv_endpoint),
+             "--rdzv-conf", "store_type=file", "--rdzv-id", _word("rdzv_id", o.rdzv_id),
+             "--local-addr", LOOPBACK])
+
+
+def _standalone_rendezvous(o: _RendezvousOptions) -> tuple[list[str], list[str]]:
+    if o.nnodes != 1:
+        raise ValueError(f"rdzv='standalone' runs on one node, got nnodes={o.nnodes}")
+    _unused("standalone", master_addr=o.master_addr, master_port=o.master_port,
+            rdzv_endpoint=o.rdzv_endpoint, rdzv_id=o.rdzv_id)
+    return [], ["--standalone", "--nnodes", "1"]
+
+
+def _static_rendezvous(o: _RendezvousOptions) -> tuple[list[str], list[str]]:
+    if o.master_addr is None or o.master_port is None:
+        raise ValueError(f"rdzv='static' needs master_addr and master_port, got "
+                         f"master_addr={o.master_addr!r}, master_port={o.master_port!r}")
+    if o.node_rank >= o.nnodes:
+        raise ValueError(f"node_rank={o.node_rank} is not < nnodes={o.nnodes}")
+    _unused("static", rdzv_endpoint=o.rdzv_endpoint, rdzv_id=o.rdzv_id)
+    # Explicit backend: torchrun would otherwise take PET_RDZV_BACKEND from the env.
+    return [], ["--nnodes", str(o.nnodes), "--rdzv-backend", "static",
+                "--node-rank", str(o.node_rank),
+                "--master-addr", _word("master_addr", o.master_addr),
+                "--master-port", str(_port("master_port", o.master_port))]
+
+
+def _c10d_rendezvous(o: _RendezvousOptions) -> tuple[list[str], list[str]]:
+    if o.rdzv_endpoint is None or o.rdzv_id is None:
+        raise ValueError(f"rdzv='c10d' needs rdzv_endpoint and rdzv_id, got "
+                         f"rdzv_endpoint={o.rdzv_endpoint!r}, rdzv_id={o.rdzv_id!r}")
+    _unused("c10d", master_addr=o.master_addr, master_port=o.master_port)
+    return [], ["--nnodes", str(o.nnodes), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", _word("rdzv_endpoint", o.rdzv_endpoint),
+                "--rdzv-id", _word("rdzv_id", o.rdzv_id)]
+
+
+_RENDEZVOUS_FLAGS: dict[str, Callable[[_RendezvousOptions], tuple[list[str], list[str]]]] = {
+    "standalone": _standalone_rendezvous, "static": _static_rendezvous,
+    "c10d": _c10d_rendezvous, "file": _file_rendezvous,
+}
 
 
 def running_as_root() -> bool:
@@ -201,6 +237,24 @@ def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "op
     """
     argv = _worker(worker_argv)
     _count("np", np)
+    openmpi = _mpi_flavour(flavour, hostfile=hostfile, hosts=hosts, as_root=as_root,
+                           oversubscribe=oversubscribe, shared_memory=shared_memory)
+    cmd = [_text("mpirun", mpirun), "-np" if openmpi else "-n", str(np)]
+    if openmpi and as_root:
+        cmd.append("--allow-run-as-root")
+    if openmpi and oversubscribe:
+        # More ranks than cores: a rank that busy-polls in a wait takes the core from a
+        # rank that has work (or a delay to time), so waiting ranks yield instead.
+        cmd += ["--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
+    if shared_memory:
+        cmd += OPENMPI_SHARED_MEMORY
+    return [*cmd, *_mpi_placement(openmpi, hostfile, hosts, map_by), *_mpi_env(openmpi, env),
+            *argv]
+
+
+def _mpi_flavour(flavour: object, *, hostfile: object, hosts: object, as_root: object,
+                 oversubscribe: object, shared_memory: object) -> bool:
+    """Check mpirun_cmd's options that do not depend on one another; True for Open MPI."""
     if flavour not in MPI_FLAVOURS:
         raise ValueError(f"flavour={flavour!r} is not one of {', '.join(MPI_FLAVOURS)}")
     if hostfile is not None and hosts is not None:
@@ -214,16 +268,13 @@ def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "op
     if shared_memory and not openmpi:
         raise ValueError("shared_memory: only for Open MPI (MPICH picks its transports "
                          "itself)")
+    return openmpi
 
-    cmd = [_text("mpirun", mpirun), "-np" if openmpi else "-n", str(np)]
-    if openmpi and as_root:
-        cmd.append("--allow-run-as-root")
-    if openmpi and oversubscribe:
-        # More ranks than cores: a rank that busy-polls in a wait takes the core from a
-        # rank that has work (or a delay to time), so waiting ranks yield instead.
-        cmd += ["--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
-    if shared_memory:
-        cmd += OPENMPI_SHARED_MEMORY
+
+def _mpi_placement(openmpi: bool, hostfile: str | os.PathLike[str] | None,
+                   hosts: Sequence[str] | None, map_by: str | None) -> list[str]:
+    """The flags that say where the ranks run: hostfile or hosts, and the mapping."""
+    cmd: list[str] = []
     if hostfile is not None:
         path = os.fspath(hostfile) if isinstance(hostfile, os.PathLike) else hostfile
         cmd += ["--hostfile" if openmpi else "-f", _text("hostfile", path)]
@@ -236,13 +287,19 @@ def mpirun_cmd(worker_argv: Sequence[str], *, np: int, flavour: MpiFlavour = "op
         cmd += ["--host" if openmpi else "-hosts", ",".join(names)]
     if map_by is not None:
         cmd += ["--map-by" if openmpi else "-map-by", _word("map_by", map_by)]
+    return cmd
+
+
+def _mpi_env(openmpi: bool, env: Mapping[str, str] | None) -> list[str]:
+    """Variables set on every rank: Open MPI -x NAME=VALUE, Hydra -genv NAME VALUE."""
+    cmd: list[str] = []
     for name, value in (env or {}).items():
         if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
             raise ValueError(f"env: {name!r} is not an environment variable name")
         if not isinstance(value, str):
             raise ValueError(f"env: {name}={value!r} is not a string")
         cmd += ["-x", f"{name}={value}"] if openmpi else ["-genv", name, value]
-    return [*cmd, *argv]
+    return cmd
 
 
 def loopback_namespace_cmd(argv: Sequence[str], *, python: str) -> list[str]:

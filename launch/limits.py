@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from jitter_models.errors import BadInput
+
 RANKS_PER_CORE = 4
 # Peak RSS (VmHWM) of one gloo rank of `jitterlab bench --launcher torchrun --nproc 2
 # --backend gloo` with torch 2.13 (CPU build), Python 3.11, x86-64: 333 MiB (PSS 232-269
@@ -114,12 +116,12 @@ def host_limit(override: int | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     if override is not None:
         if isinstance(override, bool) or not isinstance(override, int) or override < 1:
-            raise ValueError(f"max-ranks-per-host: must be an integer >= 1, got {override!r}")
+            raise BadInput(f"max-ranks-per-host: must be an integer >= 1, got {override!r}")
         return HostLimit(ranks=override, why="--max-ranks-per-host")
     raw = env.get(ENV)
     if raw:
         if not raw.strip().isdigit() or int(raw) < 1:
-            raise ValueError(f"{ENV}: must be an integer >= 1, got {raw!r}")
+            raise BadInput(f"{ENV}: must be an integer >= 1, got {raw!r}")
         return HostLimit(ranks=int(raw), why=ENV)
     return default_limit(**machine)
 
@@ -129,5 +131,5 @@ def check_ranks_per_host(ranks: int, field: str, limit: HostLimit) -> None:
     if ranks > limit.ranks:
         hint = ("" if limit.why in ("--max-ranks-per-host", ENV) else
                 "; --max-ranks-per-host N allows more")
-        raise ValueError(f"{field}: {ranks} ranks on one host, over this host's limit of "
+        raise BadInput(f"{field}: {ranks} ranks on one host, over this host's limit of "
                          f"{limit.ranks} ({limit.why}){hint}")

@@ -78,6 +78,7 @@ class RankSlot:
         self._thread.start()
 
     def _beat(self) -> None:
+        self._row[1] += 1  # at once: the parent need not wait a whole period for a first sign
         while not self._stop.wait(BEAT_S):
             self._row[1] += 1
 
@@ -121,8 +122,10 @@ class Watch:
         marks = board[:, 0]
         if self.last is None or not np.array_equal(marks, self.last):
             self.last, self.moved = marks.copy(), now
-        for r, beat in enumerate(board[:, 1].tolist()):
-            if r not in self.beat_seen or self.beat_seen[r][0] != beat:
+        # Silence counts from the rank's start: a rank still importing (its mark not yet
+        # moved) has not begun to beat, however long the start takes on a loaded host.
+        for r, (mark, beat) in enumerate(board[:, :2].tolist()):
+            if mark == NOT_STARTED or r not in self.beat_seen or self.beat_seen[r][0] != beat:
                 self.beat_seen[r] = (beat, now)
 
     def idle_s(self) -> float:

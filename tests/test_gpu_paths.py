@@ -48,7 +48,7 @@ def test_cuda_injector_delays_the_stream_not_the_host():
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none here; CI never has one)")
 def test_nccl_all_reduce_on_one_gpu(tmp_path):
-    plan = Plan(workload="microbench", out_dir=str(tmp_path / "run"), backend="nccl",
+    plan = Plan.build(workload="microbench", out_dir=str(tmp_path / "run"), backend="nccl",
                 colls=("all_reduce",), sizes=(1024, 1 << 20), iters=10, warmup=2, check=True,
                 timeout_s=120)
     result = run_bench(plan, launcher="local", nproc=1)

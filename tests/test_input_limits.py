@@ -289,7 +289,7 @@ def one_rank_bench(tmp_path_factory):
     from launch.plan import Plan
 
     out = tmp_path_factory.mktemp("bench1")
-    plan = Plan(workload="microbench", out_dir=str(out / "run"), backend="gloo", seed=3,
+    plan = Plan.build(workload="microbench", out_dir=str(out / "run"), backend="gloo", seed=3,
                 jitter="pareto(alpha=0.1, scale=1us)", injector="none", sizes=(4096,),
                 iters=200, warmup=2, timeout_s=120)
     result = run_bench(plan, launcher="local", nproc=1)

@@ -27,6 +27,24 @@ def test_a_links_draws_depend_on_the_seed_and_the_pair_only():
     assert not s.delays(3, 0, 0, 4, 5, 2).any()
 
 
+@pytest.mark.parametrize("text", [
+    "exponential(1ms); scope=link; temporal=ar1(rho=0.9)",
+    "exponential(1ms); scope=link; temporal=bursty(p_enter=0.2, p_exit=0.3, "
+    "burst=constant(5ms))",
+    "mixture(0.7*exponential(1ms), 0.3*lognormal(median=2ms, sigma=1)); scope=link",
+    "mixture(0.9*exponential(1ms), 0.1*constant(9ms)); scope=link; "
+    "temporal=bursty(p_enter=0.1, p_exit=0.5, burst=uniform(1ms, 2ms))",
+])
+def test_a_links_kth_draw_is_the_same_however_many_messages_follow(text):
+    # Paired across N: at a larger world size a link carries more messages per run, and
+    # its first k must still get the same draws (before the fix, mixtures and bursty
+    # redrew every position when the length changed).
+    s = parse_schedule(text)
+    long = s.link_delays(5, 0, 1, 4000)
+    for k in (1, 7, 300, 3999):
+        assert np.array_equal(long[:k], s.link_delays(5, 0, 1, k)), k
+
+
 def test_a_slow_link_is_a_straggler_with_its_own_law():
     s = schedule_from_table({"dist": "constant(10us)", "scope": "link",
                              "stragglers": {"links": [[0, 1]], "dist": "constant(500us)"}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import select
 import signal
 import stat
 import subprocess
@@ -29,22 +30,94 @@ def start_ticks(pid: int) -> int:
 HOST = platform.node()
 
 
+# Takes the lock as a sweep does, in a child of a session of its own. The child is forked
+# from a server that has imported experiments.locks once (a fresh interpreter per case
+# spent ~1 s importing): one JSON line in (the folder), one out (what the child printed,
+# how it exited). The server runs in a session of its own too, so even a regression that
+# signalled the server's group would reach neither pytest nor the test's decoys.
+_FORK_SERVER = textwrap.dedent("""
+    import json, os, signal, sys, traceback
+    from pathlib import Path
+    from experiments.locks import take_lock
+    print("ready", flush=True)
+    for line in sys.stdin:
+        root = Path(json.loads(line))
+        pipes = [os.pipe(), os.pipe()]  # the child's stdout and stderr
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for fd, (r, w) in zip((1, 2), pipes):
+                    os.close(r)
+                    os.dup2(w, fd)
+                os.setsid()
+                signal.alarm(50)  # a child that hangs ends
+                os.chdir(root.parent)
+                try:
+                    take_lock(root)
+                    print("taken")
+                except ValueError as exc:
+                    print("refused:", exc)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        texts = []
+        for r, w in pipes:
+            os.close(w)
+            with os.fdopen(r, "rb") as f:
+                texts.append(f.read().decode(errors="replace"))
+        status = os.waitpid(pid, 0)[1]
+        print(json.dumps([*texts, os.waitstatus_to_exitcode(status)]), flush=True)
+""")
+
+
+class _Taker:
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def take(self, root: Path, timeout: float) -> subprocess.CompletedProcess:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True, start_new_session=True,
+                env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+            assert self._line(60) == "ready"
+        self.proc.stdin.write(json.dumps(str(root)) + "\n")
+        self.proc.stdin.flush()
+        out, err, code = json.loads(self._line(timeout))
+        return subprocess.CompletedProcess(["take_lock", str(root)], code, out, err)
+
+    def _line(self, timeout: float) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:  # the child hangs (a FIFO opened for reading, say): a failure
+            self.close()
+            raise subprocess.TimeoutExpired("take_lock", timeout)
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and a hung child
+            self.proc.wait()
+            self.proc = None
+
+
+_TAKER = _Taker()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fork_server():
+    yield
+    _TAKER.close()
+
+
 def take_in_child(root: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``take_lock(root)`` (as the sweep takes it) in a child in a session of its own; prints
-    'taken' or 'refused: <message>'."""
-    code = textwrap.dedent(f"""
-        import sys
-        from pathlib import Path
-        from experiments.locks import take_lock
-        try:
-            take_lock(Path({str(root)!r}))
-        except ValueError as exc:
-            print("refused:", exc)
-            sys.exit(0)
-        print("taken")
-    """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, start_new_session=True, cwd=root.parent)
+    """``take_lock(root)`` (as the sweep takes it) in a child in a session of its own; its
+    stdout is 'taken' or 'refused: <message>'."""
+    return _TAKER.take(root, timeout)
 
 
 def decoy(*extra: str) -> subprocess.Popen:
@@ -200,16 +273,21 @@ def test_a_lock_of_a_live_sweep_is_refused_as_in_use(tmp_path, procs):
 
 def test_the_lock_is_atomic_between_processes_started_at_the_same_instant(tmp_path):
     """20 trials of two processes taking the same fresh folder's lock at one instant:
-    exactly one wins each time, and the loser leaves the winner's lock in place."""
+    exactly one wins each time, and the loser leaves the winner's lock in place. Both
+    start together once both have imported (they say 'ready'; the test then sends the
+    instant), trials 0.2 s apart (a take_lock takes well under a millisecond); each holds
+    its locks until both are done (a loser late by load still meets the winner's lock)."""
     code = textwrap.dedent("""
         import sys, time
         from pathlib import Path
         from experiments.locks import take_lock
-        base, at = sys.argv[1], float(sys.argv[2])
+        base = sys.argv[1]
+        print("ready", flush=True)
+        at = float(sys.stdin.readline())
         held = []
         for trial in range(20):
             root = Path(base) / f"t{trial}"
-            while time.time() < at + 0.4 * trial:  # both start each trial together
+            while time.time() < at + 0.2 * trial:  # both start each trial together
                 pass
             try:
                     lock = take_lock(root)
@@ -218,19 +296,35 @@ def test_the_lock_is_atomic_between_processes_started_at_the_same_instant(tmp_pa
                 continue
             print(trial, "won", flush=True)
             held.append(lock)
-        # Held until both are done: a loser late by load still meets the winner's lock.
-        while time.time() < at + 0.4 * 20 + 4:
-            time.sleep(0.05)
+        print("done", flush=True)
+        sys.stdin.readline()  # held until both are done
         for lock in held:
             lock.release()
     """)
-    at = time.time() + 5.0  # after both have imported
-    ps = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(at)], cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
           for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in ps]
-    assert all(p.returncode == 0 for p in ps), outs
-    lines = sorted(line for out, _ in outs for line in out.splitlines())
+    try:
+        assert [p.stdout.readline() for p in ps] == ["ready\n"] * 2
+        at = time.time() + 0.3  # both are waiting for it
+        for p in ps:
+            p.stdin.write(f"{at}\n")
+            p.stdin.flush()
+        lines = [[], []]
+        for p, mine in zip(ps, lines):
+            for line in p.stdout:
+                if line == "done\n":
+                    break
+                mine.append(line)
+        outs = [p.communicate(input="release\n", timeout=60) for p in ps]
+    finally:
+        for p in ps:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in ps), (lines, outs)
+    lines = sorted(line.strip() for mine in lines for line in mine)
     for trial in range(20):
         mine = [ln.split(" ", 2) for ln in lines if ln.split(" ", 1)[0] == str(trial)]
         assert sorted(m[1] for m in mine) == ["lost", "won"], (trial, mine, outs)

@@ -35,3 +35,28 @@ def test_a_silent_rank_still_running_is_frozen_one_that_is_gone_exited_where_it_
         "rank 1 stopped at collective #4 (others reached #5)")
     remote = board([5, 4], [os.getpid(), 0])  # another host's row: cannot be checked here
     assert describe_stall(remote, silent=[1]) == "rank 1 stopped responding (no heartbeat)"
+
+
+def test_silence_counts_from_a_ranks_start_not_from_the_boards_creation(monkeypatch):
+    # A loaded host can take longer than the silence limit to import torch: a rank whose
+    # mark has only just left NOT_STARTED (first beat not yet counted) is not silent. Before
+    # the fix the parent dated beat 0 from the board's creation and named every rank.
+    import launch.progress as progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    watch = progress.Watch()
+    board = np.array([[NOT_STARTED, 0, 0, 0], [NOT_STARTED, 0, 0, 0]], dtype=np.int64)
+    watch.update(board)
+    clock[0] += 10.0  # the ranks are still starting
+    watch.update(board)
+    board[:, 0] = READY
+    clock[0] += 0.5
+    watch.update(board)
+    assert watch.silent(board, after_s=3.0) == []
+    # A rank that then stops beating is named once the limit has passed; one that beats is not.
+    for _ in range(4):
+        clock[0] += 1.0
+        board[0, 1] += 1
+        watch.update(board)
+    assert watch.silent(board, after_s=3.0) == [1]

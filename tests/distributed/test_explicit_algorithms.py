@@ -64,7 +64,8 @@ def test_every_algorithm_is_exact_at_world_sizes_2_to_6(tmp_path, backend):
 def _bench(tmp_path: Path, backend: str, jitter: str | None, algorithms: tuple[str, ...]
            ) -> dict:
     """p50 per algorithm, ms, of a 1 KiB all-reduce on 4 ranks (2 per node)."""
-    plan = Plan(workload="microbench", out_dir=str(tmp_path / f"{backend}-{len(jitter or '')}"),
+    plan = Plan.build(workload="microbench",
+                      out_dir=str(tmp_path / f"{backend}-{len(jitter or '')}"),
                 backend=backend, jitter=jitter, colls=("all_reduce",), sizes=(1024,),
                 algorithms=algorithms, ranks_per_node=2, iters=5, warmup=1, seed=1,
                 timeout_s=120, check=True)

@@ -3,7 +3,11 @@ host, each starting torchrun for its node's ranks (gloo on loopback). Separate -
 folders behave as nodes with local disks (records gathered to rank 0 on node 0); one
 shared --out as nodes on a shared file system. Failures: a killed agent, a spec that
 differs between nodes, a node that never joins, an agent that dies before its first beat,
-and someone without the sweep's key writing to the store."""
+and someone without the sweep's key writing to the store.
+
+Node 0 declares an agent dead after $JITTERLAB_DEAD_AFTER_S without a beat: 4 s here (the
+default is 10 s; agents beat every second), so a live agent would have to miss four beats
+in a row to be taken for dead."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,11 +29,20 @@ from launch.bootstrap import free_port
 
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 KEY = "test-sweep-key-0123456789abcdef0123456"
-ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "JITTERLAB_SWEEP_KEY": KEY}
+DEAD_AFTER_S = 4
+ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "JITTERLAB_SWEEP_KEY": KEY,
+       "JITTERLAB_DEAD_AFTER_S": str(DEAD_AFTER_S)}
+# A point long enough that node 1's ranks are still starting or running when an agent is
+# killed 1 s after its launcher started: ~3.5 s of start-up here, then ~10 ms a step.
+LONG_STEPS = 150
+ONE = (("exp", "exponential(20us)"),)  # one schedule: a point at N = 1, one on both nodes
 
-def write_spec(tmp_path: Path, steps: int = 5, name: str = "spec.toml") -> Path:
-    return sweep_specs.write_spec(tmp_path / name, name="mn", backend="gloo", steps=steps,
-                                  ranks_per_node=1, timeout_s=60)
+
+def write_spec(tmp_path: Path, steps: int = 5, name: str = "spec.toml",
+               **keys: object) -> Path:
+    return sweep_specs.write_spec(tmp_path / name, **{
+        "name": "mn", "backend": "gloo", "steps": steps, "ranks_per_node": 1,
+        "timeout_s": 60, **keys})
 
 
 def agent(spec: Path, out: Path, rank: int, port: int, *extra: str) -> subprocess.Popen:
@@ -78,25 +92,84 @@ def points(out: Path) -> list[str]:
     return sorted(p.name for p in (out / "points").iterdir())
 
 
-def test_two_agents_with_local_folders_run_report_and_resume(tmp_path):
-    spec = write_spec(tmp_path)
-    a, b = tmp_path / "node0", tmp_path / "node1"
+@dataclass
+class LocalSweep:
+    root: Path
+    spec: Path
+    a: Path
+    b: Path
+    results: list[tuple[int, str, str]]
+    """(returncode, stdout, stderr) of node 0's and node 1's agents."""
+    again: tuple[int, str, str]
+    """The second agent for node 1, started while the first took part."""
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory) -> LocalSweep:
+    """One sweep of two agents with local folders (a point at N = 1, one on both nodes),
+    which three tests read: while it runs, someone without the key forges messages to
+    node 0's store (before node 1 joins and after), and a second agent for node 1 tries
+    to join. (Several multi-node points in a row: the killed-agent test's rerun.)"""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    root = tmp_path_factory.mktemp("local")
+    spec = write_spec(root, jitter=ONE)
+    a, b, c = root / "node0", root / "node1", root / "again"
     port = free_port()
-    res = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
-    (rc0, out0, err0), (rc1, out1, err1) = res
+    zero = agent(spec, a, 0, port)
+    wait_listening(port, zero)
+
+    def attack() -> None:
+        try:
+            forger = TCPStore("127.0.0.1", port, is_master=False,
+                              timeout=timedelta(seconds=1))
+            forger.set("hello/1", json.dumps({"host": "evil", "digest": "0" * 16}))
+            forger.add("claim/1", 1)
+            forger.set("point/0", json.dumps({"planted": True}))
+            forger.set("report/0/1", "{not json")
+        except RuntimeError:
+            pass  # refused: what should happen
+        for junk in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x30" + os.urandom(48), b"hi"):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(junk)
+
+    attack()
+    one = agent(spec, b, 1, port)
+    try:
+        attack()
+        deadline = time.monotonic() + 60
+        while not (b / ".lock-node-1").exists():  # the first node 1 has claimed its rank
+            assert time.monotonic() < deadline and one.poll() is None, \
+                finish(one)[0][2][-2000:]
+            time.sleep(0.1)
+        (again,) = finish(agent(spec, c, 1, port))
+        results = finish(zero, one)
+    finally:
+        for proc in (zero, one):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return LocalSweep(root, spec, a, b, results, again)
+
+
+def test_two_agents_with_local_folders_run_report_and_resume(local_sweep):
+    spec, a, b = local_sweep.spec, local_sweep.a, local_sweep.b
+    (rc0, out0, err0), (rc1, out1, err1) = local_sweep.results
     assert rc0 == 0, err0[-3000:]
     assert rc1 == 0, err1[-3000:]
-    assert "4 points run, 0 already complete, 0 failed" in out0
-    assert "this node ran its part of 2 points, 0 failed" in out1
+    assert "2 points run, 0 already complete, 0 failed" in out0
+    assert "this node ran its part of 1 points, 0 failed" in out1
     manifest = json.loads((a / "manifest.json").read_text())
-    assert [n["node"] for n in manifest["runs"][-1]["nodes"]] == [0, 1]
-    assert manifest["runs"][-1]["shared_folder"] is False
-    assert len(points(a)) == 4 and not any(p.startswith(".") for p in points(a))
+    assert [n["node"] for n in manifest["runs"][0]["nodes"]] == [0, 1]
+    assert manifest["runs"][0]["shared_folder"] is False
+    assert len(points(a)) == 2 and not any(p.startswith(".") for p in points(a))
     assert points(b) == []  # node 1 keeps nothing: its ranks sent their records to rank 0
     assert not list(b.glob(".lock*")) and not list(a.glob(".lock*"))
     two = [p for p in points(a)
            if json.loads((a / "points" / p / "summary.json").read_text())["world_size"] == 2]
-    assert len(two) == 2
+    assert len(two) == 1
     for p in two:
         metas = [read_rank_file(a / "points" / p / f"rank-{r:05d}.parquet")[1] for r in (0, 1)]
         assert [(m["rank"], m["node"], m["launcher"]) for m in metas] == [
@@ -109,13 +182,13 @@ def test_two_agents_with_local_folders_run_report_and_resume(tmp_path):
     port = free_port()
     (rc0, out0, _), (rc1, out1, _) = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
     assert (rc0, rc1) == (0, 0)
-    assert "0 points run, 4 already complete, 0 failed" in out0
+    assert "0 points run, 2 already complete, 0 failed" in out0
     assert "this node ran its part of 0 points" in out1
-    assert leftovers(str(tmp_path)) == []
+    assert leftovers(str(local_sweep.root)) == []
 
 
 def test_two_agents_sharing_one_folder(tmp_path):
-    spec = write_spec(tmp_path)
+    spec = write_spec(tmp_path, jitter=ONE)
     out = tmp_path / "shared"
     port = free_port()
     one = agent(spec, out, 1, port)  # any start order
@@ -124,20 +197,23 @@ def test_two_agents_sharing_one_folder(tmp_path):
     assert rc0 == 0, err0[-3000:]
     assert rc1 == 0, err1[-3000:]
     assert json.loads((out / "manifest.json").read_text())["runs"][-1]["shared_folder"] is True
-    assert len(points(out)) == 4
+    assert len(points(out)) == 2
+    shared = []
     for p in points(out):
         summary = json.loads((out / "points" / p / "summary.json").read_text())
         files = sorted(f.name for f in (out / "points" / p).glob("rank-*.parquet"))
         assert len(files) == summary["world_size"]
         if summary["world_size"] == 2:  # each rank wrote its own file; node 1 its own log
+            shared.append(p)
             meta = read_rank_file(out / "points" / p / "rank-00001.parquet")[1]
             assert "written_by" not in meta and meta["node"] == 1
             assert (out / "points" / p / "launcher-node1.log").exists()
             assert (out / "points" / p / "progress-node1.bin").exists()
+    assert len(shared) == 1
 
 
 def test_a_killed_agent_fails_its_points_and_a_rerun_resumes(tmp_path):
-    spec = write_spec(tmp_path, steps=1500)
+    spec = write_spec(tmp_path, steps=LONG_STEPS)
     a, b = tmp_path / "node0", tmp_path / "node1"
     port = free_port()
     zero, one = two_agents_in_a_multi_node_point(spec, a, b, port)
@@ -156,7 +232,7 @@ def test_a_killed_agent_fails_its_points_and_a_rerun_resumes(tmp_path):
     while leftovers(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert leftovers(str(tmp_path)) == []
-    spec = write_spec(tmp_path, steps=1500)
+    spec = write_spec(tmp_path, steps=LONG_STEPS)
     port = free_port()
     (rc0, out0, err0), (rc1, _, err1) = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
     assert (rc0, rc1) == (0, 0), (err0[-2000:], err1[-2000:])
@@ -165,7 +241,7 @@ def test_a_killed_agent_fails_its_points_and_a_rerun_resumes(tmp_path):
 
 
 def test_a_killed_coordinator_stops_the_other_agents_and_a_rerun_resumes(tmp_path):
-    spec = write_spec(tmp_path, steps=1500)
+    spec = write_spec(tmp_path, steps=LONG_STEPS, jitter=ONE)
     a, b = tmp_path / "node0", tmp_path / "node1"
     port = free_port()
     zero, one = two_agents_in_a_multi_node_point(spec, a, b, port)
@@ -184,25 +260,19 @@ def test_a_killed_coordinator_stops_the_other_agents_and_a_rerun_resumes(tmp_pat
     (rc0, out0, err0), (rc1, _, err1) = finish(agent(spec, a, 0, port), agent(spec, b, 1, port))
     assert (rc0, rc1) == (0, 0), (err0[-2000:], err1[-2000:])
     done = int(out0.split(" points run, ")[1].split(" already complete")[0])
-    assert done >= 1 and f"{4 - done} points run, {done} already complete, 0 failed" in out0
-    assert len(points(a)) == 4
+    # the N = 1 point, done before node 1's ranks started the N = 2 one
+    assert done == 1 and "1 points run, 1 already complete, 0 failed" in out0
+    assert len(points(a)) == 2
 
 
-def test_a_second_agent_for_the_same_node_is_refused_and_the_sweep_goes_on(tmp_path):
-    spec = write_spec(tmp_path)
-    a, b, c = tmp_path / "node0", tmp_path / "node1", tmp_path / "again"
-    port = free_port()
-    zero, one = agent(spec, a, 0, port), agent(spec, b, 1, port)
-    deadline = time.monotonic() + 60
-    while not (b / ".lock-node-1").exists():  # the first node 1 has claimed its rank
-        assert time.monotonic() < deadline and one.poll() is None
-        time.sleep(0.1)
-    (rc, _, err), = finish(agent(spec, c, 1, port))
+def test_a_second_agent_for_the_same_node_is_refused_and_the_sweep_goes_on(local_sweep):
+    rc, _, err = local_sweep.again
     assert rc == 2 and "jitterlab: error: node-rank: node 1 has already joined this sweep" \
         in err
-    (rc0, out0, err0), (rc1, _, _) = finish(zero, one)
+    (rc0, out0, err0), (rc1, _, _) = local_sweep.results
     assert (rc0, rc1) == (0, 0), err0[-2000:]
-    assert "4 points run" in out0
+    assert "2 points run, 0 already complete, 0 failed" in out0
+    assert not (local_sweep.root / "again").exists()
 
 
 def test_a_node_whose_folder_is_in_use_makes_node_0_refuse_with_its_reason(tmp_path):
@@ -241,9 +311,9 @@ def test_nodes_with_different_specs_are_refused_and_nothing_is_written(tmp_path)
 def test_a_node_that_never_joins_times_out(tmp_path):
     spec = write_spec(tmp_path)
     a = tmp_path / "node0"
-    (rc0, _, err0), = finish(agent(spec, a, 0, free_port(), "--join-timeout", "2"))
+    (rc0, _, err0), = finish(agent(spec, a, 0, free_port(), "--join-timeout", "1"))
     assert rc0 == 1
-    assert "node 1 did not join within 2 s (start its command: jitterlab run ... " \
+    assert "node 1 did not join within 1 s (start its command: jitterlab run ... " \
            "--node-rank 1)" in err0
     assert not a.exists()
 
@@ -259,13 +329,19 @@ def test_a_node_that_never_joins_times_out(tmp_path):
      "join-timeout: must be > 0"),
     (["--nnodes", "2", "--node-rank", "0", "--master", "h"], "master: expected HOST:PORT"),
 ])
-def test_bad_node_flags_fail_before_anything_starts(tmp_path, args, message):
+def test_bad_node_flags_fail_before_anything_starts(tmp_path, args, message, capsys,
+                                                    monkeypatch):
+    from experiments.cli import main
+
+    monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
     spec = write_spec(tmp_path)
-    res = subprocess.run([JITTERLAB, "run", str(spec), "--out", str(tmp_path / "o"), *args],
-                         capture_output=True, text=True, timeout=60, env=ENV)
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [f"jitterlab: error: {message}"] or \
-        res.stderr.startswith(f"jitterlab: error: {message}")
+    # In this process: the CLI's own handling, without a console script's start-up each
+    # (the other tests here run the console script).
+    code = main(["run", str(spec), "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().splitlines() == [f"jitterlab: error: {message}"] or \
+        err.startswith(f"jitterlab: error: {message}")
     assert not (tmp_path / "o").exists()
 
 
@@ -299,59 +375,34 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
             time.sleep(0.2)
 
 
-def test_forged_and_garbage_messages_are_dropped_and_the_sweep_completes(tmp_path):
+def test_forged_and_garbage_messages_are_dropped_and_the_sweep_completes(local_sweep):
     """Once, a forged join ended a sweep and a planted point crashed an agent. Here someone
     without the key forges a join, a claim, a point and a report with torch's own client,
-    and sends bytes that are no message, before and while the agents work."""
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
-
-    spec = write_spec(tmp_path)
-    a, b = tmp_path / "node0", tmp_path / "node1"
-    port = free_port()
-    zero = agent(spec, a, 0, port)
-    wait_listening(port, zero)
-
-    def attack() -> None:
-        try:
-            forger = TCPStore("127.0.0.1", port, is_master=False,
-                              timeout=timedelta(seconds=1))
-            forger.set("hello/1", json.dumps({"host": "evil", "digest": "0" * 16}))
-            forger.add("claim/1", 1)
-            forger.set("point/0", json.dumps({"planted": True}))
-            forger.set("report/0/1", "{not json")
-        except RuntimeError:
-            pass  # refused: what should happen
-        for junk in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x30" + os.urandom(48), b"hi"):
-            with socket.create_connection(("127.0.0.1", port)) as sock:
-                sock.sendall(junk)
-
-    attack()
-    one = agent(spec, b, 1, port)
-    attack()
-    (rc0, out0, err0), (rc1, out1, err1) = finish(zero, one)
+    and sends bytes that are no message, before and while the agents work (``local_sweep``)."""
+    a = local_sweep.a
+    (rc0, out0, err0), (rc1, out1, err1) = local_sweep.results
     assert rc0 == 0, err0[-3000:]
     assert rc1 == 0, err1[-3000:]
-    assert "4 points run, 0 already complete, 0 failed" in out0
-    assert "this node ran its part of 2 points, 0 failed" in out1
+    assert "2 points run, 0 already complete, 0 failed" in out0
+    assert "this node ran its part of 1 points, 0 failed" in out1
     assert "Traceback" not in err0 + err1
     dropped = [ln for ln in err0.splitlines()
                if ln.startswith("jitterlab: store: dropped a message from 127.0.0.1:")]
     assert len(dropped) >= 6, err0[-3000:]
-    assert len(points(a)) == 4 and "evil" not in (a / "manifest.json").read_text()
+    assert len(points(a)) == 2 and "evil" not in (a / "manifest.json").read_text()
 
 
 def test_an_agent_that_dies_before_its_first_beat_fails_its_points_within_seconds(
         tmp_path, monkeypatch):
     """An agent that joined and never beat was never declared dead: node 0 waited the
     point's timeout and a grace (>90 s) for each of its points. Here it joins through the
-    protocol, then nothing: its points fail about 10 s after the join, the rest run."""
+    protocol, then nothing: its point fails DEAD_AFTER_S (4 s) after the join, the one at
+    N = 1 runs."""
     from experiments.node_protocol import Link, NodeSetup, digest
     from experiments.spec import load_spec
 
     monkeypatch.setenv("JITTERLAB_SWEEP_KEY", KEY)
-    spec = write_spec(tmp_path)
+    spec = write_spec(tmp_path, jitter=ONE)
     a = tmp_path / "node0"
     port = free_port()
     zero = agent(spec, a, 0, port)
@@ -370,8 +421,8 @@ def test_an_agent_that_dies_before_its_first_beat_fails_its_points_within_second
             zero.kill()
             zero.communicate()
     assert rc0 == 1, err0[-3000:]
-    assert "2 points run, 0 already complete, 2 failed" in out0
+    assert "1 points run, 0 already complete, 1 failed" in out0
     failures = [json.loads(f.read_text()) for f in sorted((a / "failed").glob("*.json"))]
-    assert len(failures) == 2 and all(f["world_size"] == 2 for f in failures)
+    assert len(failures) == 1 and all(f["world_size"] == 2 for f in failures)
     assert all("node 1's agent (doomed) stopped responding" in f["error"] for f in failures)
-    assert elapsed < 60, elapsed  # the deadline (10 s) counts from the join
+    assert elapsed < 60, elapsed  # the deadline counts from the join (the old wait: >120 s)

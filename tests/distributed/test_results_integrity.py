@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,17 +20,19 @@ JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 JITTER = (("exp", "exponential(20us)"),)
 
 
-def jl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def jl(*args: str, cwd: Path, umask: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([JITTERLAB, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          timeout=300,
+                          preexec_fn=None if umask is None else lambda: os.umask(umask))
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Path:
-    """One real sweep, run once; each test works on a copy."""
+    """One real sweep, run once under umask 000 (``test_a_runs_files_have_one_mode_...``
+    reads its modes); each other test works on a copy."""
     where = tmp_path_factory.mktemp("sweep")
     sweep_specs.write_spec(where / "spec.toml", jitter=JITTER)
-    res = jl("run", "spec.toml", "--out", "out", cwd=where)
+    res = jl("run", "spec.toml", "--out", "out", cwd=where, umask=0)
     assert res.returncode == 0, res.stderr
     return where
 
@@ -118,23 +121,47 @@ def test_report_and_show_name_the_bad_file_and_exit_2(sweep, damage, capsys, mon
     assert not (sweep / "out" / "report.md").read_text().count("Skipped")  # not rewritten
 
 
-def test_skip_bad_reports_the_rest_and_lists_what_was_skipped(sweep):
+def test_skip_bad_reports_the_rest_and_lists_what_was_skipped(sweep, capsys, monkeypatch):
+    from experiments.cli import main
+
     bad = point_of(sweep, 2)
     flip_a_bit(bad / "rank-00000.parquet")
-    res = jl("report", "out", "--skip-bad", cwd=sweep)
-    assert res.returncode == 0, res.stderr
-    assert f"skipped point {bad.name}: out/points/{bad.name}/rank-00000.parquet:" in res.stderr
+    monkeypatch.chdir(sweep)
+    assert main(["report", "out", "--skip-bad"]) == 0  # in this process, as above
+    err = capsys.readouterr().err
+    assert f"skipped point {bad.name}: out/points/{bad.name}/rank-00000.parquet:" in err
     report = (sweep / "out" / "report.md").read_text()
     assert "## Skipped points" in report and bad.name in report
     assert "1 of 2 points complete" in report
-    shown = jl("show", "out", "--skip-bad", cwd=sweep)
-    assert shown.returncode == 0 and len(shown.stdout.strip().splitlines()) == 1 + 1
+    assert main(["show", "out", "--skip-bad"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 1
 
 
-def test_run_moves_a_bad_point_aside_and_runs_it_again(sweep):
+@dataclass
+class Rerun:
+    sweep: Path
+    bad: Path
+    first: dict
+    """The manifest before the second run."""
+    res: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def rerun(made, tmp_path_factory) -> Rerun:
+    """A copy of the sweep with a bit flipped in its N = 2 point, run again once; two tests
+    read it (the point moved aside and run again; the manifest's two runs)."""
+    sweep = tmp_path_factory.mktemp("rerun") / "w"
+    shutil.copytree(made, sweep, symlinks=True)
+    first = json.loads((sweep / "out" / "manifest.json").read_text())
     bad = point_of(sweep, 2)
     flip_a_bit(bad / "rank-00001.parquet")
-    res = jl("run", "spec.toml", "--out", "out", cwd=sweep)
+    return Rerun(sweep, bad, first, jl("run", "spec.toml", "--out", "out", cwd=sweep))
+
+
+def test_run_moves_a_bad_point_aside_and_runs_it_again(rerun, capsys, monkeypatch):
+    from experiments.cli import main
+
+    sweep, bad, res = rerun.sweep, rerun.bad, rerun.res
     assert res.returncode == 0, res.stderr
     warnings = [ln for ln in res.stderr.splitlines() if "warning" in ln]
     assert len(warnings) == 1 and str(bad / "rank-00001.parquet") in warnings[0]
@@ -142,23 +169,26 @@ def test_run_moves_a_bad_point_aside_and_runs_it_again(sweep):
     moved = list((sweep / "out" / "corrupt").iterdir())
     assert len(moved) == 1 and moved[0].name.startswith(bad.name + "-")
     assert (moved[0] / "rank-00001.parquet").exists()  # kept for a look, not deleted
-    assert jl("report", "out", cwd=sweep).returncode == 0  # the new point reads back
+    monkeypatch.chdir(sweep)
+    assert main(["report", "out"]) == 0, capsys.readouterr().err  # the new point reads back
 
 
-@pytest.mark.parametrize("leftover", ["folder without summary", "file instead of folder"])
-def test_a_leftover_where_a_point_should_be_is_moved_aside(sweep, leftover):
-    bad = point_of(sweep, 2)
-    shutil.rmtree(bad)
-    if leftover == "file instead of folder":
-        bad.write_text("not a point\n")
-    else:
-        bad.mkdir()
-        (bad / "rank-00000.parquet").write_bytes(b"half")
+def test_a_leftover_where_a_point_should_be_is_moved_aside(sweep):
+    """Both kinds at once, one run: a file where the N = 1 point's folder should be, and
+    the N = 2 point's folder without its summary (half a rank file)."""
+    as_file, half = point_of(sweep, 1), point_of(sweep, 2)
+    for bad in (as_file, half):
+        shutil.rmtree(bad)
+    as_file.write_text("not a point\n")
+    half.mkdir()
+    (half / "rank-00000.parquet").write_bytes(b"half")
     res = jl("run", "spec.toml", "--out", "out", cwd=sweep)
     assert res.returncode == 0, res.stderr
-    assert "1 points run, 1 already complete" in res.stdout
-    assert (bad / "summary.json").exists()
-    assert len(list((sweep / "out" / "corrupt").iterdir())) == 1
+    assert "2 points run, 0 already complete" in res.stdout
+    assert (as_file / "summary.json").exists() and (half / "summary.json").exists()
+    moved = sorted(p.name for p in (sweep / "out" / "corrupt").iterdir())
+    assert len(moved) == 2, moved
+    assert all(any(m.startswith(bad.name + "-") for m in moved) for bad in (as_file, half))
 
 
 @pytest.mark.parametrize("damage", ["garbled", "runs not a list"])
@@ -176,12 +206,12 @@ def test_a_damaged_manifest_is_moved_aside_and_the_sweep_goes_on(sweep, damage):
     assert len(json.loads((out / "manifest.json").read_text())["runs"]) == 1
 
 
-def test_the_manifest_keeps_every_run_and_each_point_says_which_made_it(sweep):
+def test_the_manifest_keeps_every_run_and_each_point_says_which_made_it(rerun):
+    """The second run (``rerun``) ran the N = 2 point again."""
+    sweep, first = rerun.sweep, rerun.first
     out = sweep / "out"
-    first = json.loads((out / "manifest.json").read_text())
     assert len(first["runs"]) == 1 and first["runs"][0]["ended"] == "the sweep ended"
-    shutil.rmtree(point_of(sweep, 2))
-    assert jl("run", "spec.toml", "--out", "out", cwd=sweep).returncode == 0
+    assert rerun.res.returncode == 0, rerun.res.stderr
     runs = json.loads((out / "manifest.json").read_text())["runs"]
     assert [r["run"] for r in runs][:1] == [first["runs"][0]["run"]] and len(runs) == 2
     assert runs[0]["versions"]["numpy"] and runs[1]["end_time_utc"]
@@ -275,23 +305,19 @@ def test_a_sigkilled_gloo_rank_is_named(tmp_path):
     assert "rank 1 was killed by signal 9 (SIGKILL)" in err, err
 
 
-def test_a_runs_files_have_one_mode_whatever_the_umask(tmp_path):
-    """Under umask 000 nothing a run writes is writable by others: files 0644, folders
-    0755, the progress board (whose pids a rerun acts on) 0600."""
-    sweep_specs.write_spec(tmp_path / "spec.toml", world_sizes=[1], jitter=JITTER)
-    res = subprocess.run([JITTERLAB, "run", "spec.toml", "--out", "out"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300,
-                         preexec_fn=lambda: os.umask(0))
-    assert res.returncode == 0, res.stderr
+def test_a_runs_files_have_one_mode_whatever_the_umask(made):
+    """Under umask 000 (the module's sweep ran under it) nothing a run writes is writable
+    by others: files 0644, folders 0755, the progress board (whose pids a rerun acts on)
+    0600."""
     modes = {}
-    for dirpath, dirnames, filenames in os.walk(tmp_path / "out"):
+    for dirpath, dirnames, filenames in os.walk(made / "out"):
         for name in dirnames + filenames:
             path = Path(dirpath) / name
-            modes[str(path.relative_to(tmp_path))] = path.stat().st_mode & 0o777
+            modes[str(path.relative_to(made))] = path.stat().st_mode & 0o777
     assert len(modes) > 10
     boards = {p: m for p, m in modes.items() if p.endswith("progress.bin")}
     assert boards and set(boards.values()) == {0o600}
-    dirs = {p: m for p, m in modes.items() if (tmp_path / p).is_dir()}
+    dirs = {p: m for p, m in modes.items() if (made / p).is_dir()}
     assert set(dirs.values()) == {0o755}, dirs
     files = {p: m for p, m in modes.items() if p not in boards and p not in dirs}
     assert set(files.values()) == {0o644}, {p: oct(m) for p, m in files.items()}

@@ -34,7 +34,7 @@ def plan(tmp_path: Path, **kw) -> Plan:
     base = dict(workload="microbench", out_dir=str(tmp_path / "run"), colls=ALL,
                 sizes=(64, 4096), iters=8, warmup=2, check=True, timeout_s=60,
                 jitter="exponential(20us)", seed=3)
-    return Plan(**{**base, **kw})
+    return Plan.build(**{**base, **kw})
 
 
 def assert_consistent(p: Plan, nproc: int) -> None:
@@ -43,7 +43,8 @@ def assert_consistent(p: Plan, nproc: int) -> None:
     for rank in range(nproc):
         cols, meta = read_rank_file(p.rank_file(rank))
         assert meta["rank"] == rank and meta["world_size"] == nproc
-        assert len(cols["step"]) == p.iters * len(p.colls) * len(p.sizes)
+        assert len(cols["step"]) == (p.params["iters"] * len(p.params["colls"])
+                                     * len(p.params["sizes"]))
         assert np.all(cols["t_start_ns"] <= cols["t_arrive_ns"])
         assert np.all(cols["t_arrive_ns"] <= cols["t_done_ns"])
         assert np.array_equal(cols["delay_ns"], cols["t_arrive_ns"] - cols["t_start_ns"])
@@ -177,10 +178,13 @@ def test_a_rank_stopped_inside_a_collective_is_named_and_nothing_is_left(tmp_pat
     from launch.progress import read_board
 
     out = tmp_path / "run"
+    # A stopped rank cannot act on SIGTERM: torchrun waits for it, so the launcher's group
+    # gets SIGKILL after the grace (1 s here instead of 5).
     proc = subprocess.Popen(
         [JITTERLAB, "bench", "--launcher", launcher, "--nproc", "2", "--backend", backend,
          "-b", "64", "-e", "64", "-n", "1000000", "-w", "0", "--timeout", "3",
-         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "JITTERLAB_TERM_GRACE_S": "1"})
     deadline = time.monotonic() + 60
     board = read_board(out)
     while time.monotonic() < deadline:
@@ -215,12 +219,16 @@ SRUN_REFUSAL = ("launcher: srun is not on PATH" if shutil.which("srun") is None
     (["--csv", "/tmp"], "csv: '/tmp' is a directory"),
     (["--jitter", "exponential(20us"], "column 17"),
 ])
-def test_bad_bench_flags_stop_before_any_process_or_file(tmp_path, args, message):
+def test_bad_bench_flags_stop_before_any_process_or_file(tmp_path, args, message, capsys):
+    from experiments.cli import main
+
     out = tmp_path / "run"
-    res = subprocess.run([JITTERLAB, "bench", *args, "--out", str(out)], capture_output=True,
-                         text=True, timeout=60)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr
+    # In this process: the CLI's own handling, without a console script's start-up each
+    # (test_cli_rejects_bad_input_before_starting_any_process runs the console script).
+    code = main(["bench", *args, "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert not out.exists()
 
 

@@ -16,9 +16,14 @@ from pathlib import Path
 import sweep_specs  # beside this file: pytest puts its folder on sys.path
 
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
+# One schedule: the points at N = 1 and 2, for the tests that need points, not schedules.
+ONE = (("exp", "exponential(20us)"),)
 
-def write_spec(tmp_path: Path, steps: int = 5, launcher: str = "auto") -> Path:
-    return sweep_specs.write_spec(tmp_path / "spec.toml", steps=steps, launcher=launcher)
+
+def write_spec(tmp_path: Path, steps: int = 5, launcher: str = "auto",
+               jitter: tuple[tuple[str, str], ...] = sweep_specs.JITTER) -> Path:
+    return sweep_specs.write_spec(tmp_path / "spec.toml", steps=steps, launcher=launcher,
+                                  jitter=jitter)
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -72,7 +77,7 @@ def test_failed_points_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
-    spec = write_spec(tmp_path, steps=400)
+    spec = write_spec(tmp_path, steps=400, jitter=ONE)  # killed in the second of 2 points
     proc = subprocess.Popen([JITTERLAB, "run", str(spec), "--out", "out"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     points = tmp_path / "out" / "points"
@@ -85,13 +90,19 @@ def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    time.sleep(2)  # the launcher dies with its parent (PR_SET_PDEATHSIG), its ranks with it
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    # The launcher dies with its parent (PR_SET_PDEATHSIG), its ranks with it: within 2 s.
+    deadline = time.monotonic() + 2
+    while True:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if str(tmp_path) not in ps or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert str(tmp_path) not in ps
     res = run("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "1 points run, 1 already complete" in res.stdout
     names = sorted(p.name for p in points.iterdir())
-    assert len(names) == 4 and len(set(names)) == 4
+    assert len(names) == 2 and len(set(names)) == 2
     assert not any(n.startswith(".tmp") for n in names)
     # No rank of the killed sweep is still running.
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
@@ -102,7 +113,7 @@ def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
 def test_sigterm_stops_a_sweep_cleanly_and_a_rerun_resumes(tmp_path):
     """scancel, a SLURM time limit or kill: the runner unwinds as for Ctrl-C (ranks
     stopped, lock released, the partial point removed) and says so."""
-    spec = write_spec(tmp_path, steps=400)
+    spec = write_spec(tmp_path, steps=400, jitter=ONE)
     proc = subprocess.Popen([JITTERLAB, "run", str(spec), "--out", "out"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     points = tmp_path / "out" / "points"
@@ -119,22 +130,22 @@ def test_sigterm_stops_a_sweep_cleanly_and_a_rerun_resumes(tmp_path):
     assert str(tmp_path) not in ps
     res = run("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert len([p for p in points.iterdir() if not p.name.startswith(".")]) == 4
+    assert len([p for p in points.iterdir() if not p.name.startswith(".")]) == 2
 
 
 def test_batch_lists_a_single_world_size_and_a_changed_spec_are_reported(tmp_path):
     # Regressions: a batch list collided in the scaling table; no N = 1 point broke the
     # plots; a rerun with a changed spec mixed the old points into the new report.
     spec = sweep_specs.write_spec(tmp_path / "spec.toml", steps=3, world_sizes=[2],
-                                  batch=[1, 2])
+                                  batch=[1, 2], jitter=ONE)
     res = run("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert "exp (batch 1)" in report and "exp (batch 2)" in report
-    assert "4 of 4 points complete" in report
+    assert "2 of 2 points complete" in report
     spec.write_text(spec.read_text().replace("steps = 3", "steps = 4"))
     res = run("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "4 of 4 points complete" in report  # only the new spec's points
-    assert len(list((tmp_path / "out" / "points").iterdir())) == 8  # old ones kept on disk
+    assert "2 of 2 points complete" in report  # only the new spec's points
+    assert len(list((tmp_path / "out" / "points").iterdir())) == 4  # old ones kept on disk

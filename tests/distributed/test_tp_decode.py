@@ -19,7 +19,7 @@ def run(tmp_path: Path, launcher: str, nproc: int, **kw) -> Plan:
     out.mkdir(parents=True)
     base = dict(workload="tp_decode", out_dir=str(out), backend="mpi", model="tiny",
                 batch=2, steps=4, warmup=1, compute="real", seed=5, timeout_s=60)
-    p = Plan(**{**base, **kw})
+    p = Plan.build(**{**base, **kw})
     (out / "plan.json").write_text(p.to_json())
     run_plan(out / "plan.json", Launch(launcher=launcher, nproc=nproc, timeout_s=60))
     return p
@@ -34,16 +34,31 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 EPS = {"float32": 2.0 ** -23, "bfloat16": 2.0 ** -7}
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The world-size-1 logits of a backend and dtype, run once (mpi float32 serves two
+    cases)."""
+    cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def logits(backend: str, dtype: str) -> np.ndarray:
+        if (backend, dtype) not in cache:
+            ref = run(tmp_path_factory.mktemp("ref"), "local", 1, backend=backend,
+                      save_logits=True, dtype=dtype)
+            cache[backend, dtype] = np.load(Path(ref.out_dir) / "logits.npy")
+        return cache[backend, dtype]
+
+    return logits
+
+
 @pytest.mark.parametrize("launcher,backend,nproc,dtype", [
     ("mpirun", "mpi", 2, "float32"), ("mpirun", "mpi", 4, "float32"),
     ("torchrun", "gloo", 2, "float32"), ("torchrun", "gloo", 2, "bfloat16")])
-def test_sharded_decode_reproduces_world_size_one_logits(tmp_path, launcher, backend, nproc,
-                                                         dtype):
+def test_sharded_decode_reproduces_world_size_one_logits(tmp_path, reference, launcher,
+                                                         backend, nproc, dtype):
     # tiny has 8 heads and 2 KV heads: at 4 ranks the KV heads are replicated (GQA).
-    ref = run(tmp_path, "local", 1, backend=backend, save_logits=True, dtype=dtype)
+    b = reference(backend, dtype)
     got = run(tmp_path, launcher, nproc, backend=backend, save_logits=True, dtype=dtype)
     a = np.load(Path(got.out_dir) / "logits.npy")
-    b = np.load(Path(ref.out_dir) / "logits.npy")
     assert a.shape == (2, 512) and rel_err(a, b) <= 16 * EPS[dtype]
     # the messages were in the plan's dtype: batch x hidden x its size
     cols, _ = read_rank_file(got.rank_file(1))
@@ -54,9 +69,9 @@ def test_records_have_a_row_per_site_and_per_step_with_delays_at_world_size_one(
     p = run(tmp_path, "local", 1, jitter="constant(30us)")
     cols, meta = read_rank_file(p.rank_file(0))
     layers = 2  # tiny
-    assert len(cols["site"]) == p.steps * (2 * layers + 1)
+    assert len(cols["site"]) == p.params["steps"] * (2 * layers + 1)
     steps = cols["site"] == -1
-    assert cols["step"][steps].tolist() == list(range(p.steps))  # warm-up dropped
+    assert cols["step"][steps].tolist() == list(range(p.params["steps"]))  # warm-up dropped
     site = ~steps
     assert sorted(set(cols["site"][site].tolist())) == list(range(2 * layers))
     assert np.all(cols["t_start_ns"] <= cols["t_arrive_ns"])

@@ -24,7 +24,7 @@ TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
 def two_node_plan(tmp_path: Path) -> Path:
-    p = Plan(workload="microbench", out_dir=str(tmp_path / "run"), backend="gloo",
+    p = Plan.build(workload="microbench", out_dir=str(tmp_path / "run"), backend="gloo",
              colls=("all_reduce", "all_gather"), sizes=(256,), iters=5, warmup=1, check=True,
              timeout_s=60)
     Path(p.out_dir).mkdir(parents=True)
@@ -52,7 +52,7 @@ def check_two_node_records(plan_path: Path) -> None:
     tables, metas = zip(*(read_rank_file(plan.rank_file(r)) for r in range(2)))
     assert [(m["rank"], m["node"], m["launcher"]) for m in metas] == [
         (0, 0, "torchrun"), (1, 1, "torchrun")]
-    rows = microbench.summarize(list(tables), colls=plan.colls, world_size=2,
+    rows = microbench.summarize(list(tables), colls=plan.params["colls"], world_size=2,
                                 offsets_ns=[m["clock_offset_ns"] for m in metas],
                                 wrong=[m["wrong"] for m in metas])
     assert [r["wrong"] for r in rows] == [0, 0]
