@@ -1,9 +1,12 @@
-"""The ``jitterlab`` command line, run as the installed console script."""
+"""The ``jitterlab`` command line: ``experiments.cli.main`` in this process (its exit
+code, stdout and stderr), and the installed console script where the real process is
+the point (imports, the entry point itself)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +14,38 @@ from pathlib import Path
 import mpmath
 import pytest
 
+from experiments.cli import main
+
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed console script, in its own process."""
     return subprocess.run([JITTERLAB, *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)
+
+
+@pytest.fixture
+def cli(capsys):
+    """``jitterlab ARGS`` in this process: a CompletedProcess-like result (returncode,
+    stdout, stderr); argparse's SystemExit becomes its code, and os.environ is restored
+    (a command may set variables for the processes it would start)."""
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        env = os.environ.copy()
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            for key in set(os.environ) - set(env):
+                del os.environ[key]
+            os.environ.update(env)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return call
 
 
 def test_help_and_torch_free_commands_do_not_import_torch():
@@ -33,6 +62,7 @@ def test_help_and_torch_free_commands_do_not_import_torch():
 
 
 def test_maxtable_json_rows_are_the_exact_expected_maxima(tmp_path):
+    # The installed console script (not main in this process): the entry point itself.
     out_file = tmp_path / "rows.json"
     res = run("maxtable", "--jitter", "exponential(20us)", "--jitter",
               "constant(7us); name=flat", "--n", "1,8,1024", "--json", str(out_file))
@@ -53,19 +83,19 @@ def test_maxtable_json_rows_are_the_exact_expected_maxima(tmp_path):
                                                         abs=0.006)
 
 
-def test_maxtable_default_preset_is_the_jitter_zoo():
-    res = run("maxtable", "--n", "1,2")
+def test_maxtable_default_preset_is_the_jitter_zoo(cli):
+    res = cli("maxtable", "--n", "1,2")
     assert res.returncode == 0, res.stderr
     for name in ("exp-20us", "spike-1%-2ms", "pareto-a2.5", "exp-20us+1straggler"):
         assert name in res.stdout
 
 
-def test_maxtable_p99_with_a_straggler_and_node_scope(tmp_path):
+def test_maxtable_p99_with_a_straggler_and_node_scope(tmp_path, cli):
     spec = tmp_path / "spec.toml"
     spec.write_text('[[jitter]]\nname = "node-exp"\ndist = "exponential(10us)"\n'
                     'scope = "node"\n')
     out_file = tmp_path / "rows.json"
-    res = run("maxtable", "--spec", str(spec), "--n", "16", "--stat", "p99",
+    res = cli("maxtable", "--spec", str(spec), "--n", "16", "--stat", "p99",
               "--ranks-per-node", "8", "--json", str(out_file))
     assert res.returncode == 0, res.stderr
     (row,) = json.loads(out_file.read_text())["rows"]
@@ -73,9 +103,9 @@ def test_maxtable_p99_with_a_straggler_and_node_scope(tmp_path):
     assert row["value_us"] == pytest.approx(-10 * math.log(1 - 0.99 ** 0.5), rel=1e-9)
 
 
-def test_describe_prints_and_writes_quantiles(tmp_path):
+def test_describe_prints_and_writes_quantiles(tmp_path, cli):
     out_file = tmp_path / "d.json"
-    res = run("describe", "exponential(20us)", "--n", "4", "--json", str(out_file))
+    res = cli("describe", "exponential(20us)", "--n", "4", "--json", str(out_file))
     assert res.returncode == 0, res.stderr
     doc = json.loads(out_file.read_text())
     assert doc["mean_us"] == pytest.approx(20.0) and doc["std_us"] == pytest.approx(20.0)
@@ -91,19 +121,21 @@ def test_describe_prints_and_writes_quantiles(tmp_path):
     (["describe", "exponential(-5us)"], "durations cannot be negative"),
     (["describe", "expo(5us)"], "unknown distribution family 'expo'"),
 ])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, cli, args,
+                                                          message):
+    monkeypatch.chdir(tmp_path)
     out_file = tmp_path / "out.json"
-    res = run(*args, "--json", str(out_file), cwd=tmp_path)
+    res = cli(*args, "--json", str(out_file))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jitterlab: error: ") and message in lines[0]
     assert not out_file.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_invalid_toml_names_the_file(tmp_path):
+def test_invalid_toml_names_the_file(tmp_path, cli):
     spec = tmp_path / "bad.toml"
     spec.write_text("[[jitter]\nname = 1\n")
-    res = run("maxtable", "--spec", str(spec))
+    res = cli("maxtable", "--spec", str(spec))
     assert res.returncode == 2 and "not valid TOML" in res.stderr and "bad.toml" in res.stderr
 
 
@@ -112,15 +144,15 @@ def test_invalid_toml_names_the_file(tmp_path):
     (["maxtable", "--stat", "p42"], "argument --stat: invalid choice: 'p42'"),
     (["bogus"], "invalid choice: 'bogus'"),
 ])
-def test_usage_mistakes_are_one_line_exit_2(args, message):
-    res = run(*args)
+def test_usage_mistakes_are_one_line_exit_2(cli, args, message):
+    res = cli(*args)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and message in lines[0]
 
 
-def test_infinite_expected_max_is_inf_in_the_table_and_null_in_strict_json(tmp_path):
+def test_infinite_expected_max_is_inf_in_the_table_and_null_in_strict_json(tmp_path, cli):
     out_file = tmp_path / "rows.json"
-    res = run("maxtable", "--jitter", "pareto(alpha=1, scale=1us)", "--n", "1,2",
+    res = cli("maxtable", "--jitter", "pareto(alpha=1, scale=1us)", "--n", "1,2",
               "--json", str(out_file))
     assert res.returncode == 0, res.stderr
     cells = {ln.split()[0]: ln.split()[1:] for ln in res.stdout.splitlines()
@@ -131,9 +163,9 @@ def test_infinite_expected_max_is_inf_in_the_table_and_null_in_strict_json(tmp_p
     assert [r["value_us"] for r in json.loads(text)["rows"]] == [None, None]
 
 
-def test_mean_row_is_the_mean_of_the_temporal_marginal(tmp_path):
+def test_mean_row_is_the_mean_of_the_temporal_marginal(cli):
     # Bursts replace calm delays: the mean delay is 0.5*5us + 0.5*1ms, as at N = 1.
-    res = run("maxtable", "--n", "1", "--jitter",
+    res = cli("maxtable", "--n", "1", "--jitter",
               "constant(5us); temporal=bursty(p_enter=0.5, p_exit=0.5, burst=constant(1ms))")
     assert res.returncode == 0, res.stderr
     cells = {ln.split()[0]: ln.split()[1:] for ln in res.stdout.splitlines()
@@ -141,17 +173,17 @@ def test_mean_row_is_the_mean_of_the_temporal_marginal(tmp_path):
     assert cells == {"mean": ["502.50"], "1": ["502.50"]}
 
 
-def test_duplicate_names_and_an_unwritable_json_path_are_bad_input(tmp_path):
-    res = run("maxtable", "--jitter", "exponential(20us); name=a", "--jitter",
+def test_duplicate_names_and_an_unwritable_json_path_are_bad_input(tmp_path, cli):
+    res = cli("maxtable", "--jitter", "exponential(20us); name=a", "--jitter",
               "constant(5us); name=a")
     assert res.returncode == 2 and res.stderr.strip() == \
         "jitterlab: error: jitter: name: 'a' is used twice"
-    res = run("maxtable", "--n", "1", "--json", str(tmp_path / "no" / "such" / "x.json"),
+    res = cli("maxtable", "--n", "1", "--json", str(tmp_path / "no" / "such" / "x.json"),
               "--preset", "jitter-zoo")
     assert res.returncode == 0  # parents are created
     blocker = tmp_path / "file"
     blocker.write_text("")
-    res = run("maxtable", "--n", "1", "--json", str(blocker / "x.json"))
+    res = cli("maxtable", "--n", "1", "--json", str(blocker / "x.json"))
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "cannot write" in lines[0]
     assert res.stdout == ""  # no table printed for a result that could not be saved

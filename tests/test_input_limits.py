@@ -3,7 +3,9 @@ bad input that must exit 2 (or quietly), and writes that fail midway.
 
 Anything that would hang or exhaust memory if the code regressed (a FIFO, /dev/zero, a
 thousand ranks) runs in a subprocess with a timeout and a memory limit, or with the
-process start replaced by a stub that fails the test.
+process start replaced by a stub that fails the test. So does anything that needs a real
+process (a closed stdout pipe, a resource limit, the signal handlers ``run`` installs);
+other commands run as ``experiments.cli.main`` in this process (``cli``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,28 @@ MAX_DELAY_NS = 3_600_000_000_000
 EFBIG = 27
 
 
-def run(*args: str, cwd: Path | None = None, timeout: float = 60,
-        **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([JITTERLAB, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, **kw)
+@pytest.fixture
+def cli(capsys):
+    """``jitterlab ARGS`` in this process: a CompletedProcess-like result (returncode,
+    stdout, stderr); argparse's SystemExit becomes its code, and os.environ is restored
+    (``--max-ranks-per-host`` sets a variable for the processes a run would start)."""
+    from experiments.cli import main
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        env = os.environ.copy()
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            for key in set(os.environ) - set(env):
+                del os.environ[key]
+            os.environ.update(env)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return call
 
 
 def python(code: str, *args: str, cwd: Path | None = None, timeout: float = 60,
@@ -115,7 +135,8 @@ def test_bench_refuses_a_thousand_ranks_before_anything_starts(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_run_refuses_a_4096_rank_point_on_one_host_before_anything_starts(tmp_path):
+def test_run_refuses_a_4096_rank_point_on_one_host_before_anything_starts(tmp_path,
+                                                                          monkeypatch, cli):
     spec = write_spec(tmp_path / "wide.toml", world_sizes=[1, 4096],
                       model={"name": "wide", "hidden": 256, "layers": 1, "heads": 4096,
                              "kv_heads": 4096, "ffn": 4096, "vocab": 64, "head_dim": 2})
@@ -136,26 +157,27 @@ def test_run_refuses_a_4096_rank_point_on_one_host_before_anything_starts(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.toml"]  # nothing written
     # validate starts nothing: it notes the host's limit (the spec may be meant for a
     # bigger host) and refuses only under an explicit --max-ranks-per-host.
-    res = run("validate", str(spec), cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    res = cli("validate", str(spec))
     assert res.returncode == 0 and "note: not on this host: world_sizes: 4096 ranks on one " \
         "host" in res.stdout, res.stdout + res.stderr
-    res = run("validate", str(spec), "--max-ranks-per-host", "64", cwd=tmp_path)
+    res = cli("validate", str(spec), "--max-ranks-per-host", "64")
     assert res.returncode == 2 and "world_sizes: 4096 ranks on one host" in res.stderr
-    res = run("validate", str(spec), "--max-ranks-per-host", "4096", cwd=tmp_path)
+    res = cli("validate", str(spec), "--max-ranks-per-host", "4096")
     assert res.returncode == 0 and "not on this host" not in res.stdout, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.toml"]
 
 
-def test_a_multi_node_sweep_is_limited_by_its_ranks_per_node(tmp_path):
+def test_a_multi_node_sweep_is_limited_by_its_ranks_per_node(tmp_path, monkeypatch, cli):
     spec = write_spec(tmp_path / "s.toml", world_sizes=[64, 128], ranks_per_node=64,
                       backend="gloo", model={"name": "m", "hidden": 256, "layers": 1,
                                              "heads": 128, "kv_heads": 128, "ffn": 1024,
                                              "vocab": 64, "head_dim": 2})
-    res = run("validate", str(spec), "--nnodes", "2", "--max-ranks-per-host", "32",
-              cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    res = cli("validate", str(spec), "--nnodes", "2", "--max-ranks-per-host", "32")
     assert res.returncode == 2, res.stdout
     assert res.stderr.startswith("jitterlab: error: ranks_per_node: 64 ranks on one host")
-    res = run("validate", str(spec), "--nnodes", "2", "--max-ranks-per-host", "64",
-              cwd=tmp_path)
+    res = cli("validate", str(spec), "--nnodes", "2", "--max-ranks-per-host", "64")
     assert res.returncode == 0, res.stderr
 
 
@@ -350,17 +372,19 @@ def test_bench_at_one_rank_reports_no_bandwidth(one_rank_bench):
 # --- bad input: exit codes and names ------------------------------------------------------
 
 
-def test_a_deeply_nested_toml_is_bad_input_not_a_run_failure(tmp_path):
+def test_a_deeply_nested_toml_is_bad_input_not_a_run_failure(tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
     deep = tmp_path / "deep.toml"
     deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
     for args in (["validate", str(deep)], ["maxtable", "--spec", str(deep)]):
-        res = run(*args, cwd=tmp_path)
+        res = cli(*args)
         assert res.returncode == 2, res.stderr
         assert res.stderr == (f"jitterlab: error: spec {str(deep)!r}: not valid TOML: arrays "
                               "or tables nested too deeply\n")
     text = "clip(" * 500 + "constant(1us)" + ", 1ms)" * 500
-    res = run("maxtable", "--jitter", text, "--n", "1", cwd=tmp_path)
+    res = cli("maxtable", "--jitter", text, "--n", "1")
     assert res.returncode == 2 and "calls nested more than 64 deep" in res.stderr
+    assert _left(tmp_path) == ["deep.toml"]
 
 
 def test_validate_into_a_closed_pipe_exits_quietly(tmp_path):
@@ -407,12 +431,13 @@ def test_one_line_schedules_reject_control_characters_in_names_and_paths():
         parse("empirical('a\u202eb.txt')")
 
 
-def test_names_are_printed_escaped(tmp_path):
+def test_names_are_printed_escaped(tmp_path, monkeypatch, cli):
     from experiments.report import _fmt
 
     assert _fmt("a\x1b[2Jb") == "a\\x1b[2Jb"
+    monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path / "a\x1b[31mb.toml")
-    res = run("validate", str(spec), cwd=tmp_path)
+    res = cli("validate", str(spec))
     assert res.returncode == 0, res.stderr
     assert "\x1b" not in res.stdout and "a\\x1b[31mb.toml: ok" in res.stdout
 

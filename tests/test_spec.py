@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from experiments.cli import main
 from experiments.spec import parse_spec
 from experiments.sweep import expand
 
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 PRESET = Path(__file__).resolve().parents[1] / "experiments" / "presets" / "quickstart.toml"
+
+
+@pytest.fixture
+def cli(capsys):
+    """``jitterlab ARGS`` in this process: a CompletedProcess-like result (returncode,
+    stdout, stderr); argparse's SystemExit becomes its code, and os.environ is restored
+    (a command may set variables for the processes it would start)."""
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        env = os.environ.copy()
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            for key in set(os.environ) - set(env):
+                del os.environ[key]
+            os.environ.update(env)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return call
 
 
 def doc(**over):
@@ -53,26 +78,26 @@ def test_malformed_specs_name_the_key_path_and_value(over, message):
     assert str(info.value).startswith(message), str(info.value)
 
 
-def test_validate_cli_is_one_line_exit_2_and_writes_nothing(tmp_path):
+def test_validate_cli_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.toml"
     bad.write_text('world_sizes = [1, 3]\nmodel = "llama-3-8b"\n'
                    '[[jitter]]\nname = "n"\ndist = "constant(0s)"\n')
-    res = subprocess.run([JITTERLAB, "validate", str(bad)], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=60)
+    res = cli("validate", str(bad))
     assert res.returncode == 2
     assert res.stderr.strip() == ("jitterlab: error: world_sizes: world size 3 does not "
                                   "divide heads=32")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
 
 
-def test_the_quickstart_preset_is_valid_and_lists_its_points():
-    res = subprocess.run([JITTERLAB, "validate", str(PRESET)], capture_output=True, text=True,
-                         timeout=60)
+def test_the_quickstart_preset_is_valid_and_lists_its_points(cli):
+    res = cli("validate", str(PRESET))
     assert res.returncode == 0, res.stderr
     assert "10 points" in res.stdout
 
 
-def test_validate_checks_a_multi_node_layout_without_importing_torch():
+def test_validate_checks_a_multi_node_layout_without_importing_torch(cli):
+    # The installed console script in a fresh interpreter: which modules it imports.
     two = PRESET.with_name("two-node-slurm.toml")
     res = subprocess.run([sys.executable, "-X", "importtime", JITTERLAB, "validate", str(two),
                           "--nnodes", "2"], capture_output=True, text=True, timeout=60)
@@ -80,8 +105,7 @@ def test_validate_checks_a_multi_node_layout_without_importing_torch():
     assert "4 points, fits 2 nodes" in res.stdout
     assert res.stdout.count("on 1 node x 8") == 2 and res.stdout.count("on 2 nodes x 8") == 2
     assert "torch" not in {line.split("|")[-1].strip() for line in res.stderr.splitlines()}
-    res = subprocess.run([JITTERLAB, "validate", str(PRESET), "--nnodes", "2"],
-                         capture_output=True, text=True, timeout=60)
+    res = cli("validate", str(PRESET), "--nnodes", "2")
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith("jitterlab: error: backend: a multi-node sweep starts "
                                  "torchrun on each node")

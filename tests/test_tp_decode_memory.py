@@ -3,10 +3,6 @@ shard needs in GPU memory (the numbers ``jitterlab validate`` prints and checks)
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,8 +10,7 @@ import torch
 from collectives import tp_decode
 from collectives.inject import make_injector
 from collectives.models import PRESETS, rank_memory
-
-JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
+from experiments.cli import main
 
 
 class OneRank:
@@ -98,23 +93,30 @@ def test_hardware_memory_must_be_positive():
         == [80e9, 141e9, 80e9, 192e9]
 
 
-def test_validate_refuses_real_compute_that_cannot_fit_and_prints_the_memory(tmp_path):
+def validate(capsys, spec) -> tuple[int, str, str]:
+    """``jitterlab validate SPEC`` in this process: exit code, stdout, stderr."""
+    capsys.readouterr()
+    code = main(["validate", str(spec)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_validate_refuses_real_compute_that_cannot_fit_and_prints_the_memory(tmp_path,
+                                                                              capsys):
     base = ('workload = "tp_decode"\nmodel = "llama-3-70b"\ncompute = "real"\n'
             'dtype = "bfloat16"\nbackend = "nccl"\nsteps = 100\nwarmup = 10\n'
             '[[jitter]]\nname = "none"\ndist = "constant(0s)"\n')
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nworld_sizes = [1, 2]\n' + base)
-    res = subprocess.run([JITTERLAB, "validate", str(bad)], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 2, res
-    assert res.stderr.strip().endswith(
+    code, stdout, stderr = validate(capsys, bad)
+    assert code == 2, (stdout, stderr)
+    assert stderr.strip().endswith(
         "world_sizes: at N=1 one rank needs 141.1 GB (weights 141.1 GB + KV cache 36.4 MB "
-        "in bfloat16); h100 has 80 GB"), res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""
+        "in bfloat16); h100 has 80 GB"), stderr
+    assert len(stderr.strip().splitlines()) == 1 and stdout == ""
     good = tmp_path / "good.toml"
     good.write_text('name = "good"\nworld_sizes = [2, 8]\nhardware = "h100"\n' + base)
-    res = subprocess.run([JITTERLAB, "validate", str(good)], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr
+    code, stdout, stderr = validate(capsys, good)
+    assert code == 0, stderr
     assert ("  memory per rank (bfloat16 weights + KV cache at batch 1): N=2 72.7 GB, "
-            "N=8 21.3 GB; h100 has 80 GB\n") in res.stdout
+            "N=8 21.3 GB; h100 has 80 GB\n") in stdout

@@ -1,7 +1,9 @@
 """The workload extension point: a workload that lives outside the package
 (``tests/workloads/toy_sleep.py``), named in a spec as ``module:Class``, runs through
 ``jitterlab validate``, ``jitterlab run`` (world sizes 1 and 2, mpirun) and ``jitterlab
-report`` with no other file knowing it."""
+report`` with no other file knowing it. ``run`` is the installed console script (its
+ranks find the toy on PYTHONPATH); ``validate`` and ``report`` run in this process, with
+the toy's folder on sys.path."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from experiments.cli import main
 
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 WORKLOADS = Path(__file__).resolve().parents[1] / "workloads"
@@ -46,10 +51,26 @@ def _jitterlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-def test_a_workload_outside_the_package_runs_through_jitterlab_run(tmp_path):
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """``jitterlab ARGS`` in this process, run from tmp_path with the toy importable (and
+    sys.path restored after: a failed import may add the working directory to it)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(WORKLOADS))
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return call
+
+
+def test_a_workload_outside_the_package_runs_through_jitterlab_run(tmp_path, cli):
     spec = tmp_path / "toy.toml"
     spec.write_text(SPEC)
-    res = _jitterlab("validate", str(spec), cwd=tmp_path)
+    res = cli("validate", str(spec))
     assert res.returncode == 0, res.stderr
     assert "toy_sleep: 3 x (sleep 2 ms" in res.stdout and "4 points" in res.stdout
 
@@ -78,22 +99,22 @@ def test_a_workload_outside_the_package_runs_through_jitterlab_run(tmp_path):
     assert meta["plan"]["workload"] == "toy_sleep:SleepAllReduce"
     assert meta["plan"]["params"]["sites"] == SITES
 
-    res = _jitterlab("report", "out", cwd=tmp_path)
+    res = cli("report", "out")
     assert res.returncode == 0, res.stderr
     report = (out / "report.md").read_text()
     assert "toy_sleep: 3 x (sleep 2 ms, all-reduce of 64 elements)" in report
     assert "compute(N) the measured compute, held" in report
 
 
-def test_a_workload_that_cannot_be_imported_is_bad_input(tmp_path):
+def test_a_workload_that_cannot_be_imported_is_bad_input(tmp_path, cli):
     spec = tmp_path / "toy.toml"
     spec.write_text(SPEC.replace("toy_sleep:SleepAllReduce", "no_such_module:Thing"))
-    res = _jitterlab("validate", str(spec), cwd=tmp_path)
+    res = cli("validate", str(spec))
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.count("\n") == 1 and "workload: cannot import 'no_such_module'" \
         in res.stderr, res.stderr
     spec.write_text(SPEC.replace('sites = 3', 'sites = 0'))
-    res = _jitterlab("validate", str(spec), cwd=tmp_path)
+    res = cli("validate", str(spec))
     assert res.returncode == 2 and "sites: must be an integer in [1, 64], got 0" in res.stderr
 
 
