@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mpmath
 import pytest
-
-from experiments.cli import main
 
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 
@@ -23,29 +20,6 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The installed console script, in its own process."""
     return subprocess.run([JITTERLAB, *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)
-
-
-@pytest.fixture
-def cli(capsys):
-    """``jitterlab ARGS`` in this process: a CompletedProcess-like result (returncode,
-    stdout, stderr); argparse's SystemExit becomes its code, and os.environ is restored
-    (a command may set variables for the processes it would start)."""
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        env = os.environ.copy()
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            for key in set(os.environ) - set(env):
-                del os.environ[key]
-            os.environ.update(env)
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
-
-    return call
 
 
 def test_help_and_torch_free_commands_do_not_import_torch():

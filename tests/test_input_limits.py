@@ -25,30 +25,6 @@ MAX_DELAY_NS = 3_600_000_000_000
 EFBIG = 27
 
 
-@pytest.fixture
-def cli(capsys):
-    """``jitterlab ARGS`` in this process: a CompletedProcess-like result (returncode,
-    stdout, stderr); argparse's SystemExit becomes its code, and os.environ is restored
-    (``--max-ranks-per-host`` sets a variable for the processes a run would start)."""
-    from experiments.cli import main
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        env = os.environ.copy()
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            for key in set(os.environ) - set(env):
-                del os.environ[key]
-            os.environ.update(env)
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
-
-    return call
-
-
 def python(code: str, *args: str, cwd: Path | None = None, timeout: float = 60,
            memory_bytes: int | None = None) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter, under an address-space limit if given (so a

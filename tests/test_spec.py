@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
 from experiments.spec import parse_spec
 from experiments.sweep import expand
 
 JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 PRESET = Path(__file__).resolve().parents[1] / "experiments" / "presets" / "quickstart.toml"
-
-
-@pytest.fixture
-def cli(capsys):
-    """``jitterlab ARGS`` in this process: a CompletedProcess-like result (returncode,
-    stdout, stderr); argparse's SystemExit becomes its code, and os.environ is restored
-    (a command may set variables for the processes it would start)."""
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        env = os.environ.copy()
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            for key in set(os.environ) - set(env):
-                del os.environ[key]
-            os.environ.update(env)
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
-
-    return call
 
 
 def doc(**over):
