@@ -31,7 +31,7 @@ from .clocks import Clock, aligned
 from .inject import Injector
 from .ops import check as count_wrong
 from .ops import get_op
-from .timing import Records, SiteTimer, cuda_event
+from .timing import Records, site_timer
 from .workload import BaseWorkload, RankResult, check_ints, with_defaults
 
 
@@ -164,8 +164,8 @@ def run(backend: Backend, *, colls: Sequence[str], sizes: Sequence[int], dtype: 
     records.delays_clipped = clipped
     wrong: list[int] = []
     fault_at = fault.at if fault is not None and fault.rank == rank else -1
-    timer = SiteTimer(backend, injector, records, mark=progress,
-                      event=cuda_event if backend.device.startswith("cuda") else None)
+    timer = site_timer(backend, injector, records, schedule=schedule, seed=seed,
+                       mark=progress)
     for site, ((k, _, _, size), case) in enumerate(zip(todo, setups)):
         nbytes = case.op.bytes_moved(size, elem_size(dtype), n)
         for it in range(warmup):

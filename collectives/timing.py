@@ -7,7 +7,8 @@ rename), with the run's metadata and this rank's clock offsets to rank 0 (``cloc
 
 ``SiteTimer`` is the one timing primitive every workload uses: site start -> compute ->
 delay -> arrive -> collective -> done, on the host clock or, on CUDA, with events on the
-stream anchored to the host clock once per step.
+stream anchored to the host clock once per step. On the host it also honours a schedule's
+detours (``jitter_models.detours``): compute and delay pause for every detour they overlap.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from jitter_models.files import named_error
 
 from .files import set_file_mode
+from .inject import NoInjector
 
 # One row per timed collective. All times int64 nanoseconds on this rank's monotonic clock.
 COLUMNS: dict[str, str] = {
@@ -33,6 +35,7 @@ COLUMNS: dict[str, str] = {
     "bytes": "int64",         # nccl-tests size S of the operation
     "delay_req_ns": "int64",  # what the schedule asked
     "delay_ns": "int64",      # what the injector achieved: t_arrive - the end of compute
+                              # - detour_ns
     "t_start_ns": "int64",    # site start, before the injected delay
     "t_arrive_ns": "int64",   # entered the collective
     "t_done_ns": "int64",     # collective finished on this rank (device synchronized)
@@ -41,6 +44,12 @@ COLUMNS: dict[str, str] = {
 # collective, the summed departure delays asked, and achieved (post time - ready). Rank
 # files written before they existed lack them: readers take them as optional.
 HOP_COLUMNS: dict[str, str] = {"hop_delay_req_ns": "int64", "hop_delay_ns": "int64"}
+# Detours (time-axis noise): the detour time the site's arrival deadline included, so that
+# t_arrive - t_start = compute + delay_ns + detour_ns. 0 without detours; rank files
+# written before detours existed lack it: readers take it as 0.
+DETOUR_COLUMNS: dict[str, str] = {"detour_ns": "int64"}
+OPTIONAL_COLUMNS: dict[str, str] = HOP_COLUMNS | DETOUR_COLUMNS
+"""Columns a rank file may lack (written before they existed): each reads as 0."""
 
 now_ns = time.perf_counter_ns
 
@@ -52,7 +61,7 @@ class Records:
         if capacity < 0:
             raise ValueError(f"capacity: must be >= 0, got {capacity}")
         self.columns = {k: np.zeros(capacity, dtype=v)
-                        for k, v in (COLUMNS | HOP_COLUMNS).items()}
+                        for k, v in (COLUMNS | OPTIONAL_COLUMNS).items()}
         self.n = 0
         # Draws of the schedule clipped to the maximum delay (jitter_models MAX_DELAY_NS)
         # before this rank injected them; the rank file's metadata carries it.
@@ -60,7 +69,7 @@ class Records:
 
     def add(self, *, step: int, site: int, op: int, nbytes: int, delay_req_ns: int,
             t_start_ns: int, t_arrive_ns: int, t_done_ns: int, delay_ns: int | None = None,
-            hop_delay_req_ns: int = 0, hop_delay_ns: int = 0) -> None:
+            hop_delay_req_ns: int = 0, hop_delay_ns: int = 0, detour_ns: int = 0) -> None:
         """The next row. ``delay_ns`` defaults to ``t_arrive - t_start`` (no compute
         before the delay)."""
         i = self.n
@@ -71,6 +80,7 @@ class Records:
         c["t_start_ns"][i], c["t_arrive_ns"][i], c["t_done_ns"][i] = (
             t_start_ns, t_arrive_ns, t_done_ns)
         c["hop_delay_req_ns"][i], c["hop_delay_ns"][i] = hop_delay_req_ns, hop_delay_ns
+        c["detour_ns"][i] = detour_ns
         self.n = i + 1
 
     def table(self) -> dict[str, np.ndarray]:
@@ -122,6 +132,18 @@ def cuda_event() -> Any:
     return torch.cuda.Event(enable_timing=True)
 
 
+def site_timer(backend: Any, injector: Any, records: Records, *, schedule: Any = None,
+               seed: int = 0, mark: np.ndarray | None = None) -> SiteTimer:
+    """The timer of a workload's rank loop: CUDA events on a CUDA device, and the
+    schedule's detours (if any) at this rank's offset (``Detours.offsets(seed, [rank])``)."""
+    detours = getattr(schedule, "detours", None)
+    offset = float(detours.offsets(seed, [backend.rank])[0]) if detours is not None else 0.0
+    cuda = str(getattr(backend, "device", "cpu")).startswith("cuda")
+    return SiteTimer(backend, injector, records, mark=mark,
+                     event=cuda_event if cuda else None, detours=detours,
+                     detour_offset_s=offset)
+
+
 class SiteTimer:
     """Every workload times its sites through this: site start -> compute -> delay ->
     arrive -> collective -> done, one record per site, plus one row per step.
@@ -137,11 +159,29 @@ class SiteTimer:
 
     ``mark``: a one-element int64 array (the progress board's slot) that receives each
     site's index in the run after its delay, before ``t_arrive``.
+
+    ``detours`` (host only): a ``jitter_models.detours.Detours`` entered at
+    ``detour_offset_s``. Time runs from the run's first :meth:`begin_step` (just after the
+    point's first barrier, warm-up steps included). A site's arrival deadline is then
+    ``origin + detours.end(t_start - origin, compute + delay, offset)``, compute measured
+    from :meth:`open_site` to the delay's start: the rank behaves as if compute and delay
+    paused for every detour they overlap, and a rank inside a detour at the site start
+    begins when it ends. The injector waits until that deadline; the record's
+    ``detour_ns`` is the detour time it included.
     """
 
     def __init__(self, backend: Any, injector: Any, records: Records, *,
-                 mark: np.ndarray | None = None, event: Any = None):
+                 mark: np.ndarray | None = None, event: Any = None, detours: Any = None,
+                 detour_offset_s: float = 0.0):
+        if detours is not None and event is not None:
+            raise ValueError("detours need the host injector on CPU backends: on CUDA a "
+                             "host-side wait is hidden behind the stream's queued work")
+        if detours is not None and isinstance(injector, NoInjector):
+            raise ValueError("detours need the host injector on CPU backends: injector "
+                             "'none' waits for nothing")
         self.backend, self.injector, self.records = backend, injector, records
+        self.detours, self.detour_offset_s = detours, float(detour_offset_s)
+        self._origin: int | None = None
         self.mark = mark if mark is not None else np.zeros(1, dtype=np.int64)
         self._event = event
         self._pending: list[tuple[tuple[int, ...], tuple[Any, ...]]] = []
@@ -169,6 +209,8 @@ class SiteTimer:
             self._anchor.record()
         else:
             self._t0 = now_ns()
+            if self._origin is None:
+                self._origin = self._t0
 
     def site(self, site: int, *, delay_ns: int, collective: Callable[[], tuple[int, int]],
              compute: Callable[[], None] | None = None, op: int = 0, nbytes: int = 0,
@@ -201,7 +243,12 @@ class SiteTimer:
         if self._event is None:
             t_start = self._t_start
             t_delay = now_ns() if computed else t_start
-            self.injector.inject(t_delay, delay_ns)
+            detour = 0
+            if self.detours is None:
+                self.injector.inject(t_delay, delay_ns)
+            else:
+                detour = self._detour_ns(t_start, t_delay, delay_ns)
+                self.injector.inject(t_delay, delay_ns + detour)
             self.mark[0] = index
             t_arrive = now_ns()
             hops = collective()
@@ -211,8 +258,9 @@ class SiteTimer:
                 self.records.add(step=self._step, site=site, op=op, nbytes=nbytes,
                                  delay_req_ns=delay_ns, t_start_ns=t_start,
                                  t_arrive_ns=t_arrive, t_done_ns=t_done,
-                                 delay_ns=t_arrive - t_delay, hop_delay_req_ns=hops[0],
-                                 hop_delay_ns=hops[1])
+                                 delay_ns=t_arrive - t_delay - detour,
+                                 hop_delay_req_ns=hops[0], hop_delay_ns=hops[1],
+                                 detour_ns=detour)
             return
         start, delayed, arrive, done = self._pool[len(self._pending)]
         if computed:
@@ -226,6 +274,18 @@ class SiteTimer:
         done.record()
         self._pending.append(((site, op, nbytes, delay_ns, *hops),
                               (start, delayed, arrive, done)))
+
+    def _detour_ns(self, t_start: int, t_delay: int, delay_ns: int) -> int:
+        """The detour time in this site's arrival deadline: the deadline (the end of
+        compute and delay, paused for detours) minus ``t_delay + delay_ns``."""
+        if self._origin is None:  # a site before any begin_step: time runs from it
+            self._origin = t_start
+        origin = self._origin
+        work_ns = (t_delay - t_start) + max(delay_ns, 0)
+        end_s = float(self.detours.end((t_start - origin) * 1e-9, work_ns * 1e-9,
+                                       self.detour_offset_s))
+        deadline = origin + round(end_s * 1e9)
+        return max(deadline - t_start - work_ns, 0)  # (float rounding: never negative)
 
     def end_step(self) -> int:
         """Close the step: synchronize, write its site records; the step's end on the

@@ -30,8 +30,8 @@ from .backends import Backend, elem_size
 from .explicit import all_reduce_call
 from .hardware import HARDWARE, Hardware, hardware, memory_per_rank  # noqa: F401
 from .inject import HostInjector, Injector
-from .timing import Records, SiteTimer, cuda_event, now_ns
-from .workload import BaseWorkload, RankResult, check_ints, with_defaults
+from .timing import Records, SiteTimer, now_ns, site_timer
+from .workload import BaseWorkload, RankResult, SimSite, check_ints, with_defaults
 
 COMPUTE_MODES = ("real", "emulated", "none")
 DTYPES = ("float32", "float16", "bfloat16", "float64")  # the model's weights and messages
@@ -95,8 +95,8 @@ def run(backend: Backend, *, cfg: Any, batch: int, steps: int, warmup: int, comp
     else:
         delays_ns = np.zeros((total, n_sites), dtype=np.int64)
     records = Records(total * (n_sites + 1))
-    timer = SiteTimer(backend, injector, records, mark=progress,
-                      event=cuda_event if backend.device.startswith("cuda") else None)
+    timer = site_timer(backend, injector, records, schedule=schedule, seed=seed,
+                       mark=progress)
     timer.record_sites = record_sites
     reduce, hop_clipped = all_reduce_call(
         backend, algorithm=algorithm, count=batch * cfg.hidden, dtype=dtype,
@@ -260,6 +260,29 @@ class TPDecode(BaseWorkload):
         from .models import model_config, weight_share
 
         return functools.partial(weight_share, model_config(params["model"]))
+
+    def simulated_sites(self, params: dict[str, Any], *, batch: int, dtype: str,
+                        world_size: int) -> tuple[SimSite, ...]:
+        """Attention and MLP sites in turn, each an all-reduce of batch x hidden. Emulated
+        compute: each site's roofline time on ``hardware`` (what the ranks spin), the mean
+        over the decode positions of the recorded steps (``warmup`` .. ``warmup + steps -
+        1``) where ``params`` carry ``steps`` (plan params), else at position 0 (spec
+        params; the KV cache read is then one position, small beside the weights at
+        decode). Real or no compute: compute 0; for real compute the simulator then takes
+        compute from a fit."""
+        nbytes = self.message_bytes(params, batch=batch, dtype=dtype, world_size=world_size)
+        n_sites = self.sites_per_step(params)
+        if params["compute"] != "emulated":
+            return (SimSite(0.0, nbytes, "all_reduce"),) * n_sites
+        from .models import model_config, shard_layout
+
+        layout = shard_layout(model_config(params["model"]), world_size)
+        hw = hardware(params["hardware"])
+        first = params.get("warmup", 0) if "steps" in params else 0
+        costs = [site_costs(layout, batch, pos, EMULATED_WEIGHT_BYTES)
+                 for pos in range(first, first + params.get("steps", 1))]
+        per_site = [float(np.mean([hw.seconds(*c[k]) for c in costs])) for k in (0, 1)]
+        return tuple(SimSite(per_site[s % 2], nbytes, "all_reduce") for s in range(n_sites))
 
     def describe(self, params: dict[str, Any]) -> str:
         hw = f", {params['hardware']} roofline" if params["compute"] == "emulated" else ""

@@ -7,8 +7,10 @@ A workload declares, in its own module:
   and the part of a point's id it decides (``content``);
 - its sites per step and message bytes per site, and how its compute scales with the
   world size (``sites_per_step``, ``message_bytes``, ``compute_share``): what the step
-  model needs;
-- its rank loop (``run``), timing each site with ``collectives.timing.SiteTimer``;
+  model needs; and each site's compute, message bytes and collective as the simulator
+  runs a step (``simulated_sites``);
+- its rank loop (``run``), timing each site with the ``SiteTimer`` that
+  ``RankRun.site_timer`` makes (CUDA events on a GPU, the schedule's detours);
 - its words in the report and in ``jitterlab validate`` (``describe``, ``model_note``,
   ``check_fit``), and extra per-point summary fields (``summary``).
 
@@ -36,6 +38,7 @@ ENTRY_POINT_GROUP = "jitterlab.workloads"
 WORKLOADS: dict[str, str] = {
     "tp_decode": "collectives.tp_decode:TPDecode",
     "microbench": "collectives.microbench:Microbench",
+    "bsp": "collectives.bsp:BSP",
 }
 """The workloads jitterlab ships, by name: ``module:Class``."""
 
@@ -51,6 +54,19 @@ class SweepCommon:
     warmup: int
     algorithm: str
     ranks_per_node: int
+
+
+@dataclass(frozen=True)
+class SimSite:
+    """One site of a step as the simulator runs it."""
+
+    compute_s: float
+    """Compute before the site's collective, seconds (0: none, or the simulator takes
+    compute from a fit; the workload's ``simulated_sites`` says which)."""
+    message_bytes: int
+    """nccl-tests size S of the site's collective."""
+    collective: str
+    """The collective (``collectives.ops`` name), e.g. all_reduce."""
 
 
 @dataclass(kw_only=True)
@@ -78,6 +94,15 @@ class RankRun:
     hop_log: Any = None
     """``collectives.explicit.HopLog`` to give the explicit collectives when the plan asks
     for ``record_hops``, else None."""
+
+    def site_timer(self, records: Any) -> Any:
+        """The ``collectives.timing.SiteTimer`` for this rank's loop, writing to
+        ``records``: CUDA events on a CUDA device, the schedule's detours at this rank's
+        offset, the progress slot as its mark. Every workload's timer comes from here."""
+        from .timing import site_timer
+
+        return site_timer(self.backend, self.injector, records, schedule=self.schedule,
+                          seed=self.seed, mark=self.progress)
 
 
 @dataclass(kw_only=True)
@@ -119,6 +144,11 @@ class Workload(Protocol):
 
     def compute_share(self, params: Mapping[str, Any]) -> Callable[[float], float]: ...
 
+    def simulated_sites(self, params: Mapping[str, Any], *, batch: int, dtype: str,
+                        world_size: int) -> tuple[SimSite, ...]:
+        """One step's sites, in order, as the simulator runs them."""
+        ...
+
     def describe(self, params: Mapping[str, Any]) -> str: ...
 
     def model_note(self, params: Mapping[str, Any]) -> str: ...
@@ -132,15 +162,15 @@ class Workload(Protocol):
 
 
 PROTOCOL = ("name", "spec_keys", "parse", "check_params", "plan_params", "content",
-            "collectives", "sites_per_step", "message_bytes", "compute_share", "describe",
-            "model_note", "check_fit", "summary", "run")
+            "collectives", "sites_per_step", "message_bytes", "compute_share",
+            "simulated_sites", "describe", "model_note", "check_fit", "summary", "run")
 """Every member of ``Workload``: ``get_workload`` refuses an object that lacks one."""
 
 
 class BaseWorkload:
     """Defaults for the optional parts of the protocol: one all-reduce collective, compute
-    that does not shrink with N, nothing to check against a device's memory, no extra
-    summary fields."""
+    that does not shrink with N, simulated sites without compute, nothing to check
+    against a device's memory, no extra summary fields."""
 
     name = "?"
     spec_keys: Mapping[str, str] = {}
@@ -163,6 +193,16 @@ class BaseWorkload:
 
     def compute_share(self, params: Mapping[str, Any]) -> Callable[[float], float]:
         return _constant_share
+
+    def simulated_sites(self, params: Mapping[str, Any], *, batch: int, dtype: str,
+                        world_size: int) -> tuple[SimSite, ...]:
+        """``sites_per_step`` sites of ``message_bytes`` each, the first collective, and
+        compute 0: the simulator takes this workload's compute from a fit."""
+        nbytes = self.message_bytes(params, batch=batch, dtype=dtype,
+                                    world_size=world_size)
+        site = SimSite(compute_s=0.0, message_bytes=int(nbytes),
+                       collective=self.collectives(params)[0])
+        return (site,) * self.sites_per_step(params)
 
     def describe(self, params: Mapping[str, Any]) -> str:
         return self.name

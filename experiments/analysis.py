@@ -99,13 +99,16 @@ def batch_means_se(x: Any) -> float | None:
 
 
 def _site_grid(tables: Sequence[Table]) -> dict[str, np.ndarray]:
-    """Every column of the per-site rows as a [rank, (step, site)] int64 array, the rows of
-    every rank in the same (step, site) order."""
+    """Every column of the per-site rows, and ``detour_ns`` (0 where a rank file predates
+    it), as a [rank, (step, site)] int64 array, the rows of every rank in the same (step,
+    site) order."""
     _check_tables(tables)
     per_rank = []
     for t in tables:
         m = np.asarray(t["site"]) >= 0
         cols = {k: np.asarray(t[k], dtype=np.int64)[m] for k in COLUMNS}
+        cols["detour_ns"] = (np.asarray(t["detour_ns"], dtype=np.int64)[m] if "detour_ns" in t
+                             else np.zeros(int(m.sum()), dtype=np.int64))
         order = np.lexsort((cols["site"], cols["step"]))
         per_rank.append({k: v[order] for k, v in cols.items()})
     first = per_rank[0]
@@ -118,15 +121,18 @@ def _site_grid(tables: Sequence[Table]) -> dict[str, np.ndarray]:
         if not (np.array_equal(cols["step"], first["step"])
                 and np.array_equal(cols["site"], first["site"])):
             raise ValueError(f"tables[{r}]: its (step, site) rows differ from rank 0's")
-    return {k: np.stack([c[k] for c in per_rank]) for k in COLUMNS}
+    return {k: np.stack([c[k] for c in per_rank]) for k in first}
 
 
 def decompose(tables: Sequence[Table], offsets_ns: Sequence[Clock]) -> dict[str, Any]:
-    """Mean time per step, µs, split into four parts that add up to the mean over (rank,
-    step) of the sum over the step's sites of ``t_done - t_start``:
+    """Mean time per step, µs, split into four parts (five with detours) that add up to the
+    mean over (rank, step) of the sum over the step's sites of ``t_done - t_start``:
 
-    - ``compute_us``: ``t_arrive - t_start - delay_ns`` (site work before the delay);
+    - ``compute_us``: ``t_arrive - t_start - delay_ns - detour_ns`` (site work before the
+      delay);
     - ``delay_us``: ``delay_ns``, the injected delay as achieved;
+    - ``detour_us`` (only when the records carry ``detour_ns``, rank files written since
+      detours exist): ``detour_ns``, the time compute and delay paused for detours;
     - ``skew_wait_us``: time in the all-reduce waiting for the last rank to arrive: the
       aligned (``timing.aligned``: t + the offset at t) max arrival over ranks at that
       (step, site) minus this rank's aligned arrival, clipped to [0, t_done - t_arrive]
@@ -165,10 +171,13 @@ def decompose(tables: Sequence[Table], offsets_ns: Sequence[Clock]) -> dict[str,
                             minlength=n_steps) / n_ranks * 1e-3
         return batch_means_se(steps)
 
-    compute = g["t_arrive_ns"] - g["t_start_ns"] - g["delay_ns"]
+    compute = g["t_arrive_ns"] - g["t_start_ns"] - g["delay_ns"] - g["detour_ns"]
+    detour = ({"detour_us": per_step_us(g["detour_ns"])}
+              if any("detour_ns" in t for t in tables) else {})
     return {
         "compute_us": per_step_us(compute),
         "delay_us": per_step_us(g["delay_ns"]),
+        **detour,
         "skew_wait_us": None if skew is None else per_step_us(skew),
         "collective_us": per_step_us(collective),
         "compute_se_us": se_us(compute),

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import cli_sweeps, cli_tools
+from . import cli_simulate, cli_sweeps, cli_tools
 
 EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"jitterlab {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
                            parser_class=_Parser)
-    for add in (_add_maxtable, _add_bench, _add_tools, _add_sweeps):
+    for add in (_add_maxtable, _add_bench, _add_tools, _add_sweeps, cli_simulate.add_parser):
         add(sub)
     return p
 
@@ -227,7 +227,8 @@ _COMMANDS = {"maxtable": cli_tools.cmd_maxtable, "describe": cli_tools.cmd_descr
              "bench": cli_tools.cmd_bench, "calibrate": cli_tools.cmd_calibrate,
              "doctor": cli_tools.cmd_doctor, "worker": cli_tools.cmd_worker,
              "validate": cli_sweeps.cmd_validate, "run": cli_sweeps.cmd_run,
-             "report": cli_sweeps.cmd_report, "show": cli_sweeps.cmd_show}
+             "report": cli_sweeps.cmd_report, "show": cli_sweeps.cmd_show,
+             "simulate": cli_simulate.cmd_simulate}
 
 
 def _silence_stdout() -> None:

@@ -10,7 +10,8 @@ import sys
 from .cli_util import bad
 
 
-def _load_spec_arg(text: str):
+def _load_spec_arg(text: str, **kw):
+    """(Spec, document) of a spec file or preset; ``kw`` goes to ``parse_spec``."""
     from pathlib import Path
 
     from .maxtable import load_preset, load_toml_file, preset_names
@@ -18,9 +19,9 @@ def _load_spec_arg(text: str):
 
     if not Path(text).exists() and text in preset_names():
         doc = load_preset(text)
-        return parse_spec(doc, default_name=text), doc
+        return parse_spec(doc, default_name=text, **kw), doc
     doc = load_toml_file(text)  # read once: the spec and the document are the same bytes
-    return parse_spec(doc, default_name=Path(text).stem), doc
+    return parse_spec(doc, default_name=Path(text).stem, **kw), doc
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

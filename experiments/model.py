@@ -1,273 +1,246 @@
-"""A model of the mean decode step, validated on the measured points and extrapolated.
+"""The model of a measured sweep is the simulator, fitted on the sweep's no-jitter points.
 
-Every site ends in an all-reduce that waits for the last rank, so with the same compute on
-every rank a site costs its compute, plus the expected max over the N ranks' delays
-(exact, from the schedule's order statistics), plus the collective:
+What is fitted, on the no-jitter schedule's points only (a schedule that injects nothing:
+``constant(0s)``, no stragglers, no detours), at each measured N:
 
-    T(N) = sites * ( compute_site(N) + E[max of N delays] + coll(N) ) + overhead
+- per-site compute: the measured compute per site (site start to the delay's start); at an
+  N not measured, the largest measured N's value scaled by the workload's compute share;
+- the local call: the collective time per site at N = 1 (host cost of a call that talks
+  to nobody), kept at every N as part of each site's fixed cost;
+- the network: the collective time per site above the local call, at the measured N >= 2,
+  fitted by one tier (alpha, bandwidth) through the simulator's own cost of the spec's
+  algorithm (``Network.native_time`` or the pattern's no-jitter time). With one message
+  size and one multi-rank N the two cannot be separated: their sum at that size is fitted
+  as alpha (bandwidth taken as unlimited), and the report says so. One host measures one
+  tier: the fit is used for both (unless the spec's own [network] gives the inter-node
+  tier, which is then kept);
+- per-step overhead: the step's host time outside its sites (mean step minus the sites'
+  parts), at the nearest measured N;
+- baseline noise: the no-jitter point's step latencies minus their mean, an empirical law
+  resampled onto every simulated step at that N (the nearest measured N elsewhere: the
+  baseline noise is not amplified past the measured sizes).
 
-- compute_site(N): measured at the smallest measured N and scaled by the rank's share of
-  the layer's weights, share(N) / share(N_min) (``collectives.models.weight_share``: 1/N
-  while heads and KV heads split, more once KV heads replicate, and constant past
-  N = heads, where tensor parallelism cannot split attention further); 1/N when the
-  model's shape is not given;
-- coll(N) = a + b * (N - 1): a least-squares fit of the measured per-site collective time
-  (the decomposition's ``collective_us``, without the skew wait) over the points with
-  N >= 2, the latency term of a ring (one hop per extra rank). With fewer than two such
-  world sizes there is nothing to fit a growth on: the collective is held at its value at
-  the largest measured N (b = 0), and the report says so;
-- E[max of N delays]: ``jitter_models.expected_max`` over the schedule's independent
-  streams at one site (``Schedule.site_groups``);
-- at N = 1 the collective is the measured local call; overhead: the step's host time
-  outside its sites, measured at the smallest N and held.
-
-``build`` puts the model next to every measured point and extrapolates to world sizes never
-run (up to thousands), where only the model speaks. Two checks of how far to trust that:
-
-- a band: the measured inputs (each point's mean compute and collective time per step)
-  carry sampling error, their batch-means standard errors. ``BAND_DRAWS`` replicates
-  perturb them by independent normal errors with those SEs, refit the collective and
-  recompute every prediction; the band is the replicates' 2.5th to 97.5th percentile of
-  the mean step (and of the efficiency). It assumes the model's form: the validation
-  errors show how well that form fits;
-- held out: with three or more multi-rank world sizes, the model is refitted without the
-  largest one and predicts it, a measured test of extrapolation (``holdout``).
+Then every measured point is predicted by simulating its schedule (mean and p99); a
+no-jitter point was fitted (``in_sample``), every other schedule's point is out of sample.
+Extrapolation: the same simulation at world sizes never run. Without a no-jitter schedule,
+or without its N = 1 point, there is no model, and ``why`` says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jitter_models import Schedule
+from jitter_models.network import Network, Tier
+from jitter_models.parametric import Constant
+from jitter_models.sim_stats import nearest_rank, scaling
+from jitter_models.simulate import MAX_RING_WORLD_SIZE, Site, simulate
 
-from .analysis import predicted_site_max_us
-
-EXTRAPOLATE_TO = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-BAND_DRAWS = 2000
-BAND_SEED = 20261128  # the band is part of the report: the same data gives the same band
-
-
-def fit_collective(points: Sequence[dict[str, Any]], n_sites: int
-                   ) -> tuple[float, float, bool]:
-    """(a, b, fitted) in µs per site from points with ``world_size`` and ``collective_us``
-    (per step). Only N >= 2 points: at N = 1 the "collective" is a local call, not a ring."""
-    multi = [p for p in points if p["world_size"] >= 2] or list(points)
-    n = np.array([p["world_size"] for p in multi], dtype=float)
-    y = np.array([p["collective_us"] for p in multi], dtype=float) / n_sites
-    if np.unique(n).size < 2:
-        top = n.max()
-        return float(y[n == top].mean()), 0.0, False
-    b, a = np.polyfit(n - 1, y, 1)
-    if a < 0 or b < 0:  # a cost cannot be negative: refit with the offending term at 0
-        if a < 0:
-            a, b = 0.0, float(np.dot(n - 1, y) / np.dot(n - 1, n - 1))
-        if b < 0:
-            a, b = float(y.mean()), 0.0
-    return float(a), float(max(b, 0.0)), True
+EXTRAPOLATE_TO = tuple(2**k for k in range(21))
+MODEL_STEPS = 2000
+EXTRAPOLATION_STEPS = 400
+UNLIMITED_BPS = 1e18  # "bandwidth not separable": the fitted alpha carries the bytes
+VALIDATION_COLUMNS = ("schedule", "world_size", "measured_mean_us", "model_mean_us",
+                      "measured_p99_us", "model_p99_us", "in_sample")
 
 
-def predict_step_us(schedule: Schedule, world_size: int, *, compute_site_us: float,
-                    coll: tuple[float, float, bool], n_sites: int, seed: int,
-                    ranks_per_node: int, local_coll_us: float = 0.0,
-                    overhead_us: float = 0.0) -> float:
-    """sites x (compute + E[max delay] + collective) + per-step overhead; at N = 1 the
-    collective is the measured local call (the fit describes multi-rank rings)."""
-    delay = predicted_site_max_us(schedule, seed, world_size, ranks_per_node)
-    a, b, _ = coll
-    c = a + b * (world_size - 1) if world_size > 1 else local_coll_us
-    return n_sites * (compute_site_us + delay + c) + overhead_us
+def is_no_jitter(s: Schedule) -> bool:
+    """Injects nothing: a constant zero delay, no stragglers, no detours."""
+    return (isinstance(s.dist, Constant) and s.dist.value_s == 0 and s.stragglers is None
+            and getattr(s, "detours", None) is None)
 
 
-def _fit_many(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``fit_collective``'s rule for many replicates at once: x (points,) = N - 1 of the
-    multi-rank points, y (draws, points) their per-site collective times."""
-    if np.unique(x).size < 2:
-        top = x == x.max()
-        return y[:, top].mean(axis=1), np.zeros(y.shape[0])
-    xm = x.mean()
-    b = ((x - xm) * (y - y.mean(axis=1, keepdims=True))).sum(axis=1) / ((x - xm) ** 2).sum()
-    a = y.mean(axis=1) - b * xm
-    through_zero = (y @ x) / (x @ x)
-    a, b = np.where(a < 0, 0.0, a), np.where(a < 0, through_zero, b)
-    a, b = np.where(b < 0, y.mean(axis=1), a), np.where(b < 0, 0.0, b)
-    return a, b
+def absent(why: str) -> dict[str, Any]:
+    return {"why": why, "fit": None, "validation": [], "extrapolation": []}
 
 
-class _Inputs:
-    """The measured inputs of the model, as arrays over points, with their SEs."""
+class Fit:
+    """The fitted inputs of the simulator (module docstring), by measured N."""
 
-    def __init__(self, points: Sequence[dict[str, Any]], n_sites: int):
-        self.points = list(points)
-        self.n_sites = n_sites
-        self.n = np.array([p["world_size"] for p in points], dtype=float)
-        self.compute = np.array([p["compute_us"] for p in points], dtype=float)
-        self.coll = np.array([p["collective_us"] for p in points], dtype=float)
-        self.compute_se = np.array([p.get("compute_se_us") or 0.0 for p in points])
-        self.coll_se = np.array([p.get("collective_se_us") or 0.0 for p in points])
-        self.n_min = self.n.min()
+    def __init__(self, base: list[dict[str, Any]], residuals: dict[int, np.ndarray], *,
+                 spec: Any, batch: int):
+        self.spec, self.batch = spec, batch
+        self.n_sites = spec.work.sites_per_step(spec.params)
+        self.share = spec.work.compute_share(spec.params)
+        by_n = {p["world_size"]: p for p in base}
+        self.measured = sorted(by_n)
+        self.compute = {n: p["compute_us"] / self.n_sites * 1e-6 for n, p in by_n.items()}
+        self.local_s = by_n[1]["collective_us"] / self.n_sites * 1e-6
+        parts = ("compute_us", "delay_us", "collective_us", "skew_wait_us", "detour_us")
+        self.overhead = {n: max(p["mean_us"] - sum(p.get(k) or 0.0 for k in parts), 0.0)
+                         * 1e-6 for n, p in by_n.items()}
+        self.residuals = residuals
+        multi = {n: p["collective_us"] / self.n_sites * 1e-6 - self.local_s
+                 for n, p in by_n.items() if n >= 2}
+        self.tier, self.separable = _fit_tier(multi, spec, self._bytes(2))
+        inter = spec.network.inter if spec.network is not None else self.tier
+        self.network = Network(inter=inter, intra=self.tier,
+                               ranks_per_node=spec.ranks_per_node)
 
-    def draws(self, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(compute, collective) per point, k perturbed replicates: (k, points) each."""
-        z = rng.standard_normal((2, k, self.n.size))
-        return self.compute + z[0] * self.compute_se, self.coll + z[1] * self.coll_se
+    def _bytes(self, n: int) -> int:
+        return self.spec.work.message_bytes(self.spec.params, batch=self.batch,
+                                            dtype=self.spec.dtype, world_size=n)
 
-    def terms(self, compute: np.ndarray, coll: np.ndarray) -> dict[str, np.ndarray]:
-        """Per replicate: compute per site at N_min, local call, collective fit a and b."""
-        at_min = self.n == self.n_min
-        multi = self.n >= 2
-        if not multi.any():
-            multi = np.ones_like(multi)
-        a, b = _fit_many(self.n[multi] - 1, coll[:, multi] / self.n_sites)
-        ones = self.n == 1
-        local = (coll[:, ones].mean(axis=1) / self.n_sites if ones.any()
-                 else np.zeros(coll.shape[0]))
-        return {"compute_min": compute[:, at_min].mean(axis=1) / self.n_sites,
-                "local": local, "a": a, "b": b}
+    def _nearest(self, n: int) -> int:
+        return min(self.measured, key=lambda m: (abs(np.log2(m) - np.log2(n)), -m))
 
+    def sites(self, n: int) -> tuple[Site, ...]:
+        if n in self.compute:
+            c = self.compute[n]
+        else:
+            top = max(self.measured)
+            c = self.compute[top] * self.share(n) / self.share(top)
+        sites = self.spec.work.simulated_sites(self.spec.params, batch=self.batch,
+                                               dtype=self.spec.dtype, world_size=n)
+        out = [Site(compute_s=c + self.local_s, message_bytes=int(s.message_bytes),
+                    collective=s.collective, algorithm=self.spec.algorithm) for s in sites]
+        out[0] = replace(out[0], compute_s=out[0].compute_s + self.overhead[self._nearest(n)])
+        return tuple(out)
 
-def _step_us(t: dict[str, np.ndarray], n: int, scale: float, delay_us: float, n_sites: int,
-             overhead_us: float) -> np.ndarray:
-    """Replicates of T(N); ``scale`` = compute at N over compute at N_min."""
-    c = t["a"] + t["b"] * (n - 1) if n > 1 else t["local"]
-    return n_sites * (t["compute_min"] * scale + delay_us + c) + overhead_us
+    def predict(self, schedule: Schedule, n: int, steps: int) -> np.ndarray:
+        """Simulated step latencies (s) with the baseline noise added."""
+        out = simulate(schedule, n, self.sites(n), network=self.network, steps=steps,
+                       seed=self.spec.seed)
+        noise = self.residuals.get(n, self.residuals[self._nearest(n)])
+        rng = np.random.default_rng([self.spec.seed, 77, n])
+        return out.latency_s + rng.choice(noise, size=steps)
 
-
-def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, n_sites: int,
-          seed: int, ranks_per_node: int, holdout: bool = True,
-          share: Callable[[int], float] | None = None) -> dict[str, Any]:
-    """Validation rows (measured vs model at each measured point, with the band), a
-    held-out check where possible, and extrapolation rows with the band, from report
-    points (``schedule``, ``world_size``, ``mean_us``, ``compute_us``, ``collective_us``
-    and, where recorded, ``mean_se_us``, ``compute_se_us``, ``collective_se_us``)."""
-    if not points:
-        return {"validation": [], "extrapolation": [], "holdout": None,
-                "collective_fit_us": None}
-    fit = _Fit(points, schedules, n_sites=n_sites, seed=seed, ranks_per_node=ranks_per_node,
-               share=share)
-    return {"validation": _validation(fit, points),
-            "extrapolation": _extrapolation(fit),
-            "holdout": _holdout(points, schedules, n_sites=n_sites, seed=seed,
-                                ranks_per_node=ranks_per_node, share=fit.share)
-            if holdout else None,
-            "collective_fit_us": {"a": fit.coll[0], "b_per_rank": fit.coll[1],
-                                  "fitted": fit.coll[2], **fit.extra}}
-
-
-class _Fit:
-    """The model fitted to the measured points: its prediction at (schedule, N) and the
-    replicas of its band."""
-
-    def __init__(self, points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *,
-                 n_sites: int, seed: int, ranks_per_node: int,
-                 share: Callable[[int], float] | None) -> None:
-        self.schedules, self.n_sites = schedules, n_sites
-        self.seed, self.ranks_per_node = seed, ranks_per_node
-        self.coll = fit_collective(points, n_sites)
-        self.n_min = n_min = min(p["world_size"] for p in points)
-        base = [p["compute_us"] for p in points if p["world_size"] == n_min]
-        self.compute_min = float(np.mean(base)) / n_sites  # per site, at the smallest N
-        self.share = share if share is not None else _inverse
-        ones = [p["collective_us"] / n_sites for p in points if p["world_size"] == 1]
-        local = float(np.mean(ones)) if ones else 0.0
-        # Host time per step outside the sites' four parts (step bookkeeping, the
-        # barrier), measured at the smallest N and held.
-        parts = ("compute_us", "delay_us", "collective_us", "skew_wait_us")
-        rest = [p["mean_us"] - sum(p.get(k) or 0.0 for k in parts)
-                for p in points if p["world_size"] == n_min and "delay_us" in p]
-        overhead = max(float(np.mean(rest)), 0.0) if rest else 0.0
-        self.extra = {"local_coll_us": local, "overhead_us": overhead}
-        inputs = _Inputs(points, n_sites)
-        rng = np.random.default_rng(BAND_SEED)
-        self.replicas = inputs.terms(*inputs.draws(BAND_DRAWS, rng))
-        self._delays: dict[tuple[str, int], float] = {}
-
-    def compute_at(self, n: int) -> float:
-        return self.compute_min * self.share(n) / self.share(self.n_min)
-
-    def delay(self, name: str, n: int) -> float:
-        if (name, n) not in self._delays:
-            self._delays[name, n] = predicted_site_max_us(self.schedules[name], self.seed, n,
-                                                          self.ranks_per_node)
-        return self._delays[name, n]
-
-    def band(self, name: str, n: int) -> np.ndarray:
-        return _step_us(self.replicas, n, self.share(n) / self.share(self.n_min),
-                        self.delay(name, n), self.n_sites, self.extra["overhead_us"])
-
-    def predict(self, sched: Schedule, n: int) -> float:
-        return predict_step_us(sched, n, compute_site_us=self.compute_at(n), coll=self.coll,
-                               n_sites=self.n_sites, seed=self.seed,
-                               ranks_per_node=self.ranks_per_node, **self.extra)
+    def describe(self) -> dict[str, Any]:
+        return {"alpha_us": self.tier.alpha_s * 1e6,
+                "bandwidth_gbps": (None if self.tier.bandwidth_Bps >= UNLIMITED_BPS
+                                   else self.tier.bandwidth_Bps / 1e9),
+                "separable": self.separable, "local_call_us": self.local_s * 1e6,
+                "compute_site_us": {str(n): c * 1e6 for n, c in self.compute.items()},
+                "overhead_step_us": {str(n): o * 1e6 for n, o in self.overhead.items()},
+                "fitted_on": self.measured, "message_bytes": self._bytes(2)}
 
 
-def _inverse(n: int) -> float:
-    return 1.0 / n
+def _fit_tier(residual_s: dict[int, float], spec: Any, nbytes: int) -> tuple[Tier, bool]:
+    """One tier whose simulated cost of the spec's algorithm matches the per-site
+    collective time above the local call at the measured N >= 2 (least squares)."""
+    if not residual_s:
+        return Tier(alpha_s=0.0, bandwidth_Bps=UNLIMITED_BPS), False
+    ns = sorted(residual_s)
+    y = np.array([max(residual_s[n], 0.0) for n in ns])
+
+    def cost(alpha: float, bps: float) -> np.ndarray:
+        tier = Tier(alpha_s=alpha, bandwidth_Bps=bps)
+        net = Network(inter=tier, intra=tier, ranks_per_node=spec.ranks_per_node)
+        return np.array([_collective_s(net, spec.algorithm, n, nbytes) for n in ns])
+
+    if len(ns) < 2 or nbytes == 0:
+        unit = cost(1.0, UNLIMITED_BPS)
+        return Tier(alpha_s=float(np.dot(unit, y) / np.dot(unit, unit)),
+                    bandwidth_Bps=UNLIMITED_BPS), False
+    best = None
+    for share_bw in np.linspace(0.0, 1.0, 101):  # the fraction of y[0] that is bytes
+        a0 = (1 - share_bw) * y[0] / max(cost(1.0, UNLIMITED_BPS)[0], 1e-30)
+        t_bw = cost(0.0, 1.0)[0] if share_bw > 0 else 0.0
+        bps = t_bw / (share_bw * y[0]) if share_bw > 0 and y[0] > 0 else UNLIMITED_BPS
+        pred = cost(a0, min(bps, UNLIMITED_BPS))
+        err = float(np.sum((pred - y) ** 2))
+        if best is None or err < best[0]:
+            best = (err, a0, min(bps, UNLIMITED_BPS))
+    return Tier(alpha_s=best[1], bandwidth_Bps=best[2]), True
 
 
-def _validation(fit: _Fit, points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _collective_s(network: Network, algorithm: str, n: int, nbytes: int) -> float:
+    from jitter_models.collective_sim import SiteCollective
+
+    site = Site(compute_s=0.0, message_bytes=nbytes, algorithm=algorithm)
+    return SiteCollective(site, n, network, Schedule(dist=Constant(value_s=0.0)), 0,
+                          np.random.default_rng(0), exact_links=False).duration_s
+
+
+def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, spec: Any,
+          batch: int, step_latencies: Callable[[dict[str, Any]], np.ndarray],
+          extrapolate: bool = True) -> dict[str, Any]:
+    """The model of one batch's measured points: validation rows, extrapolation rows, the
+    fit, or ``why`` there is none. ``step_latencies(point)``: a point's per-step latencies
+    in seconds (read from its rank files)."""
+    base_names = [name for name, s in schedules.items() if is_no_jitter(s)]
+    if not base_names:
+        return absent("no no-jitter schedule (constant(0s), no stragglers, no detours) to "
+                      "fit the network, compute and baseline noise on")
+    base = [p for p in points if p["schedule"] == base_names[0]]
+    if not any(p["world_size"] == 1 for p in base):
+        return absent(f"no N = 1 point of the no-jitter schedule {base_names[0]!r}: the "
+                      "local call and the efficiency baseline are unmeasured")
+    residuals = {}
+    for p in base:
+        lat = step_latencies(p)
+        residuals[p["world_size"]] = lat - lat.mean()
+    fit = Fit(base, residuals, spec=spec, batch=batch)
     rows = []
     for p in points:
-        sched = fit.schedules.get(p["schedule"])
+        sched = schedules.get(p["schedule"])
         if sched is None:
             continue
-        model = fit.predict(sched, p["world_size"])
-        lo, hi = np.percentile(fit.band(p["schedule"], p["world_size"]), [2.5, 97.5])
-        se = p.get("mean_se_us")
+        lat = fit.predict(sched, p["world_size"], MODEL_STEPS)
+        s = np.sort(lat)
         rows.append({"schedule": p["schedule"], "world_size": p["world_size"],
-                     "measured_mean_us": p["mean_us"],
-                     "measured_ci95_us": None if se is None else 1.96 * se,
-                     "model_mean_us": model, "model_lo_us": float(lo),
-                     "model_hi_us": float(hi), "rel_error": model / p["mean_us"] - 1})
-    order = {name: i for i, name in enumerate(fit.schedules)}
+                     "measured_mean_us": p["mean_us"], "model_mean_us": float(lat.mean()) * 1e6,
+                     "measured_p99_us": p["p99_us"],
+                     "model_p99_us": nearest_rank(s, 0.99) * 1e6,
+                     "in_sample": p["schedule"] == base_names[0]})
+    for r in rows:
+        r["rel_error_mean"] = r["model_mean_us"] / r["measured_mean_us"] - 1
+        r["rel_error_p99"] = r["model_p99_us"] / r["measured_p99_us"] - 1
+    order = {name: i for i, name in enumerate(schedules)}
     rows.sort(key=lambda r: (order[r["schedule"]], r["world_size"]))
-    return rows
+    return {"why": None, "fit": fit.describe(), "validation": rows,
+            "extrapolation": _extrapolate(fit, schedules) if extrapolate else []}
 
 
-def _extrapolation(fit: _Fit) -> list[dict[str, Any]]:
+def _extrapolate(fit: Fit, schedules: dict[str, Schedule]) -> list[dict[str, Any]]:
+    limit = MAX_RING_WORLD_SIZE if fit.spec.algorithm in ("ring", "hierarchical") else None
+    sizes = []
+    for n in EXTRAPOLATE_TO:
+        try:  # a workload may not split past some N (tp_decode: heads)
+            fit.sites(n)
+        except ValueError:
+            break
+        if limit is None or n <= limit:
+            sizes.append(n)
+    out = []
+    for name, sched in schedules.items():
+        series = []
+        for n in sizes:
+            lat = fit.predict(sched, n, EXTRAPOLATION_STEPS)
+            series.append({"schedule": name, "world_size": n,
+                           "model_mean_us": float(lat.mean()) * 1e6,
+                           "model_p99_us": nearest_rank(np.sort(lat), 0.99) * 1e6})
+        scaling([{**r, "mean_us": r["model_mean_us"], "p99_us": r["model_p99_us"]}
+                 for r in series], fit.share)  # validates the N = 1 row is there
+        base = series[0]
+        for r in series:
+            work = r["world_size"] * fit.share(r["world_size"])
+            r["efficiency"] = work * base["model_mean_us"] / r["model_mean_us"] / r["world_size"]
+        out += series
+    return out
+
+
+def rank_step_latencies(root: Path) -> Callable[[dict[str, Any]], np.ndarray]:
+    """``step_latencies`` for ``build`` reading a point's rank files under ``root``."""
+    def read(p: dict[str, Any]) -> np.ndarray:
+        from collectives.timing import read_rank_file
+
+        from .analysis import step_latencies
+
+        folder = root / "points" / p["point"]
+        tables = [read_rank_file(f)[0] for f in sorted(folder.glob("rank-*.parquet"))]
+        return step_latencies(tables)
+    return read
+
+
+def validation_csv_rows(models: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """model_validation.csv: every batch's measured points, model beside them."""
     rows = []
-    for name, sched in fit.schedules.items():
-        t1 = fit.band(name, 1)
-        t_1 = fit.predict(sched, 1)
-        for n in EXTRAPOLATE_TO:
-            t = fit.predict(sched, n)
-            tn = fit.band(name, n)
-            lo, hi = np.percentile(tn, [2.5, 97.5])
-            e_lo, e_hi = np.percentile(t1 / tn / n, [2.5, 97.5])
-            rows.append({"schedule": name, "world_size": n, "model_mean_us": t,
-                         "model_lo_us": float(lo), "model_hi_us": float(hi),
-                         "efficiency": t_1 / t / n, "efficiency_lo": float(e_lo),
-                         "efficiency_hi": float(e_hi)})
+    for m in models.values():
+        rows += [{k: r[k] for k in VALIDATION_COLUMNS} for r in m["validation"]]
     return rows
-
-
-def _holdout(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *,
-             n_sites: int, seed: int, ranks_per_node: int,
-             share: Callable[[int], float]) -> dict[str, Any] | None:
-    """Refit without the largest world size and predict it: None unless three or more
-    multi-rank world sizes were measured (two are left to fit the collective's growth)."""
-    sizes = sorted({p["world_size"] for p in points if p["world_size"] >= 2})
-    if len(sizes) < 3:
-        return None
-    top = sizes[-1]
-    fit = build([p for p in points if p["world_size"] != top], schedules, n_sites=n_sites,
-                seed=seed, ranks_per_node=ranks_per_node, holdout=False, share=share)
-    terms = fit["collective_fit_us"]
-    n_min = min(q["world_size"] for q in points if q["world_size"] != top)
-    base = [q["compute_us"] for q in points if q["world_size"] == n_min]
-    rows = []
-    for p in points:
-        if p["world_size"] != top or p["schedule"] not in schedules:
-            continue
-        model = predict_step_us(
-            schedules[p["schedule"]], top,
-            compute_site_us=float(np.mean(base)) / n_sites * share(top) / share(n_min),
-            coll=(terms["a"], terms["b_per_rank"], terms["fitted"]), n_sites=n_sites,
-            seed=seed, ranks_per_node=ranks_per_node, local_coll_us=terms["local_coll_us"],
-            overhead_us=terms["overhead_us"])
-        rows.append({"schedule": p["schedule"], "world_size": top,
-                     "measured_mean_us": p["mean_us"], "model_mean_us": model,
-                     "rel_error": model / p["mean_us"] - 1})
-    return {"held_out_world_size": top, "fitted_on": sizes[:-1], "rows": rows}

@@ -61,6 +61,7 @@ def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
     point whose files do not read back raises ``BadPoint``, or with ``skip_bad`` is left
     out and listed under ``skipped``."""
     from .model import build as build_model
+    from .model import rank_step_latencies
     from .spec import parse_spec
     from .sweep import expand
 
@@ -83,10 +84,8 @@ def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
                         for p in mine])
         rows += [{**r, "batch": batch} for r in part]
         useful[batch] = useful_parallelism(part)
-        models[batch] = build_model(mine, schedules,
-                                    n_sites=spec.work.sites_per_step(spec.params),
-                                    seed=spec.seed, ranks_per_node=spec.ranks_per_node,
-                                    share=spec.work.compute_share(spec.params))
+        models[batch] = build_model(mine, schedules, spec=spec, batch=batch,
+                                    step_latencies=rank_step_latencies(root))
     failed = []
     for pid in sorted(expected):
         path = root / "failed" / f"{pid}.json"
@@ -215,6 +214,12 @@ def write_report(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
     plots = _plots(data)
     for name, png in plots.items():
         write_bytes_atomic(root / name, png)  # a full disk leaves no partial .png.tmp
+    from .model import VALIDATION_COLUMNS, validation_csv_rows
+
+    validation = validation_csv_rows(data["models"])
+    write_text_atomic(root / "model_validation.csv",
+                      csv_text(validation, list(VALIDATION_COLUMNS)) if validation
+                      else ",".join(VALIDATION_COLUMNS) + "\n")
     for name, table in (("points.csv", data["points"]), ("scaling.csv", data["scaling"])):
         table = [{k: v for k, v in r.items()} for r in table]
         write_text_atomic(root / name, _csv(table))
@@ -246,57 +251,45 @@ def _table(rows: list[dict], keys: list[str]) -> list[str]:
 
 
 def _model_sections(data: dict, spec) -> list[str]:
-    """The model's sections: measured vs predicted, held out, extrapolation."""
+    """The model's sections: the fit, measured vs simulated, extrapolation."""
     lines: list[str] = []
     for batch, m in data["models"].items():
-        if not m["validation"]:
-            continue
-        fit = m["collective_fit_us"]
-        coll = (f"collective(N) = {fit['a']:.2f} + {fit['b_per_rank']:.2f} x (N-1) µs per "
-                "site, fitted on the measured N >= 2 points" if fit["fitted"] else
-                f"collective(N) held at {fit['a']:.2f} µs per site, its value at the largest "
-                "measured N (one multi-rank world size measured: no growth to fit, so the "
-                "extrapolation shows the jitter's max-of-N effect alone)")
         tag = f" (batch {batch})" if len(data["models"]) > 1 else ""
-        lines += ["", f"## Model: measured vs predicted mean step{tag}", "",
-                  "T(N) = sites x (compute(N) + E[max of N delays] + collective(N)), with "
-                  f"{escape(spec.work.model_note(spec.params))}, {coll}; at N = 1 the "
-                  "all-reduce is the measured local call; plus the "
-                  "step's host overhead measured at the smallest N; E[max] from the "
-                  "schedule's order statistics.", ""]
+        lines += ["", f"## Model: the simulator fitted on the no-jitter points{tag}", ""]
+        if m["why"]:
+            lines.append(f"No model: {escape(m['why'])}.")
+            continue
+        f = m["fit"]
+        bw = ("unlimited: alpha and bandwidth cannot be separated from these points (one "
+              f"message size, {len(f['fitted_on']) - 1} multi-rank world size); their sum "
+              f"at {f['message_bytes']} bytes is fitted as alpha"
+              if not f["separable"] else f"{f['bandwidth_gbps']:.3g} GB/s")
+        lines += [f"Fitted on the no-jitter schedule at N = "
+                  f"{', '.join(map(str, f['fitted_on']))}: network alpha "
+                  f"{f['alpha_us']:.3g} µs per hop, bandwidth {bw}; local call "
+                  f"{f['local_call_us']:.3g} µs per site; compute per site (µs) "
+                  f"{_fmt_map(f['compute_site_us'])}; step overhead (µs) "
+                  f"{_fmt_map(f['overhead_step_us'])}; baseline noise: the no-jitter "
+                  "steps' deviations from their mean, resampled; "
+                  f"{escape(spec.work.model_note(spec.params))}. Every other schedule's "
+                  "point is predicted out of sample (in_sample = false).", ""]
         lines += _table(m["validation"], ["schedule", "world_size", "measured_mean_us",
-                                          "measured_ci95_us", "model_mean_us", "model_lo_us",
-                                          "model_hi_us", "rel_error"])
-        lines += ["", "measured_ci95_us: half-width of the 95% interval of the measured mean "
-                  "(1.96 batch-means SE). model_lo_us .. model_hi_us: the model's 95% band "
-                  "from the sampling error of its measured inputs (compute and collective "
-                  "time per step), assuming the model's form; rel_error = model / measured "
-                  "- 1 is the test of that form."]
-        hold = m.get("holdout")
-        lines += ["", f"## Model held out{tag}", ""]
-        if hold:
-            lines += [f"Refitted on N = {', '.join(map(str, hold['fitted_on']))} only, the "
-                      f"model predicts the largest measured N = "
-                      f"{hold['held_out_world_size']}:", ""]
-            lines += _table(hold["rows"], ["schedule", "world_size", "measured_mean_us",
-                                           "model_mean_us", "rel_error"])
-        else:
-            sizes = sorted({r["world_size"] for r in m["validation"] if r["world_size"] >= 2})
-            lines += [f"Not possible here: a held-out test needs three or more multi-rank "
-                      f"world sizes (two to fit the collective's growth, one to predict); "
-                      f"measured: {sizes or 'none'}. Until then the extrapolation rests on "
-                      "the fit at the measured N alone."]
-        keep = {1, 8, 64, 512, 4096}
-        lines += ["", f"## Extrapolation (model only){tag}", ""]
+                                          "model_mean_us", "rel_error_mean",
+                                          "measured_p99_us", "model_p99_us",
+                                          "rel_error_p99", "in_sample"])
+        keep = {1, 8, 64, 512, 4096, 65536, 1 << 20}
+        lines += ["", f"## Extrapolation (simulator only){tag}", ""]
         lines += _table([r for r in m["extrapolation"] if r["world_size"] in keep],
-                        ["schedule", "world_size", "model_mean_us", "model_lo_us",
-                         "model_hi_us", "efficiency", "efficiency_lo", "efficiency_hi"])
-        lines += ["", "The band (lo .. hi, 95%) carries the sampling error of the measured "
-                  "inputs only" + ("." if fit["fitted"] else
-                                   ": with the collective held at one measured world size, "
-                                   "how it grows with N is unknown and not in the band; "
-                                   "measure more world sizes to fit it.")]
+                        ["schedule", "world_size", "model_mean_us", "model_p99_us",
+                         "efficiency"])
+        lines += ["", "Beyond the measured world sizes only the simulator speaks: the "
+                  "network tier fitted here is used between nodes too unless the spec "
+                  "gives [network], and the baseline noise is the largest measured N's."]
     return lines
+
+
+def _fmt_map(d: dict) -> str:
+    return ", ".join(f"N={k}: {v:.3g}" for k, v in d.items())
 
 
 def _markdown(data: dict, plots: dict[str, bytes]) -> str:

@@ -24,7 +24,7 @@ def plots(data: dict[str, Any]) -> dict[str, bytes]:
            "efficiency_vs_n.png": _efficiency(data["scaling"], label),
            "step_latency_cdf.png": _cdf(data["largest"])}
     out.update(_heatmaps(data["largest"]))
-    out["model_efficiency_to_4096.png"] = _model(data, label)
+    out["model_efficiency_vs_n.png"] = _model(data, label)
     out[SITE_MAX_PLOT] = _site_max(data["points"])
     return out
 
@@ -132,7 +132,7 @@ def _model(data: dict[str, Any], label) -> bytes:
         ax.annotate(" largest measured N", (max(measured), 0.98), fontsize=7,
                     xycoords=("data", "axes fraction"), va="top")
     ax.set_xlabel("world size N (ranks), model beyond the measured points")
-    ax.set_ylabel("efficiency E(N) of the mean step (model, 95% band)")
+    ax.set_ylabel("efficiency E(N) of the mean step (simulator)")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=7)
     return _save(fig)

@@ -34,7 +34,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collectives.backends import BACKENDS
 from collectives.ops import DTYPES
@@ -46,10 +46,15 @@ from launch.commands import LAUNCHERS
 
 from .maxtable import load_toml_file
 
+if TYPE_CHECKING:
+    from jitter_models.network import Network
+
 KEYS = ("name", "workload", "batch", "dtype", "world_sizes", "backend", "launcher", "steps",
-        "warmup", "seed", "timeout_s", "ranks_per_node", "algorithm", "record_hops", "jitter")
+        "warmup", "seed", "timeout_s", "ranks_per_node", "algorithm", "record_hops", "jitter",
+        "network")
 MAX_STEPS = 100_000
 MAX_WORLD = 4096
+MAX_SIMULATED_WORLD = 1 << 20  # jitterlab simulate (jitter_models.simulate checks per algorithm)
 CHOICES = {"backend": BACKENDS, "launcher": ("auto", *LAUNCHERS),
            "dtype": DTYPES}  # (a workload may take fewer dtypes: tp_decode floats only)
 
@@ -92,6 +97,9 @@ class Spec:
     record_hops: bool = False
     """Explicit algorithms: also record one row per message (``hops-NNNNN.parquet`` in
     each point folder); for small runs."""
+    network: Network | None = None
+    """The ``[network]`` table (per-tier alpha and bandwidth) the simulator takes; None
+    where the spec has none (``jitterlab run`` does not need one)."""
 
     @property
     def work(self) -> Workload:
@@ -132,13 +140,14 @@ def _ints(doc: dict, key: str, default: Any, low: int, high: int) -> tuple[int, 
     return out
 
 
-def parse_spec(doc: dict, default_name: str = "spec") -> Spec:
-    """Validate a parsed TOML document; ``BadInput`` naming the key path and value."""
+def parse_spec(doc: dict, default_name: str = "spec", *, max_world: int = MAX_WORLD) -> Spec:
+    """Validate a parsed TOML document; ``BadInput`` naming the key path and value.
+    ``max_world``: the largest world size taken (the simulator takes more than a run)."""
     with reading_input():
-        return _parse_spec(doc, default_name)
+        return _parse_spec(doc, default_name, max_world)
 
 
-def _parse_spec(doc: dict, default_name: str) -> Spec:
+def _parse_spec(doc: dict, default_name: str, max_world: int) -> Spec:
     workload = _workload(doc)
     own = dict(workload.spec_keys)
     unknown = [k for k in doc if k not in KEYS and k not in own]
@@ -149,7 +158,7 @@ def _parse_spec(doc: dict, default_name: str) -> Spec:
             or name.startswith("."):
         raise ValueError(f"name: must be a plain folder name, got {name!r}")
     check_printable("name", name)
-    world_sizes = tuple(sorted(_ints(doc, "world_sizes", [1, 2], 1, MAX_WORLD)))
+    world_sizes = tuple(sorted(_ints(doc, "world_sizes", [1, 2], 1, max_world)))
     timeout = doc.get("timeout_s", 300.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
             or not (math.isfinite(timeout) and 0 < timeout <= 86_400):
@@ -182,12 +191,25 @@ def _parse_spec(doc: dict, default_name: str) -> Spec:
                 timeout_s=float(timeout),
                 ranks_per_node=_int("ranks_per_node", doc.get("ranks_per_node", 8), 1,
                                     MAX_WORLD),
-                schedules=tuple(schedules), record_hops=_bool(doc, "record_hops"))
+                schedules=tuple(schedules), record_hops=_bool(doc, "record_hops"),
+                network=_network(doc))
     from launch.plan import check_record_hops
 
     check_record_hops(spec.record_hops, (spec.algorithm,))
     params = workload.parse({k: v for k, v in doc.items() if k in own}, spec.common())
     return dataclasses.replace(spec, params=params)
+
+
+def _network(doc: dict) -> Network | None:
+    table = doc.get("network")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ValueError(f"network: expected a table [network], got {table!r}")
+    from jitter_models.network import Network
+
+    ranks_per_node = doc.get("ranks_per_node", 8)  # validated above
+    return Network.from_table(table, ranks_per_node)
 
 
 def _bool(doc: dict, key: str) -> bool:

@@ -4,6 +4,7 @@ numpy and scipy only: this package imports without torch.
 """
 
 from .composite import Clip, Empirical, Mixture, Shifted
+from .detours import Detours, Periodic, Trace, parse_detours
 from .distributions import (
     FAMILIES,
     Constant,
@@ -33,11 +34,11 @@ from .temporal import AR1, IID, Bursty, Temporal, parse_temporal
 from .units import format_duration, format_us, parse_duration
 
 __all__ = [
-    "AR1", "FAMILIES", "IID", "Bursty", "Clip", "Constant", "Distribution", "Empirical",
-    "Exponential", "Gamma", "Lognormal", "Mixture", "Normal", "Pareto", "Schedule", "Shifted",
-    "Stragglers", "Temporal", "Uniform", "Weibull", "check_unique_names", "expected_max",
-    "format_duration", "format_us", "input_files", "max_quantile", "node_of", "parse",
-    "parse_duration",
-    "parse_schedule", "parse_temporal", "prob_max_exceeds", "sample_max",
-    "schedule_from_table", "schedules_from_toml", "to_table",
+    "AR1", "FAMILIES", "IID", "Bursty", "Clip", "Constant", "Detours", "Distribution",
+    "Empirical", "Exponential", "Gamma", "Lognormal", "Mixture", "Normal", "Pareto",
+    "Periodic", "Schedule", "Shifted", "Stragglers", "Temporal", "Trace", "Uniform", "Weibull",
+    "check_unique_names", "expected_max", "format_duration", "format_us", "input_files",
+    "max_quantile", "node_of", "parse", "parse_detours", "parse_duration", "parse_schedule",
+    "parse_temporal", "prob_max_exceeds", "sample_max", "schedule_from_table",
+    "schedules_from_toml", "to_table",
 ]

@@ -84,9 +84,10 @@ def excerpt(text: str, limit: int = 16) -> str:
 
 def input_files(obj: Any) -> list[str]:
     """Every file path that ``obj`` reads, in order, each once: ``obj`` is a schedule, a
-    distribution, a temporal model, stragglers, or a list or tuple of them; nested
-    distributions (a mixture, shift or clip of an empirical, a burst law, the stragglers'
-    law) are walked. Paths are as written (relative to the working directory)."""
+    distribution, a temporal model, stragglers, detours (a trace's file), or a list or
+    tuple of them; nested distributions (a mixture, shift or clip of an empirical, a
+    burst law, the stragglers' law) are walked. Paths are as written (relative to the
+    working directory)."""
     from .schedules import Schedule, Stragglers
 
     out: list[str] = []
@@ -101,10 +102,13 @@ def input_files(obj: Any) -> list[str]:
             walk(o.dist)
             walk(o.temporal)
             walk(o.stragglers)
+            walk(o.detours)
         elif isinstance(o, Stragglers):
             walk(o.dist)
         else:
             for p in getattr(type(o), "params", ()):
+                if p.kind not in ("path", "dist", "components"):
+                    continue  # (a duration of detours is not at p.attr: Periodic.duration)
                 value = getattr(o, p.attr)
                 if p.kind == "path" and value not in out:
                     out.append(value)

@@ -8,7 +8,9 @@ runs at N = 1, 2, 4 ... share their draws and scaling curves are paired comparis
 straggler selection by ``count`` uses the world size.
 
 Temporal structure (``temporal.py``) acts on the flattened (step, site) sequence of one
-stream.
+stream. Detours (``detours.py``) act on the time axis instead: each rank's phase comes from
+(seed, rank) whatever the scope, and they are not part of :meth:`Schedule.delays` or of
+the marginals (:meth:`Schedule.rank_dist`, :meth:`Schedule.site_groups`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .distributions import Distribution
+from .detours import Detours
+from .distributions import Constant, Distribution
 from .stragglers import _BASE, _LINK, _LINK_STRAGGLER, _STRAGGLER, Stragglers
 from .syntax import check_printable
 from .temporal import IID, Temporal
@@ -36,7 +39,7 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class Schedule:
-    """A named jitter model: distribution, scope, temporal structure, stragglers."""
+    """A named jitter model: distribution, scope, temporal structure, stragglers, detours."""
 
     dist: Distribution
     """Delay distribution of ordinary ranks."""
@@ -49,6 +52,8 @@ class Schedule:
     """Structure in time over the (step, site) sequence."""
     stragglers: Stragglers | None = None
     """Ranks with another distribution, if any."""
+    detours: Detours | None = None
+    """Time-axis noise of each rank, or None."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.dist, Distribution):
@@ -63,6 +68,8 @@ class Schedule:
             raise ValueError(f"jitter: name: must be text without ';', newlines or "
                              f"surrounding spaces, got {self.name!r}")
         check_printable("jitter: name", self.name)
+        if self.detours is not None and not isinstance(self.detours, Detours):
+            raise ValueError(f"jitter: detours: not a detours model: {self.detours!r}")
         if self.stragglers is not None and (self.stragglers.links is not None) != (
                 self.scope == "link"):
             raise ValueError("jitter: stragglers: links go with scope = 'link', and "
@@ -126,7 +133,8 @@ class Schedule:
         return _to_ns(self.link_delays(seed, src, dst, n_messages), self.name)
 
     def rank_dist(self, seed: int, rank: int, world_size: int) -> Distribution:
-        """The marginal law of one delay of ``rank`` at this world size."""
+        """The marginal law of one delay of ``rank`` at this world size. The detours are
+        not included: they act on the time axis, not on the delays."""
         straggler = (self.stragglers is not None
                      and rank in self.stragglers.chosen(seed, world_size))
         return self.temporal.marginal(self.stragglers.dist if straggler else self.dist)
@@ -137,7 +145,8 @@ class Schedule:
         ranks of one collective's delays is a max of. Ranks are placed on nodes in blocks
         of ``ranks_per_node`` (``layout.node_of``, as the worker keys the draws); a
         straggler always has its own stream. A link-scoped schedule has none: its delays
-        act on the messages inside an explicit algorithm, not before the collective."""
+        act on the messages inside an explicit algorithm, not before the collective. The
+        detours are not included (they pause work on the time axis; see ``simulate``)."""
         from .layout import node_of
 
         world_size = _check_int("world_size", world_size, 1)
@@ -171,8 +180,10 @@ class Schedule:
         return "; ".join(parts)
 
     def _parts(self) -> list[str]:
-        """The one-line form's parts, all but the name."""
-        parts = [str(self.dist)]
+        """The one-line form's parts, all but the name; a schedule of detours alone (its
+        dist ``constant(0s)``) starts with its detours."""
+        alone = self.detours is not None and self.dist == Constant(value_s=0.0)
+        parts = [] if alone else [str(self.dist)]
         if self.scope != "rank":
             parts.append(f"scope={self.scope}")
         if not isinstance(self.temporal, IID):
@@ -186,6 +197,8 @@ class Schedule:
             else:
                 parts.append(f"stragglers.count={s.count}")
             parts.append(f"stragglers.dist={s.dist}")
+        if self.detours is not None:
+            parts.append(f"detours={self.detours}")
         return parts
 
     def to_table(self) -> dict[str, Any]:
@@ -200,6 +213,8 @@ class Schedule:
                    else {"links": [list(p) for p in s.links]} if s.links is not None
                    else {"count": s.count})
             out["stragglers"] = {**key, "dist": str(s.dist)}
+        if self.detours is not None:
+            out["detours"] = str(self.detours)
         return out
 
 

@@ -1,17 +1,22 @@
 """A schedule from text or TOML: its ``[[jitter]]`` table, its one-line form
-(``"lognormal(median=50us, sigma=0.8); scope=node"``), and a document's list of them."""
+(``"lognormal(median=50us, sigma=0.8); scope=node"``), and a document's list of them.
+
+A schedule may be detours alone (``detours = "periodic(...)"`` with no ``dist``, or the
+line ``"detours=periodic(...)"``): its dist is then ``constant(0s)``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from .distributions import parse
+from .detours import parse_detours
+from .distributions import Constant, parse
+from .errors import BadInput
 from .schedule import Schedule
 from .stragglers import Stragglers
 from .temporal import parse_temporal
 
-_TABLE_KEYS = ("name", "dist", "scope", "temporal", "stragglers")
+_TABLE_KEYS = ("name", "dist", "scope", "temporal", "stragglers", "detours")
 
 
 def schedule_from_table(table: Mapping[str, Any]) -> Schedule:
@@ -21,8 +26,8 @@ def schedule_from_table(table: Mapping[str, Any]) -> Schedule:
     unknown = [k for k in table if k not in _TABLE_KEYS]
     if unknown:
         raise ValueError(f"jitter: unknown key {unknown[0]!r} (keys: {', '.join(_TABLE_KEYS)})")
-    if "dist" not in table:
-        raise ValueError("jitter: missing key 'dist'")
+    if "dist" not in table and "detours" not in table:
+        raise ValueError("jitter: missing key 'dist' (or 'detours', for detours alone)")
     stragglers = table.get("stragglers")
     if stragglers is not None:
         if not isinstance(stragglers, Mapping):
@@ -39,10 +44,22 @@ def schedule_from_table(table: Mapping[str, Any]) -> Schedule:
         stragglers = Stragglers(dist=_at("stragglers.dist", parse, stragglers["dist"]),
                                 count=stragglers.get("count"), links=stragglers.get("links"),
                                 ranks=tuple(ranks) if ranks is not None else None)
-    return Schedule(dist=_at("dist", parse, table["dist"]), name=table.get("name", ""),
+    detours = table.get("detours")
+    return Schedule(dist=_at("dist", parse, table["dist"]) if "dist" in table
+                    else Constant(value_s=0.0), name=table.get("name", ""),
                     scope=table.get("scope", "rank"),
                     temporal=_at("temporal", parse_temporal, table.get("temporal", "iid")),
-                    stragglers=stragglers)
+                    stragglers=stragglers,
+                    detours=_detours(detours) if detours is not None else None)
+
+
+def _detours(value: Any) -> Any:
+    """``parse_detours(value)``; its errors, which name ``detours: ...``, named
+    ``jitter: detours: ...``."""
+    try:
+        return parse_detours(value)
+    except BadInput as exc:
+        raise BadInput(f"jitter: {exc}") from None
 
 
 def _at(key: str, fn: Any, value: Any) -> Any:
@@ -53,7 +70,8 @@ def _at(key: str, fn: Any, value: Any) -> Any:
         text = str(exc)
         if text.startswith("jitter: "):
             raise
-        raise ValueError(f"jitter: {key}: {text}") from None
+        kind = BadInput if isinstance(exc, BadInput) else ValueError
+        raise kind(f"jitter: {key}: {text}") from None
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
@@ -77,13 +95,14 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
 
 
 _LINE_KEYS = ("dist", "name", "scope", "temporal", "stragglers.ranks", "stragglers.count",
-              "stragglers.links", "stragglers.dist")
+              "stragglers.links", "stragglers.dist", "detours")
 
 
 def parse_schedule(spec: str | Mapping[str, Any] | Schedule) -> Schedule:
     """A schedule from the one-line form ``"lognormal(median=50us, sigma=0.8); scope=node;
-    temporal=ar1(rho=0.9); stragglers.ranks=3; stragglers.dist=constant(500us)"`` (the
-    first part is the distribution), or from a ``[[jitter]]`` table."""
+    temporal=ar1(rho=0.9); stragglers.ranks=3; stragglers.dist=constant(500us);
+    detours=periodic(period=10ms, duration=250us)"`` (the first part is the distribution,
+    unless it is a key=value part), or from a ``[[jitter]]`` table."""
     if isinstance(spec, Schedule):
         return spec
     if isinstance(spec, Mapping):

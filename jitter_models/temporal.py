@@ -3,8 +3,8 @@
 Each model acts on the flattened (step, site) sequence of one stream (one rank, node or
 the whole job, by the schedule's scope) and keeps the schedule's distribution as the
 law of each delay (``bursty`` replaces it inside bursts: its marginal is a mixture).
-Kinds that need the run's own clock (periodic detours, trace replay) are not sequence
-models; they will get their own interface taking event times, beside :class:`Temporal`.
+Noise that lives on the run's own clock (periodic detours, trace replay) is not a sequence
+model: it is a schedule's ``detours`` (``detours.py``).
 """
 
 from __future__ import annotations

@@ -1,131 +1,107 @@
-"""The step model: its collective fit, its validation on points it generated itself, and
-the max-of-N term from the schedule's order statistics."""
+"""The model of a measured sweep: the simulator fitted on the no-jitter points. Its fit is
+checked on points the simulator itself made with a known network (so the truth is known),
+its out-of-sample flags, its refusals, and the weight share that scales tp_decode's
+compute."""
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pytest
 
-import jitter_models as jm
-from experiments.model import build, fit_collective, predict_step_us
+from experiments.model import build, is_no_jitter
+from experiments.spec import parse_spec
+from jitter_models import parse_schedule
+from jitter_models.network import Network, Tier
+from jitter_models.simulate import Site, simulate
 
 SITES = 4
 
 
-def point(schedule: str, n: int, *, compute_site: float, a: float, b: float,
-          delay_site: float) -> dict:
-    coll = a + b * (n - 1) if n > 1 else 0.0  # one rank: the all-reduce is a local call
-    return {"schedule": schedule, "world_size": n, "compute_us": SITES * compute_site,
-            "collective_us": SITES * coll,
-            "mean_us": SITES * (compute_site + delay_site + coll)}
+def _spec(sizes, algorithm="native", nbytes=8192):
+    doc = {"name": "m", "workload": "bsp", "sites_per_step": SITES,
+           "compute_per_site": "50us", "message_bytes": nbytes, "world_sizes": sizes,
+           "algorithm": algorithm, "steps": 400, "seed": 3, "jitter": [
+               {"name": "none", "dist": "constant(0s)"},
+               {"name": "exp", "dist": "exponential(20us)"},
+               {"name": "logn", "dist": "lognormal(median=15us, sigma=0.7)"}]}
+    return parse_spec(doc)
 
 
-def test_the_collective_fit_recovers_a_ring_latency_from_several_world_sizes():
-    pts = [point("none", n, compute_site=100 / n, a=3.0, b=2.5, delay_site=0)
-           for n in (2, 4, 8)]
-    a, b, fitted = fit_collective(pts, SITES)
-    assert fitted and a == pytest.approx(3.0) and b == pytest.approx(2.5)
+def _measured(spec, truth: Network, local_us=2.0, overhead_us=5.0):
+    """Points as a sweep would measure them, made by the simulator with ``truth``: per
+    site 50 µs of compute + a local call, a per-step overhead, and the collective."""
+    points, steps = [], {}
+    for sched in spec.schedules:
+        for n in spec.world_sizes:
+            sites = tuple(Site(compute_s=50e-6 + local_us * 1e-6 + (overhead_us * 1e-6
+                                                                   if j == 0 else 0.0),
+                               message_bytes=8192, algorithm=spec.algorithm)
+                          for j in range(SITES))
+            lat = simulate(sched, n, sites, network=truth, steps=4000, seed=n + 17)
+            coll = truth.native_time("all_reduce", n, 8192) if spec.algorithm == "native" \
+                else None
+            if coll is None:
+                from experiments.model import _collective_s
+                coll = _collective_s(truth, spec.algorithm, n, 8192)
+            key = f"{sched.name}-{n}"
+            steps[key] = lat.latency_s
+            points.append({"point": key, "schedule": sched.name, "world_size": n,
+                           "mean_us": lat.latency_s.mean() * 1e6,
+                           "p99_us": float(np.quantile(lat.latency_s, 0.99)) * 1e6,
+                           "compute_us": SITES * 50.0,
+                           "collective_us": SITES * (local_us + coll * 1e6),
+                           "delay_us": 0.0, "skew_wait_us": 0.0})
+    return points, (lambda p: steps[p["point"]])
 
 
-def test_one_multi_rank_size_holds_the_collective_instead_of_inventing_growth():
-    pts = [point("none", n, compute_site=100 / n, a=3.0, b=2.5, delay_site=0)
-           for n in (1, 2)]
-    a, b, fitted = fit_collective(pts, SITES)
-    assert (a, b, fitted) == (pytest.approx(5.5), 0.0, False)
+def test_the_fit_recovers_the_network_and_predicts_the_jittered_points_out_of_sample():
+    truth_tier = Tier(alpha_s=4e-6, bandwidth_Bps=2e9)
+    truth = Network(inter=truth_tier, intra=truth_tier, ranks_per_node=8)
+    spec = _spec([1, 2, 4, 8], algorithm="ring")
+    points, steps = _measured(spec, truth)
+    m = build(points, {s.name: s for s in spec.schedules}, spec=spec, batch=1,
+              step_latencies=steps, extrapolate=False)
+    assert m["why"] is None and m["fit"]["separable"]
+    assert m["fit"]["alpha_us"] == pytest.approx(4.0, rel=0.05)
+    assert m["fit"]["bandwidth_gbps"] == pytest.approx(2.0, rel=0.05)
+    for r in m["validation"]:
+        assert r["in_sample"] == (r["schedule"] == "none")
+        assert r["model_mean_us"] == pytest.approx(r["measured_mean_us"], rel=0.02), r
+        assert r["model_p99_us"] == pytest.approx(r["measured_p99_us"], rel=0.05), r
 
 
-def test_a_fit_never_makes_a_cost_negative():
-    # Noisy measurements whose straight line would cross zero before N = 2.
-    pts = [{"world_size": 2, "collective_us": SITES * 1.0},
-           {"world_size": 4, "collective_us": SITES * 9.0}]
-    a, b, fitted = fit_collective(pts, SITES)
-    assert fitted and a == 0.0 and b > 0
-    assert all(a + b * (n - 1) >= 0 for n in (2, 4, 4096))
+def test_one_multi_rank_size_fits_the_sum_of_alpha_and_bytes_and_says_so():
+    tier = Tier(alpha_s=3e-6, bandwidth_Bps=1e9)
+    truth = Network(inter=tier, intra=tier, ranks_per_node=8)
+    spec = _spec([1, 2])
+    points, steps = _measured(spec, truth)
+    m = build(points, {s.name: s for s in spec.schedules}, spec=spec, batch=1,
+              step_latencies=steps, extrapolate=False)
+    assert not m["fit"]["separable"] and m["fit"]["bandwidth_gbps"] is None
+    # native at N = 2 is one exchange of the whole buffer: alpha + 8192 B / 1 GB/s
+    assert m["fit"]["alpha_us"] == pytest.approx(3.0 + 8.192, rel=1e-6)
 
 
-def test_the_model_reproduces_points_made_by_its_own_formula_and_extrapolates():
-    mean_us = 20.0
-    exp = jm.parse_schedule("exponential(20us)")
-    none = jm.parse_schedule("constant(0s); name=none")
-    pts = []
-    for n in (1, 2, 4):
-        for name, sched in (("none", none), ("exp", exp)):
-            delay = jm.expected_max(sched.site_groups(0, n, 8)) * 1e6
-            pts.append(point(name, n, compute_site=400 / n, a=3.0, b=2.0, delay_site=delay))
-    out = build(pts, {"none": none, "exp": exp}, n_sites=SITES, seed=0, ranks_per_node=8)
-    assert all(abs(v["rel_error"]) < 1e-9 for v in out["validation"])
-    by = {(r["schedule"], r["world_size"]): r for r in out["extrapolation"]}
-    # E[max of N exponentials] = mean * H_N: at N = 4096 the delay term alone per site.
-    h = sum(1 / k for k in range(1, 4097))
-    expected = SITES * (400 / 4096 + mean_us * h + 3.0 + 2.0 * 4095)
-    assert by[("exp", 4096)]["model_mean_us"] == pytest.approx(expected, rel=1e-6)
-    assert by[("exp", 64)]["efficiency"] < by[("none", 64)]["efficiency"] < 1
+def test_no_model_without_a_no_jitter_schedule_or_its_n1_point():
+    spec = _spec([1, 2])
+    tier = Tier(alpha_s=3e-6, bandwidth_Bps=1e9)
+    points, steps = _measured(spec, Network(inter=tier, intra=tier, ranks_per_node=8))
+    jittered = {s.name: s for s in spec.schedules if s.name != "none"}
+    m = build(points, jittered, spec=spec, batch=1, step_latencies=steps)
+    assert m["why"].startswith("no no-jitter schedule") and m["validation"] == []
+    no_one = [p for p in points if not (p["schedule"] == "none" and p["world_size"] == 1)]
+    m = build(no_one, {s.name: s for s in spec.schedules}, spec=spec, batch=1,
+              step_latencies=steps)
+    assert "no N = 1 point" in m["why"]
 
 
-def test_predict_step_is_sites_times_the_three_terms():
-    sched = jm.parse_schedule("constant(7us)")
-    got = predict_step_us(sched, 8, compute_site_us=10.0, coll=(1.0, 0.5, True), n_sites=3,
-                          seed=0, ranks_per_node=8)
-    assert got == pytest.approx(3 * (10.0 + 7.0 + 1.0 + 0.5 * 7))
-    assert math.isfinite(got)
-
-
-def test_without_sampling_error_the_band_is_the_point_estimate():
-    none = jm.parse_schedule("constant(0s); name=none")
-    pts = [point("none", n, compute_site=400 / n, a=3.0, b=2.0, delay_site=0.0)
-           for n in (1, 2, 4)]
-    out = build(pts, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
-    for r in out["extrapolation"] + out["validation"]:
-        assert r["model_lo_us"] == pytest.approx(r["model_mean_us"])
-        assert r["model_hi_us"] == pytest.approx(r["model_mean_us"])
-
-
-def test_the_band_propagates_the_inputs_standard_errors():
-    """Compute from N = 1 (SE s_c per step), the collective fitted exactly through N = 2
-    and 4 (SE s_k per step each): T(N) is linear in them, so its SD is known, and the band
-    is about 1.96 SD each side. 2000 draws estimate a 2.5% point to about 3% of the
-    half-width; the 10% tolerance is over 3 sigma (seed fixed)."""
-    none = jm.parse_schedule("constant(0s); name=none")
-    s_c, s_k = 40.0, 8.0
-    pts = []
-    for n in (1, 2, 4):
-        p = point("none", n, compute_site=4000 / n, a=300.0, b=200.0, delay_site=0.0)
-        p["compute_se_us"], p["collective_se_us"] = s_c, (s_k if n > 1 else 0.0)
-        pts.append(p)
-    out = build(pts, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
-    by = {r["world_size"]: r for r in out["extrapolation"]}
-    for n in (8, 64, 4096):
-        w = (n - 2) / 2  # a + b (N - 1) = y2 + (y4 - y2) (N - 2) / 2
-        sd = math.hypot(s_c / n, s_k * math.hypot(1 - w, w))
-        r = by[n]
-        assert (r["model_hi_us"] - r["model_lo_us"]) / 2 == pytest.approx(1.96 * sd, rel=0.1)
-        assert r["model_lo_us"] < r["model_mean_us"] < r["model_hi_us"]
-        assert r["efficiency_lo"] < r["efficiency"] < r["efficiency_hi"]
-
-
-def test_holding_out_the_largest_world_size_tests_the_extrapolation():
-    none = jm.parse_schedule("constant(0s); name=none")
-    linear = [point("none", n, compute_site=400 / n, a=3.0, b=2.0, delay_site=0.0)
-              for n in (1, 2, 4, 8)]
-    out = build(linear, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
-    hold = out["holdout"]
-    assert hold["held_out_world_size"] == 8 and hold["fitted_on"] == [2, 4]
-    assert [r["world_size"] for r in hold["rows"]] == [8]
-    assert abs(hold["rows"][0]["rel_error"]) < 1e-9  # the model's own form: exact
-    # A collective that grows like log2 N instead (5 and 7 µs/site at N = 2 and 4): the line
-    # through them, 4 + (N - 1), says 11 µs/site at N = 8, where 3 + 2*3 = 9 was measured.
-    curved = [p | {"collective_us": SITES * (3.0 + 2.0 * math.log2(p["world_size"]))
-                   if p["world_size"] > 1 else 0.0} for p in linear]
-    for p in curved:
-        p["mean_us"] = p["compute_us"] + p["collective_us"]
-    bad = build(curved, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)["holdout"]
-    t8 = curved[-1]["mean_us"]
-    predicted = SITES * (400 / 8 + 11.0)
-    assert bad["rows"][0]["model_mean_us"] == pytest.approx(predicted)
-    assert bad["rows"][0]["rel_error"] == pytest.approx(predicted / t8 - 1)
-    few = build(linear[:3], {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8)
-    assert few["holdout"] is None  # two multi-rank sizes: nothing left to predict
+def test_what_counts_as_no_jitter():
+    assert is_no_jitter(parse_schedule("constant(0s)"))
+    assert not is_no_jitter(parse_schedule("constant(1us)"))
+    assert not is_no_jitter(parse_schedule("constant(0s); detours=periodic(period=1ms, "
+                                           "duration=10us)"))
+    assert not is_no_jitter(parse_schedule(
+        "constant(0s); stragglers.ranks=1; stragglers.dist=constant(1ms)"))
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "llama-2-7b", "llama-3-8b", "llama-3-70b",
@@ -150,19 +126,3 @@ def test_weight_share_is_the_layouts_own_bytes_wherever_a_split_exists(name):
     assert weight_share(cfg, 4096) == weight_share(cfg, cfg.heads)  # no split past heads
 
 
-def test_the_compute_term_follows_the_weight_share():
-    from collectives.models import model_config, weight_share
-
-    cfg = model_config("llama-3-8b")  # 32 heads, 8 KV heads: KV replicates past N = 8
-    none = jm.parse_schedule("constant(0s); name=none")
-    pts = [point("none", n, compute_site=400 * weight_share(cfg, n), a=3.0, b=2.0,
-                 delay_site=0.0) for n in (1, 2, 4)]
-    out = build(pts, {"none": none}, n_sites=SITES, seed=0, ranks_per_node=8,
-                share=lambda n: weight_share(cfg, n))
-    assert all(abs(v["rel_error"]) < 1e-9 for v in out["validation"])
-    by = {r["world_size"]: r for r in out["extrapolation"]}
-    for n in (16, 4096):
-        coll = 3.0 + 2.0 * (n - 1)
-        assert by[n]["model_mean_us"] == pytest.approx(
-            SITES * (400 * weight_share(cfg, n) + coll))
-    assert 400 * weight_share(cfg, 16) > 400 / 16  # replicated KV heads cost more than 1/N

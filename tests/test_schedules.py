@@ -620,7 +620,7 @@ BURST = "burst=constant(2ms)"
     ({"dist": "exponential(5us)", "stragglers": "rank 3"},
      "jitter: stragglers: expected a table, got 'rank 3'"),
     ({"dist": "exponential(5us)", "seed": 3},
-     "jitter: unknown key 'seed' (keys: name, dist, scope, temporal, stragglers)"),
+     "jitter: unknown key 'seed' (keys: name, dist, scope, temporal, stragglers, detours)"),
     ({"name": "x", "scope": "node"}, "jitter: missing key 'dist'"),
     ({"dist": "exponential(5us)", "name": "a;b"},
      "jitter: name: must be text without ';', newlines or surrounding spaces, got 'a;b'"),
@@ -657,7 +657,7 @@ def test_schedules_from_toml_errors(doc, message):
 
 
 KEYS = ("dist, name, scope, temporal, stragglers.ranks, stragglers.count, stragglers.links, "
-        "stragglers.dist")
+        "stragglers.dist, detours")
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -5,6 +5,7 @@ events, not from the host, which runs ahead of the stream."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import collectives.timing as timing
 from collectives.timing import STEP_SITE, Records, SiteTimer
@@ -140,3 +141,144 @@ def test_on_the_host_each_column_is_its_own_interval(monkeypatch):
     assert t["hop_delay_req_ns"].tolist() == [40, 40] and t["hop_delay_ns"].tolist() == [45, 45]
     assert (t["t_done_ns"] - t["t_arrive_ns"]).tolist() == [710, 710]
     assert t["op"].tolist() == [1, 0] and t["bytes"].tolist() == [8, 0]
+    assert t["detour_ns"].tolist() == [0, 0]  # no detours: none in the deadline
+
+
+# --- detours (jitter_models.detours): compute and delay pause for each detour -----------
+
+MS = 1_000_000
+
+
+class StillClock:
+    """A host clock that only moves when the test moves it (reads cost nothing)."""
+
+    def __init__(self, t: int):
+        self.t = t
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def _detour_timer(monkeypatch, offset_s: float = 0.0) -> tuple[StillClock, SiteTimer]:
+    from jitter_models.detours import Periodic
+
+    clock = StillClock(1_000 * MS)
+    monkeypatch.setattr(timing, "now_ns", clock)
+    # One 2 ms detour at the start of every 10 ms, entered at offset_s.
+    timer = SiteTimer(NoDevice(), HostDelay(clock), Records(8),
+                      detours=Periodic(period=0.01, duration=0.002),
+                      detour_offset_s=offset_s)
+    return clock, timer
+
+
+def _site(timer: SiteTimer, clock: StillClock, *, compute_ns: int | None, delay_ns: int,
+          site: int = 0) -> None:
+    def compute() -> None:
+        clock.t += compute_ns
+
+    def collective() -> tuple[int, int]:
+        clock.t += MS // 10  # 100 us in the all-reduce
+        return 0, 0
+
+    timer.site(site, delay_ns=delay_ns, collective=collective,
+               compute=None if compute_ns is None else compute)
+
+
+def test_a_site_starting_in_a_detour_begins_when_it_ends_and_a_crossed_detour_pauses_it(
+        monkeypatch):
+    clock, timer = _detour_timer(monkeypatch)
+    origin = clock.t
+    timer.begin_step(0)  # time 0: the first detour, [0, 2 ms)
+    # Site 0 starts inside it: 1 ms compute + 0.5 ms delay of work begin at 2 ms, done at
+    # 3.5 ms: the deadline holds the 2 ms of the detour.
+    _site(timer, clock, compute_ns=1 * MS, delay_ns=MS // 2)
+    # Site 1 starts at 3.6 ms: 6 ms compute + 1 ms delay = 7 ms of work; 6.4 ms fit before
+    # the detour at 10 ms, the other 0.6 ms run after it ends at 12 ms: arrival at 12.6 ms.
+    _site(timer, clock, compute_ns=6 * MS, delay_ns=1 * MS, site=1)
+    # Site 2 starts at 12.7 ms: 2 ms of compute and none of delay end at 14.7 ms, before
+    # the next detour at 20 ms: nothing added.
+    _site(timer, clock, compute_ns=2 * MS, delay_ns=0, site=2)
+    t = timer.records.table()
+    rel = (t["t_start_ns"] - origin).tolist()
+    assert rel == [0, 3_600_000, 12_700_000]
+    assert (t["t_arrive_ns"] - origin).tolist() == [3_500_000, 12_600_000, 14_700_000]
+    assert t["detour_ns"].tolist() == [2 * MS, 2 * MS, 0]
+    # The achieved delay is the injector's part only: arrival - end of compute - detour.
+    assert t["delay_ns"].tolist() == [MS // 2, 1 * MS, 0]
+    compute = t["t_arrive_ns"] - t["t_start_ns"] - t["delay_ns"] - t["detour_ns"]
+    assert compute.tolist() == [1 * MS, 6 * MS, 2 * MS]
+
+
+def test_zero_work_inside_a_detour_waits_for_its_end_at_the_ranks_own_phase(monkeypatch):
+    # Offset 3 ms: at time t the rank is at (t + 3 ms) mod 10 ms of its pattern, so its
+    # detours are [7 ms, 9 ms) + k * 10 ms of run time.
+    clock, timer = _detour_timer(monkeypatch, offset_s=0.003)
+    origin = clock.t
+    timer.begin_step(0)
+    clock.t += 8_500_000  # 8.5 ms: inside [7, 9)
+    _site(timer, clock, compute_ns=None, delay_ns=0)  # no compute, no delay
+    clock.t = origin + 16_000_000  # 16 ms: 1 ms before the next detour, [17, 19)
+    # 0.4 ms compute + 1 ms delay from 16 ms: 1 ms fits before 17 ms, 0.4 ms after 19 ms.
+    _site(timer, clock, compute_ns=400_000, delay_ns=1 * MS, site=1)
+    t = timer.records.table()
+    assert (t["t_arrive_ns"] - origin).tolist() == [9 * MS, 19_400_000]
+    assert t["detour_ns"].tolist() == [MS // 2, 2 * MS]
+    assert t["delay_ns"].tolist() == [0, 1 * MS]
+
+
+def test_time_runs_from_the_first_step_of_the_run_not_of_each_step(monkeypatch):
+    clock, timer = _detour_timer(monkeypatch)
+    origin = clock.t
+    timer.begin_step(0)
+    _site(timer, clock, compute_ns=1 * MS, delay_ns=0)  # [0, 2) detour: done at 3 ms
+    clock.t = origin + 25 * MS  # step 1 begins at 25 ms: not in a detour (20..22 ms)
+    timer.begin_step(1)
+    _site(timer, clock, compute_ns=1 * MS, delay_ns=0, site=1)
+    t = timer.records.table()
+    assert t["detour_ns"].tolist() == [2 * MS, 0]
+    assert (t["t_arrive_ns"] - origin).tolist() == [3 * MS, 26 * MS]
+
+
+def test_detours_are_refused_where_the_host_cannot_wait_for_them():
+    from collectives.inject import NoInjector
+    from jitter_models.detours import Periodic
+
+    detours = Periodic(period=0.01, duration=0.002)
+    stream = Stream([0])
+    with pytest.raises(ValueError, match=r"^detours need the host injector on CPU "
+                                         r"backends: on CUDA"):
+        SiteTimer(Backend(stream), StreamDelay(stream), Records(1),
+                  event=lambda: Event(stream), detours=detours)
+    with pytest.raises(ValueError, match=r"^detours need the host injector on CPU "
+                                         r"backends: injector 'none' waits for nothing"):
+        SiteTimer(NoDevice(), NoInjector(), Records(1), detours=detours)
+
+
+class RankBackend(NoDevice):
+    def __init__(self, rank: int, device: str):
+        self.rank, self.device = rank, device
+
+
+def test_every_workloads_timer_takes_the_schedules_detours_at_the_ranks_offset():
+    from types import SimpleNamespace
+
+    from collectives.workload import RankRun
+    from jitter_models.detours import Periodic
+
+    detours = Periodic(period=0.01, duration=0.002)
+    schedule = SimpleNamespace(detours=detours)  # what Schedule.detours gives
+
+    def run(rank: int, device: str = "cpu", sched=schedule) -> RankRun:
+        return RankRun(backend=RankBackend(rank, device), params={}, dtype="float32",
+                       seed=11, schedule=sched, injector=HostDelay(HostClock()), node=0,
+                       algorithms=("native",), ranks_per_node=8, out_dir=".")
+
+    offsets = [run(r).site_timer(Records(1)).detour_offset_s for r in range(3)]
+    assert offsets == [float(x) for x in detours.offsets(11, [0, 1, 2])]
+    assert len(set(offsets)) == 3 and all(0 <= x < 0.01 for x in offsets)
+    timer = run(0).site_timer(Records(1))
+    assert timer.detours is detours and not timer.on_events
+    plain = run(0, sched=None).site_timer(Records(1))
+    assert plain.detours is None and plain.detour_offset_s == 0.0
+    with pytest.raises(ValueError, match=r"^detours need the host injector on CPU"):
+        run(0, device="cuda:0").site_timer(Records(1))

@@ -45,12 +45,18 @@ def test_a_sweep_runs_reports_and_resumes(tmp_path):
     for name in ("report.md", "report.html", "points.csv", "scaling.csv",
                  "latency_vs_n.png", "efficiency_vs_n.png", "predicted_vs_measured.png",
                  "step_latency_cdf.png", "wait_heatmap_exp.png",
-                 "model_efficiency_to_4096.png", "manifest.json"):
+                 "model_efficiency_vs_n.png", "manifest.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "latency_vs_n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "data:image/png;base64," in (out / "report.html").read_text()
     report = (out / "report.md").read_text()
-    assert "## Model: measured vs predicted mean step" in report and "| 4096 |" in report
+    assert "## Model: the simulator fitted on the no-jitter points" in report
+    rows = (out / "model_validation.csv").read_text().splitlines()
+    assert rows[0] == ("schedule,world_size,measured_mean_us,model_mean_us,measured_p99_us,"
+                       "model_p99_us,in_sample")
+    flags = {tuple(r.split(",")[:2]): r.split(",")[-1] for r in rows[1:]}
+    assert flags == {("none", "1"): "True", ("none", "2"): "True", ("exp", "1"): "False",
+                     ("exp", "2"): "False"}
     manifest = json.loads((out / "manifest.json").read_text())
     (run_entry,) = manifest["runs"]  # one run so far: what ran, when, on which software
     assert manifest["spec"]["name"] == "t" and run_entry["versions"]["numpy"]

@@ -49,7 +49,7 @@ class SleepAllReduce(BaseWorkload):
     def run(self, rank) -> RankResult:
         from collectives.backends import elem_size
         from collectives.explicit import all_reduce_call
-        from collectives.timing import Records, SiteTimer
+        from collectives.timing import Records
 
         p, backend = rank.params, rank.backend
         n_sites, total = p["sites"], p["warmup"] + p["steps"]
@@ -63,7 +63,7 @@ class SleepAllReduce(BaseWorkload):
                                     n_calls=total * n_sites, injector=rank.injector,
                                     hop_log=rank.hop_log)
         records = Records(p["steps"] * (n_sites + 1))
-        timer = SiteTimer(backend, rank.injector, records, mark=rank.progress)
+        timer = rank.site_timer(records)  # the schedule's detours, CUDA events
         ones = np.ones(count, dtype="float32")
         for step in range(total):
             recorded = step >= p["warmup"]

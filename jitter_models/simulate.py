@@ -1,0 +1,292 @@
+"""The simulator: the distribution of step latency for a workload's sites, a schedule and a
+network, at any world size up to 2**20, in numpy.
+
+A step is a sequence of sites; at each site every rank computes (``compute_s``), waits its
+injected delay, then enters the site's collective. Time is one axis for the whole run
+(detours depend on it): it starts at the point's first barrier, and each step starts when
+the previous one ended on its slowest rank (the step's barrier is taken as free).
+
+How a point is simulated (``method`` in the results):
+
+- ``max-sampling`` (exact in law, cost independent of N): native collectives, a schedule
+  with iid delays and no detours. A site costs compute + the max over the site's
+  independent streams (``Schedule.site_groups``: ranks, nodes, or one global stream, and
+  the stragglers' group) drawn directly by ``sample_max``, + the network's model of the
+  native call (``Network.native_time``).
+- ``rank-by-rank`` (exact: every rank has its own delays and detour phase, from the same
+  streams real ranks use: ``Schedule.delays``, ``Detours.offsets``): temporal structure or
+  detours, up to ``cutoff`` ranks and ``MAX_RANK_DRAWS`` delay draws; and every explicit
+  algorithm (each rank's entry time feeds the pattern's recurrence,
+  ``pattern_sim.finish``), whose per-rank delays past the cutoff are drawn in bulk from
+  the marginal law (temporal structure across a rank's sites dropped).
+- ``marginal`` (an approximation, past the cutoff, native collectives only): each site's
+  maximum is drawn from its exact marginal law, independently across sites. Temporal
+  structure: the marginal of the max is ``sample_max`` of the marginal groups. Detours with
+  aligned phase: every rank is at the same position, and the time a site's work ends is
+  non-decreasing in the work, so the slowest rank is the one with the largest delay: the
+  site ends at ``end(t, compute + max delay)``, which keeps the time axis exactly. Random
+  phase: one rank's lag at a site (end - start) has a law that does not depend on t (its
+  position is uniform); it is tabulated from ``LAG_TABLE`` stratified (phase, delay)
+  samples and the max of N is drawn by inverting it at U**(1/N) (quantile resolution
+  1 / LAG_TABLE). What is lost is the dependence between a rank's successive sites
+  (a rank inside a long detour at one site is likely inside it at the next). Its error at
+  the cutoff against the rank-by-rank result is measured in tests/test_simulate.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .algorithm_builders import has_pattern
+from .detours import Detours
+from .layout import node_of
+from .network import Network
+from .order_stats import sample_max
+from .parametric import Constant
+from .schedule import Schedule
+from .temporal import IID
+
+MAX_WORLD_SIZE = 1 << 20
+MAX_RING_WORLD_SIZE = 1 << 16
+MAX_RANK_DRAWS = 1 << 25  # per-rank delay draws held at once (256 MiB of float64)
+DEFAULT_CUTOFF = 16384
+LAG_TABLE = 1 << 20
+_SIM_STREAM = 1_000_003  # the simulator's own bulk draws, apart from every rank's stream
+
+
+@dataclass(frozen=True)
+class Site:
+    """One site of a step, as the simulator sees it."""
+
+    compute_s: float
+    message_bytes: int
+    collective: str = "all_reduce"
+    algorithm: str = "native"
+
+
+@dataclass
+class StepSamples:
+    """One simulated point: per step, its latency and its parts (seconds)."""
+
+    latency_s: np.ndarray
+    compute_s: np.ndarray
+    comm_s: np.ndarray
+    method: str
+    wait_s: np.ndarray = field(init=False)
+    """Waiting for the slowest: latency - compute - communication (delays, detours, and
+    the skew they cause)."""
+
+    def __post_init__(self) -> None:
+        self.wait_s = self.latency_s - self.compute_s - self.comm_s
+
+
+def check_world_size(world_size: int, sites: tuple[Site, ...]) -> int:
+    """``world_size`` if the simulator takes it for these sites, else ValueError."""
+    limit = MAX_RING_WORLD_SIZE if any(s.algorithm in ("ring", "hierarchical")
+                                       for s in sites) else MAX_WORLD_SIZE
+    if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) \
+            or not 1 <= world_size <= limit:
+        raise ValueError(f"world_sizes: the simulator takes 1 .. {limit} ranks for these "
+                         f"algorithms, got {world_size!r}")
+    return int(world_size)
+
+
+def simulate(schedule: Schedule | None, world_size: int, sites: tuple[Site, ...], *,
+             network: Network, steps: int, seed: int, cutoff: int = DEFAULT_CUTOFF,
+             rank_by_rank: bool = False) -> StepSamples:
+    """``steps`` simulated steps of ``sites`` on ``world_size`` ranks (module docstring).
+    ``rank_by_rank``: simulate every rank even where max sampling is exact (to check one
+    against the other; it must fit ``MAX_RANK_DRAWS``)."""
+    n = check_world_size(world_size, sites)
+    if steps < 1 or not sites:
+        raise ValueError(f"steps and sites: need at least one each, got {steps}, {len(sites)}")
+    schedule = schedule if schedule is not None else Schedule(dist=Constant(value_s=0.0))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _SIM_STREAM, n]))
+    explicit = any(has_pattern(s.algorithm) for s in sites)
+    if schedule.scope == "link" and not explicit:
+        raise ValueError(f"jitter {schedule.name!r}: scope = 'link' needs an explicit "
+                         "algorithm (its delays act on the messages)")
+    detours = schedule.detours
+    structured = detours is not None or not isinstance(schedule.temporal, IID)
+    fits = n <= cutoff and n * steps * len(sites) <= MAX_RANK_DRAWS
+    if explicit:
+        return _ranks(schedule, n, sites, network, steps, seed, rng, exact=fits)
+    if rank_by_rank:
+        if not fits:
+            raise ValueError(f"rank_by_rank: {n} ranks x {steps} steps x {len(sites)} sites "
+                             f"is over the limit of {MAX_RANK_DRAWS} delay draws")
+        return _ranks(schedule, n, sites, network, steps, seed, rng, exact=True)
+    if not structured:
+        return _max_sampling(schedule, n, sites, network, steps, seed, rng)
+    if fits or _constant(schedule) and n <= cutoff:
+        return _ranks(schedule, n, sites, network, steps, seed, rng, exact=True)
+    return _marginal(schedule, n, sites, network, steps, seed, rng)
+
+
+def _constant(schedule: Schedule) -> bool:
+    return isinstance(schedule.dist, Constant) and schedule.stragglers is None
+
+
+def _native_times(sites: tuple[Site, ...], network: Network, n: int) -> np.ndarray:
+    return np.array([network.native_time(s.collective, n, s.message_bytes) for s in sites])
+
+
+def _max_sampling(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Network,
+                  steps: int, seed: int, rng: np.random.Generator) -> StepSamples:
+    compute = np.array([s.compute_s for s in sites])
+    comm = _native_times(sites, network, n)
+    delay = _site_max(schedule, n, seed, network.ranks_per_node, rng, (steps, len(sites)))
+    latency = (compute + comm + delay).sum(axis=1)
+    return StepSamples(latency, np.full(steps, compute.sum()), np.full(steps, comm.sum()),
+                       "max-sampling")
+
+
+def _site_max(schedule: Schedule, n: int, seed: int, ranks_per_node: int,
+              rng: np.random.Generator, size: tuple[int, ...]) -> np.ndarray:
+    groups = schedule.site_groups(seed, n, ranks_per_node)
+    if not groups:
+        return np.zeros(size)
+    return sample_max(groups, rng, size)
+
+
+class _RankDelays:
+    """Each rank's delay at each (step, site): its own stream (exact) or bulk draws from
+    the marginal law, produced step by step."""
+
+    def __init__(self, schedule: Schedule, n: int, steps: int, n_sites: int, seed: int,
+                 ranks_per_node: int, rng: np.random.Generator, exact: bool):
+        self.n, self.n_sites, self.rng = n, n_sites, rng
+        self.zero = schedule.scope == "link" or (_constant(schedule)
+                                                  and schedule.dist.value_s == 0)
+        self.table: np.ndarray | None = None
+        if self.zero:
+            return
+        if exact:
+            self.table = np.stack([schedule.delays(seed, r, node_of(r, ranks_per_node), n,
+                                                   steps, n_sites) for r in range(n)])
+            return
+        chosen = (schedule.stragglers.chosen(seed, n) if schedule.stragglers is not None
+                  else frozenset())
+        self.slow = np.array(sorted(chosen), dtype=np.int64)
+        self.base = schedule.temporal.marginal(schedule.dist)
+        self.other = (schedule.temporal.marginal(schedule.stragglers.dist)
+                      if chosen else None)
+        self.scope, self.rpn = schedule.scope, ranks_per_node
+
+    def step(self, k: int) -> np.ndarray:
+        """(n, n_sites) delays of step k."""
+        if self.zero:
+            return np.zeros((self.n, self.n_sites))
+        if self.table is not None:
+            return self.table[:, k, :]
+        if self.scope == "global":
+            out = np.broadcast_to(self.base.sample(self.rng, (1, self.n_sites)),
+                                  (self.n, self.n_sites)).copy()
+        elif self.scope == "node":
+            nodes = node_of(self.n - 1, self.rpn) + 1
+            per = self.base.sample(self.rng, (nodes, self.n_sites))
+            out = per[np.arange(self.n) // self.rpn]
+        else:
+            out = self.base.sample(self.rng, (self.n, self.n_sites))
+        if self.other is not None:
+            out[self.slow] = self.other.sample(self.rng, (self.slow.size, self.n_sites))
+        return out
+
+
+def _ranks(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Network,
+           steps: int, seed: int, rng: np.random.Generator, *, exact: bool) -> StepSamples:
+    """Every rank's time, site by site (module docstring: rank-by-rank)."""
+    from .collective_sim import SiteCollective
+
+    detours = schedule.detours
+    offsets = (_offsets(detours, seed, n, rng, exact) if detours is not None else None)
+    delays = _RankDelays(schedule, n, steps, len(sites), seed, network.ranks_per_node, rng,
+                         exact)
+    sources: dict = {}
+    uses = {}
+    for s in sites:
+        uses[s.algorithm, s.collective] = uses.get((s.algorithm, s.collective), 0) + 1
+    colls = [SiteCollective(s, n, network, schedule, seed, rng, exact_links=exact,
+                            calls=steps * uses[s.algorithm, s.collective], sources=sources)
+             for s in sites]
+    compute = np.array([s.compute_s for s in sites])
+    comm = np.array([c.duration_s for c in colls])
+    latency = np.empty(steps)
+    t0 = 0.0
+    for k in range(steps):
+        d = delays.step(k)
+        t: Any = t0
+        for j, coll in enumerate(colls):
+            work = compute[j] + d[:, j]
+            arrive = t + work if detours is None else detours.end(t, work, offsets)
+            t = coll.run(arrive)
+        end = float(np.max(t))
+        latency[k], t0 = end - t0, end
+    return StepSamples(latency, np.full(steps, compute.sum()), np.full(steps, comm.sum()),
+                       "rank-by-rank" if exact else "rank-by-rank (bulk delays)")
+
+
+def _offsets(detours: Detours, seed: int, n: int, rng: np.random.Generator,
+             exact: bool) -> np.ndarray:
+    if detours.phase == "aligned":
+        return np.zeros(n)
+    if exact:
+        return detours.offsets(seed, np.arange(n))
+    return detours.random_offsets(rng, n)
+
+
+def _marginal(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Network,
+              steps: int, seed: int, rng: np.random.Generator) -> StepSamples:
+    """Past the cutoff, native collectives: each site's max from its marginal law."""
+    compute = np.array([s.compute_s for s in sites])
+    comm = _native_times(sites, network, n)
+    rpn = network.ranks_per_node
+    detours = schedule.detours
+    if detours is None:
+        delay = _site_max(schedule, n, seed, rpn, rng, (steps, len(sites)))
+        latency = (compute + comm + delay).sum(axis=1)
+        return StepSamples(latency, np.full(steps, compute.sum()),
+                           np.full(steps, comm.sum()), "marginal")
+    if detours.phase == "aligned":
+        delay = _site_max(schedule, n, seed, rpn, rng, (steps, len(sites)))
+        latency, t0 = np.empty(steps), 0.0
+        for k in range(steps):
+            t = t0
+            for j in range(len(sites)):
+                t = float(detours.end(t, compute[j] + delay[k, j], 0.0)) + comm[j]
+            latency[k], t0 = t - t0, t
+        return StepSamples(latency, np.full(steps, compute.sum()),
+                           np.full(steps, comm.sum()), "marginal (aligned detours)")
+    lag = np.stack([_lag_max(schedule, n, seed, c, rng, steps) for c in compute], axis=1)
+    latency = (lag + comm).sum(axis=1)
+    return StepSamples(latency, np.full(steps, compute.sum()), np.full(steps, comm.sum()),
+                       "marginal (random-phase detours)")
+
+
+def _lag_max(schedule: Schedule, n: int, seed: int, compute_s: float,
+             rng: np.random.Generator, size: int) -> np.ndarray:
+    """``size`` draws of the max over the site's ranks of one rank's lag (end - start) at
+    a site of ``compute_s``, random-phase detours, every rank its own delay stream."""
+    detours = schedule.detours
+    chosen = (len(schedule.stragglers.chosen(seed, n)) if schedule.stragglers is not None
+              else 0)
+    # Node or global scope: ranks sharing a delay still have their own phases; the lag is
+    # taken independent across ranks (a stated approximation, slightly pessimistic).
+    groups = [(schedule.temporal.marginal(schedule.dist), n - chosen)]
+    if chosen:
+        groups.append((schedule.temporal.marginal(schedule.stragglers.dist), chosen))
+    out = np.zeros(size)
+    for dist, count in groups:
+        if count == 0:
+            continue
+        m = LAG_TABLE
+        phase = (np.arange(m) + rng.random(m)) / m * detours.period_s
+        work = compute_s + dist.sample(rng, m)
+        table = np.sort(detours.end(0.0, work, phase))
+        with np.errstate(divide="ignore"):
+            level = np.exp(np.log(rng.random(size)) / count)  # U**(1/count)
+        out = np.maximum(out, np.interp(level * (m - 1), np.arange(m), table))
+    return out
