@@ -16,7 +16,7 @@ Outputs follow the units rule: samples in seconds, reported values in microsecon
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -193,9 +193,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def scaling(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def scaling(points: Sequence[Mapping[str, Any]],
+            work: Callable[[int], float] = lambda n: 1.0) -> list[dict[str, Any]]:
     """One row per (schedule, world size), sorted, from points {"schedule", "world_size",
-    "mean_s", "p99_s"}: speedup S(N) = T(1)/T(N) and efficiency E(N) = S(N)/N for T the
+    "mean_s", "p99_s"}: speedup S(N) = work(N) T(1)/T(N) and efficiency E(N) = S(N)/N
+    (``work``: the step's useful work at N over N = 1, ``jitter_models.sim_stats.
+    useful_work``: 1 strong scaling, the default, N weak scaling) for T the
     mean and the p99 step latency, against the same schedule's N = 1 point; jitter tax
     T_schedule(N)/T_none(N) against the schedule named "none" at the same N; tail
     amplification p99(N)/p99(1). A value is None where its reference point is missing."""
@@ -215,6 +218,7 @@ def scaling(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for stat in ("mean", "p99"):
             t = float(p[f"{stat}_s"])
             speedup = _ratio(None if one is None else float(one[f"{stat}_s"]), t)
+            speedup = None if speedup is None else speedup * work(n)
             row[f"speedup_{stat}"] = speedup
             row[f"efficiency_{stat}"] = None if speedup is None else speedup / n
             row[f"jitter_tax_{stat}"] = _ratio(t, None if none is None

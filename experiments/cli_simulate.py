@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -41,6 +42,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / spec.name / "simulation")
     data = run_simulation(spec, steps=args.steps, cutoff=cutoff, progress=stderr_progress)
     write_simulation(out, data, args.json)
+    if all(r["compute_us"] == 0 for r in data["rows"]):
+        print("jitterlab: note: the workload gives the simulator no compute (tp_decode "
+              "with compute = real or none, a benchmark): the steps are communication and "
+              "jitter only, and the efficiency figures compare those alone", file=sys.stderr)
     print(f"simulation: {out / 'simulation.json'}, report {out / 'report.html'}")
     for u in data["useful"]:
         print(f"  {u['schedule']} (batch {u['batch']}): useful parallelism "

@@ -38,13 +38,14 @@ import numpy as np
 from jitter_models import Schedule
 from jitter_models.network import Network, Tier
 from jitter_models.parametric import Constant
-from jitter_models.sim_stats import nearest_rank, scaling
+from jitter_models.sim_stats import nearest_rank, useful_work
 from jitter_models.simulate import MAX_RING_WORLD_SIZE, Site, simulate
 
 EXTRAPOLATE_TO = tuple(2**k for k in range(21))
 MODEL_STEPS = 2000
 EXTRAPOLATION_STEPS = 400
 UNLIMITED_BPS = 1e18  # "bandwidth not separable": the fitted alpha carries the bytes
+HOP_BUDGET = 2e9  # hop updates per extrapolated point (explicit algorithms): ~10 s here
 VALIDATION_COLUMNS = ("schedule", "world_size", "measured_mean_us", "model_mean_us",
                       "measured_p99_us", "model_p99_us", "in_sample")
 
@@ -123,8 +124,8 @@ class Fit:
 def _fit_tier(residual_s: dict[int, float], spec: Any, nbytes: int) -> tuple[Tier, bool]:
     """One tier whose simulated cost of the spec's algorithm matches the per-site
     collective time above the local call at the measured N >= 2 (least squares)."""
-    if not residual_s:
-        return Tier(alpha_s=0.0, bandwidth_Bps=UNLIMITED_BPS), False
+    if not residual_s:  # no multi-rank point: the spec's own [network] (build checks)
+        return spec.network.intra, True
     ns = sorted(residual_s)
     y = np.array([max(residual_s[n], 0.0) for n in ns])
 
@@ -137,16 +138,23 @@ def _fit_tier(residual_s: dict[int, float], spec: Any, nbytes: int) -> tuple[Tie
         unit = cost(1.0, UNLIMITED_BPS)
         return Tier(alpha_s=float(np.dot(unit, y) / np.dot(unit, unit)),
                     bandwidth_Bps=UNLIMITED_BPS), False
-    best = None
-    for share_bw in np.linspace(0.0, 1.0, 101):  # the fraction of y[0] that is bytes
-        a0 = (1 - share_bw) * y[0] / max(cost(1.0, UNLIMITED_BPS)[0], 1e-30)
-        t_bw = cost(0.0, 1.0)[0] if share_bw > 0 else 0.0
-        bps = t_bw / (share_bw * y[0]) if share_bw > 0 and y[0] > 0 else UNLIMITED_BPS
-        pred = cost(a0, min(bps, UNLIMITED_BPS))
-        err = float(np.sum((pred - y) ** 2))
-        if best is None or err < best[0]:
-            best = (err, a0, min(bps, UNLIMITED_BPS))
-    return Tier(alpha_s=best[1], bandwidth_Bps=best[2]), True
+    from scipy.optimize import nnls
+
+    # Least squares, costs non-negative: y ~ alpha L(N) + beta B(N), with L and B the
+    # algorithm's cost per unit alpha and per byte-second (exact for one pattern; for
+    # native, min(ring, doubling) is not linear, so the exact cost of each candidate is
+    # compared and the best kept).
+    lat, per_byte = cost(1.0, UNLIMITED_BPS), cost(0.0, 1.0)
+    candidates = []
+    coef, _ = nnls(np.stack([lat, per_byte], axis=1), y)
+    candidates.append((coef[0], 1.0 / coef[1] if coef[1] > 0 else UNLIMITED_BPS))
+    candidates.append((float(np.dot(lat, y) / np.dot(lat, lat)), UNLIMITED_BPS))
+    candidates.append((0.0, float(np.dot(per_byte, per_byte) / max(np.dot(per_byte, y),
+                                                                      1e-300))))
+    best = min(candidates, key=lambda c: float(np.sum(
+        (cost(c[0], min(max(c[1], 1e-300), UNLIMITED_BPS)) - y) ** 2)))
+    return Tier(alpha_s=float(best[0]),
+                bandwidth_Bps=float(min(max(best[1], 1.0), UNLIMITED_BPS))), True
 
 
 def _collective_s(network: Network, algorithm: str, n: int, nbytes: int) -> float:
@@ -171,6 +179,9 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, s
     if not any(p["world_size"] == 1 for p in base):
         return absent(f"no N = 1 point of the no-jitter schedule {base_names[0]!r}: the "
                       "local call and the efficiency baseline are unmeasured")
+    if not any(p["world_size"] >= 2 for p in base) and spec.network is None:
+        return absent(f"no multi-rank point of the no-jitter schedule {base_names[0]!r} and "
+                      "no [network] table: the collective's cost is unmeasured")
     residuals = {}
     for p in base:
         lat = step_latencies(p)
@@ -202,11 +213,12 @@ def _extrapolate(fit: Fit, schedules: dict[str, Schedule]) -> list[dict[str, Any
     sizes = []
     for n in EXTRAPOLATE_TO:
         try:  # a workload may not split past some N (tp_decode: heads)
-            fit.sites(n)
+            sites = fit.sites(n)
         except ValueError:
             break
-        if limit is None or n <= limit:
-            sizes.append(n)
+        if (limit is not None and n > limit) or _hop_updates(sites, n) > HOP_BUDGET:
+            break
+        sizes.append(n)
     out = []
     for name, sched in schedules.items():
         series = []
@@ -215,14 +227,25 @@ def _extrapolate(fit: Fit, schedules: dict[str, Schedule]) -> list[dict[str, Any
             series.append({"schedule": name, "world_size": n,
                            "model_mean_us": float(lat.mean()) * 1e6,
                            "model_p99_us": nearest_rank(np.sort(lat), 0.99) * 1e6})
-        scaling([{**r, "mean_us": r["model_mean_us"], "p99_us": r["model_p99_us"]}
-                 for r in series], fit.share)  # validates the N = 1 row is there
-        base = series[0]
+        work = useful_work(fit.share)
+        base = series[0]  # N = 1: EXTRAPOLATE_TO starts there
         for r in series:
-            work = r["world_size"] * fit.share(r["world_size"])
-            r["efficiency"] = work * base["model_mean_us"] / r["model_mean_us"] / r["world_size"]
+            n = r["world_size"]
+            r["efficiency"] = work(n) * base["model_mean_us"] / r["model_mean_us"] / n
         out += series
     return out
+
+
+def _hop_updates(sites: tuple[Site, ...], n: int) -> float:
+    """Messages an extrapolated point's explicit collectives would simulate."""
+    from jitter_models.algorithm_builders import has_pattern
+    from jitter_models.pattern_sim import compile_algorithm
+
+    total = 0.0
+    for s in sites:
+        if has_pattern(s.algorithm) and n > 1:
+            total += compile_algorithm(s.algorithm, s.collective, n, 8).messages
+    return total * EXTRAPOLATION_STEPS
 
 
 def rank_step_latencies(root: Path) -> Callable[[dict[str, Any]], np.ndarray]:

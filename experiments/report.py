@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jitter_models.errors import BadInput
+from jitter_models.sim_stats import useful_work
 from jitter_models.syntax import escape
 from jitter_models.units import MAX_DELAY_S, format_duration
 
@@ -23,7 +24,9 @@ DEFINITIONS = [
     ("step latency", "per token: the max over ranks of the step's duration on that rank"),
     ("p50, p99", "nearest-rank percentiles over the recorded (post-warm-up) steps, with "
                  "95% distribution-free intervals (binomial order statistics)"),
-    ("speedup S(N)", "T(1)/T(N) for the same schedule, delays injected at N = 1 too"),
+    ("speedup S(N)", "work(N) T(1)/T(N) for the same schedule, delays injected at N = 1 "
+                     "too; work(N) = 1 when N ranks share one step's work (tp_decode), N "
+                     "when each rank's work is fixed (bsp, benchmarks: weak scaling)"),
     ("efficiency E(N)", "S(N)/N, from the mean and from the p99 step latency"),
     ("jitter tax", "T_schedule(N)/T_none(N)"),
     ("useful parallelism", "the largest N with E_mean(N) >= 0.5; N_opt = argmin p99"),
@@ -81,7 +84,7 @@ def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
     for batch in spec.batches:
         mine = [p for p in points if p["batch"] == batch]
         part = scaling([{k: p[k] for k in ("schedule", "world_size", "mean_s", "p99_s")}
-                        for p in mine])
+                        for p in mine], useful_work(spec.work.compute_share(spec.params)))
         rows += [{**r, "batch": batch} for r in part]
         useful[batch] = useful_parallelism(part)
         models[batch] = build_model(mine, schedules, spec=spec, batch=batch,

@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from jitter_models.errors import BadInput
-from jitter_models.sim_stats import scaling, summarize
+from jitter_models.sim_stats import scaling, summarize, useful_work
 from jitter_models.simulate import DEFAULT_CUTOFF, Site, check_world_size, simulate
 
 SCHEMA = 1
+MAX_STEP_SITES = 1 << 24  # simulated (step, site) pairs per point: arrays of that many
 ROW_KEYS = ("schedule", "batch", "world_size", "method", "steps", "mean_us", "mean_se_us",
             "p50_us", "p50_se_us", "p90_us", "p90_se_us", "p99_us", "p99_se_us", "p999_us",
             "p999_se_us", "compute_us", "wait_us", "comm_us", "speedup", "efficiency",
@@ -45,16 +48,20 @@ def run_simulation(spec: Any, *, steps: int | None = None, cutoff: int = DEFAULT
         raise BadInput("network: the simulator needs a [network] table: alpha (a duration "
                        "per hop) and bandwidth_gbps (GB/s per rank and direction), "
                        "optionally [network.intra] for ranks on one node")
+    key = "steps" if steps is None else "--steps"
     steps = spec.steps if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10**7:
-        raise BadInput(f"steps: must be an integer in [1, 10000000], got {steps!r}")
+    n_sites = len(sites_of(spec, spec.batches[0], 1))
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 \
+            or steps * n_sites > MAX_STEP_SITES:
+        raise BadInput(f"{key}: must be an integer >= 1 with steps x sites per step "
+                       f"({n_sites}) at most {MAX_STEP_SITES}, got {steps!r}")
     sizes = sorted({1, *spec.world_sizes})
     for n in sizes:
         try:
             check_world_size(n, sites_of(spec, spec.batches[0], 1))
         except ValueError as exc:
             raise BadInput(str(exc)) from None
-    share = spec.work.compute_share(spec.params)
+    work = useful_work(spec.work.compute_share(spec.params))
     say = progress or (lambda text: None)
     rows, useful = [], []
     total, k = len(spec.schedules) * len(spec.batches) * len(sizes), 0
@@ -72,11 +79,15 @@ def run_simulation(spec: Any, *, steps: int | None = None, cutoff: int = DEFAULT
                        "wait_us": float(out.wait_s.mean()) * 1e6,
                        "comm_us": float(out.comm_s.mean()) * 1e6,
                        "seconds": time.perf_counter() - t0}
+                if not all(np.isfinite(row[k]) for k in ("mean_us", "p999_us")):
+                    raise BadInput(f"network: the simulated step latency of {schedule.name!r} "
+                                   f"at N = {n} is not finite: check network.alpha and "
+                                   "network.bandwidth_gbps")
                 series.append(row)
                 say(f"simulate: [{k}/{total}] {schedule.name} batch {batch} N={n}: mean "
                     f"{row['mean_us']:.1f} us, p99 {row['p99_us']:.1f} us "
                     f"({out.method}, {row['seconds']:.1f} s)")
-            u = scaling(series, share)
+            u = scaling(series, work)
             useful.append({"schedule": schedule.name, "batch": batch, **u})
             rows += [{key: r.get(key) for key in ROW_KEYS} for r in series]
     return {"schema": SCHEMA, "name": spec.name, "workload": spec.work.describe(spec.params),

@@ -28,7 +28,7 @@ DEFINITIONS = [
                             "(efficiency) and the p99 (efficiency_p99); share(N) is the "
                             "workload's compute share: 1/N strong scaling, 1 weak scaling"),
     ("useful parallelism", "the largest simulated N with E(N) >= 0.5; N_opt: the N with the "
-                           "lowest p99 step latency per unit of work"),
+                           "lowest p99 step latency"),
     ("method", "max-sampling: exact max-of-N draws; rank-by-rank: every rank simulated; "
                "marginal: site maxima from their marginal law, independent across sites "
                "(past the rank-by-rank cutoff)"),
@@ -74,7 +74,7 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
         n = [r["world_size"] for r in mine]
 
         def ms(k: str, mine: list[dict] = mine) -> list[float]:
-            return [r[k] / 1e3 for r in mine]
+            return [float("nan") if r[k] is None else r[k] / 1e3 for r in mine]
 
         (line,) = ax.plot(n, ms("p50_us"), marker="o", label=_label(key, rows))
         ax.fill_between(n, ms("p50_us"), ms("p999_us"), color=line.get_color(), alpha=0.15)

@@ -149,6 +149,26 @@ class Detours(ABC):
         started = (cycle * period + pos) - offset
         return np.where(w > 0, np.maximum(end, started), started)
 
+    def free_time(self, pos_s: Any, length_s: Any) -> np.ndarray:
+        """Time outside detours in ``[pos, pos + length)`` of the pattern's own axis
+        (positions in seconds, any real number; broadcast arrays): ``end(t, w, offset)
+        - t <= length`` exactly when ``w <= free_time(t + offset, length)`` for w > 0."""
+        return self._work_clock(np.asarray(pos_s, dtype=np.float64)
+                                + np.asarray(length_s, dtype=np.float64)) \
+            - self._work_clock(np.asarray(pos_s, dtype=np.float64))
+
+    def _work_clock(self, y: np.ndarray) -> np.ndarray:
+        """Time outside detours in [0, y) on the pattern's axis."""
+        period = self.period_s
+        cycle = np.floor(y / period)
+        pos = y - cycle * period
+        i = np.searchsorted(self._starts, pos, side="right") - 1
+        j = np.maximum(i, 0)
+        inside = np.where(i >= 0, np.clip(pos - self._starts[j], 0.0,
+                                          self._ends[j] - self._starts[j]), 0.0)
+        busy = np.where(i >= 0, self._busy[j], 0.0) + inside
+        return cycle * (period - self._busy[-1]) + pos - busy
+
     def _past_detour(self, cycle: np.ndarray, pos: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
         """(cycle, pos) moved to the end of the detour that pos is inside, if any. A

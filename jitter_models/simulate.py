@@ -26,11 +26,12 @@ How a point is simulated (``method`` in the results):
   non-decreasing in the work, so the slowest rank is the one with the largest delay: the
   site ends at ``end(t, compute + max delay)``, which keeps the time axis exactly. Random
   phase: one rank's lag at a site (end - start) has a law that does not depend on t (its
-  position is uniform); it is tabulated from ``LAG_TABLE`` stratified (phase, delay)
-  samples and the max of N is drawn by inverting it at U**(1/N) (quantile resolution
-  1 / LAG_TABLE). What is lost is the dependence between a rank's successive sites
-  (a rank inside a long detour at one site is likely inside it at the next). Its error at
-  the cutoff against the rank-by-rank result is measured in tests/test_simulate.py.
+  position is uniform); its survival function is computed from the delay law's own sf
+  on a grid of phases (``_lag_max``), so the max of N keeps the delay law's exact tail.
+  What is lost is the dependence between a rank's successive sites (a rank inside a long
+  detour at one site is likely inside it at the next). Its error at the cutoff against
+  the rank-by-rank result is measured in tests/test_simulate.py. Node- or global-scoped
+  delays with random-phase detours are refused past the cutoff (no approximation).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ MAX_WORLD_SIZE = 1 << 20
 MAX_RING_WORLD_SIZE = 1 << 16
 MAX_RANK_DRAWS = 1 << 25  # per-rank delay draws held at once (256 MiB of float64)
 DEFAULT_CUTOFF = 16384
-LAG_TABLE = 1 << 20
+PHASES = 2048  # phase grid of the random-phase detour lag law (past the cutoff)
+LAG_GRID = 2048
 _SIM_STREAM = 1_000_003  # the simulator's own bulk draws, apart from every rank's stream
 
 
@@ -123,6 +125,11 @@ def simulate(schedule: Schedule | None, world_size: int, sites: tuple[Site, ...]
         return _max_sampling(schedule, n, sites, network, steps, seed, rng)
     if fits or _constant(schedule) and n <= cutoff:
         return _ranks(schedule, n, sites, network, steps, seed, rng, exact=True)
+    if detours is not None and detours.phase == "random" and schedule.scope != "rank":
+        raise ValueError(f"jitter {schedule.name!r}: random-phase detours with scope = "
+                         f"{schedule.scope!r} past the rank-by-rank cutoff ({cutoff} ranks, "
+                         f"{MAX_RANK_DRAWS} delay draws) have no approximation here (shared "
+                         "delays, per-rank phases); raise the cutoff or use scope = 'rank'")
     return _marginal(schedule, n, sites, network, steps, seed, rng)
 
 
@@ -159,10 +166,12 @@ class _RankDelays:
     def __init__(self, schedule: Schedule, n: int, steps: int, n_sites: int, seed: int,
                  ranks_per_node: int, rng: np.random.Generator, exact: bool):
         self.n, self.n_sites, self.rng = n, n_sites, rng
-        self.zero = schedule.scope == "link" or (_constant(schedule)
-                                                  and schedule.dist.value_s == 0)
+        self.zero = schedule.scope == "link"
+        self.constant = (_constant(schedule) and isinstance(schedule.temporal, IID)
+                         and not self.zero)
         self.table: np.ndarray | None = None
-        if self.zero:
+        self.value = schedule.dist.value_s if self.constant else 0.0
+        if self.zero or self.constant:  # no table: O(N) memory whatever the steps
             return
         if exact:
             self.table = np.stack([schedule.delays(seed, r, node_of(r, ranks_per_node), n,
@@ -180,6 +189,8 @@ class _RankDelays:
         """(n, n_sites) delays of step k."""
         if self.zero:
             return np.zeros((self.n, self.n_sites))
+        if self.constant:
+            return np.full((self.n, self.n_sites), self.value)
         if self.table is not None:
             return self.table[:, k, :]
         if self.scope == "global":
@@ -268,25 +279,36 @@ def _marginal(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Netw
 
 def _lag_max(schedule: Schedule, n: int, seed: int, compute_s: float,
              rng: np.random.Generator, size: int) -> np.ndarray:
-    """``size`` draws of the max over the site's ranks of one rank's lag (end - start) at
-    a site of ``compute_s``, random-phase detours, every rank its own delay stream."""
+    """``size`` draws of the max over ``n`` ranks of one rank's lag (end - start) at a site
+    of ``compute_s``, random-phase detours, each rank its own delay stream.
+
+    A rank at position x is done within l exactly when its work fits in the time outside
+    detours, ``free_time(x, l)``: P(lag > l) = mean over x of sf_delay(free_time(x, l) -
+    compute), x on ``PHASES`` stratified midpoints (free_time is piecewise linear in x),
+    computed on a grid of l and for each group of ranks with one law (ordinary ranks,
+    stragglers). The max of N is drawn by solving sum_g n_g log(1 - P_g(lag > l)) =
+    log U, interpolated on the grid in log scale: the tail is exact, not capped by a
+    finite sample."""
     detours = schedule.detours
     chosen = (len(schedule.stragglers.chosen(seed, n)) if schedule.stragglers is not None
               else 0)
-    # Node or global scope: ranks sharing a delay still have their own phases; the lag is
-    # taken independent across ranks (a stated approximation, slightly pessimistic).
     groups = [(schedule.temporal.marginal(schedule.dist), n - chosen)]
     if chosen:
         groups.append((schedule.temporal.marginal(schedule.stragglers.dist), chosen))
-    out = np.zeros(size)
+    groups = [(d, c) for d, c in groups if c > 0]
+    phase = ((np.arange(PHASES) + 0.5) / PHASES * detours.period_s)[:, None]
+    tiny = 1e-12 / n
+    top = max(float(d.isf(tiny)) for d, _ in groups)
+    hi = (compute_s + top) / max(1.0 - detours.busy_fraction, 1e-9) + detours.period_s
+    grid = compute_s + (hi - compute_s) * np.linspace(0.0, 1.0, LAG_GRID) ** 2
+    log_all = np.zeros(LAG_GRID)  # sum_g n_g log P_g(lag <= l)
     for dist, count in groups:
-        if count == 0:
-            continue
-        m = LAG_TABLE
-        phase = (np.arange(m) + rng.random(m)) / m * detours.period_s
-        work = compute_s + dist.sample(rng, m)
-        table = np.sort(detours.end(0.0, work, phase))
-        with np.errstate(divide="ignore"):
-            level = np.exp(np.log(rng.random(size)) / count)  # U**(1/count)
-        out = np.maximum(out, np.interp(level * (m - 1), np.arange(m), table))
-    return out
+        free = detours.free_time(phase, grid[None, :])
+        sf = np.mean(np.asarray(dist.sf(free - compute_s), dtype=np.float64), axis=0)
+        with np.errstate(divide="ignore"):  # sf = 1 below the smallest lag: log 0
+            log_all += count * np.log1p(-np.minimum(sf, 1.0))
+    # -log P(max <= l): decreasing in l from +inf to ~0
+    h = np.maximum(-log_all, 1e-300)
+    target = -np.log(rng.random(size))
+    order = np.argsort(h)  # increasing h = decreasing l
+    return np.interp(np.log(target), np.log(h[order]), grid[order])

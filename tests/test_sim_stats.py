@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jitter_models.sim_stats import nearest_rank, scaling, summarize
+from jitter_models.sim_stats import nearest_rank, scaling, summarize, useful_work
 
 
 def test_mean_and_p99_standard_errors_cover_the_truth_for_iid_steps():
@@ -45,12 +45,12 @@ def test_scaling_strong_and_weak():
     rows = [{"world_size": 1, "mean_us": 100.0, "p99_us": 200.0},
             {"world_size": 4, "mean_us": 50.0, "p99_us": 100.0}]
     strong = [dict(r) for r in rows]
-    u = scaling(strong, lambda n: 1.0 / n)
+    u = scaling(strong, useful_work(lambda n: 1.0 / n))
     assert strong[1]["speedup"] == pytest.approx(2.0)
     assert strong[1]["efficiency"] == pytest.approx(0.5)
-    assert u["useful_parallelism"] == 4 and u["n_opt"] == 4
+    assert u["useful_parallelism"] == 4 and u["n_opt"] == 4  # lowest p99
     weak = [dict(r) for r in rows]
-    u = scaling(weak, lambda n: 1.0)
+    u = scaling(weak, useful_work(lambda n: 1.0))
     assert weak[1]["speedup"] == pytest.approx(8.0)  # 4 ranks, each twice as fast
     assert weak[1]["efficiency"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="N = 1"):
