@@ -76,12 +76,23 @@ class Fit:
         self.overhead = {n: max(p["mean_us"] - sum(p.get(k) or 0.0 for k in parts), 0.0)
                          * 1e-6 for n, p in by_n.items()}
         self.residuals = residuals
-        multi = {n: p["collective_us"] / self.n_sites * 1e-6 - self.local_s
-                 for n, p in by_n.items() if n >= 2}
+        # The collective as the no-jitter point waited for it: its own time plus the skew
+        # its baseline noise causes (the simulator draws no noise between ranks).
+        multi = {n: (p["collective_us"] + (p.get("skew_wait_us") or 0.0)) / self.n_sites
+                 * 1e-6 - self.local_s for n, p in by_n.items() if n >= 2}
         self.tier, self.separable = _fit_tier(multi, spec, self._bytes(2))
-        inter = spec.network.inter if spec.network is not None else self.tier
-        self.network = Network(inter=inter, intra=self.tier,
+        self.inter = spec.network.inter if spec.network is not None else self.tier
+        self.network = Network(inter=self.inter, intra=self.tier,
                                ranks_per_node=spec.ranks_per_node)
+        # At a measured N the collective is known: the tier scaled to match it there.
+        self.at_n = {}
+        for n, y in multi.items():
+            model = _collective_s(self.network, spec.algorithm, n, self._bytes(n))
+            if model > 0 and y > 0:
+                k = y / model
+                self.at_n[n] = Network(inter=_scaled(self.inter, k),
+                                       intra=_scaled(self.tier, k),
+                                       ranks_per_node=spec.ranks_per_node)
 
     def _bytes(self, n: int) -> int:
         return self.spec.work.message_bytes(self.spec.params, batch=self.batch,
@@ -105,8 +116,8 @@ class Fit:
 
     def predict(self, schedule: Schedule, n: int, steps: int) -> np.ndarray:
         """Simulated step latencies (s) with the baseline noise added."""
-        out = simulate(schedule, n, self.sites(n), network=self.network, steps=steps,
-                       seed=self.spec.seed)
+        out = simulate(schedule, n, self.sites(n), network=self.at_n.get(n, self.network),
+                       steps=steps, seed=self.spec.seed)
         noise = self.residuals.get(n, self.residuals[self._nearest(n)])
         rng = np.random.default_rng([self.spec.seed, 77, n])
         return out.latency_s + rng.choice(noise, size=steps)
@@ -119,6 +130,12 @@ class Fit:
                 "compute_site_us": {str(n): c * 1e6 for n, c in self.compute.items()},
                 "overhead_step_us": {str(n): o * 1e6 for n, o in self.overhead.items()},
                 "fitted_on": self.measured, "message_bytes": self._bytes(2)}
+
+
+def _scaled(tier: Tier, k: float) -> Tier:
+    """``tier`` with every message cost multiplied by ``k``."""
+    return Tier(alpha_s=tier.alpha_s * k,
+                bandwidth_Bps=min(tier.bandwidth_Bps / k, UNLIMITED_BPS))
 
 
 def _fit_tier(residual_s: dict[int, float], spec: Any, nbytes: int) -> tuple[Tier, bool]:

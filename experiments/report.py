@@ -266,10 +266,14 @@ def _model_sections(data: dict, spec) -> list[str]:
         bw = ("unlimited: alpha and bandwidth cannot be separated from these points (one "
               f"message size, {len(f['fitted_on']) - 1} multi-rank world size); their sum "
               f"at {f['message_bytes']} bytes is fitted as alpha"
-              if not f["separable"] else f"{f['bandwidth_gbps']:.3g} GB/s")
+              if not f["separable"] else "unlimited (the least-squares fit puts the whole "
+              "cost in alpha)" if f["bandwidth_gbps"] is None
+              else f"{f['bandwidth_gbps']:.3g} GB/s")
         lines += [f"Fitted on the no-jitter schedule at N = "
                   f"{', '.join(map(str, f['fitted_on']))}: network alpha "
-                  f"{f['alpha_us']:.3g} µs per hop, bandwidth {bw}; local call "
+                  f"{f['alpha_us']:.3g} µs per hop, bandwidth {bw} (at each measured N the "
+                  "tier is scaled to its measured collective time; the fit speaks between "
+                  "and beyond them); local call "
                   f"{f['local_call_us']:.3g} µs per site; compute per site (µs) "
                   f"{_fmt_map(f['compute_site_us'])}; step overhead (µs) "
                   f"{_fmt_map(f['overhead_step_us'])}; baseline noise: the no-jitter "

@@ -386,3 +386,23 @@ def test_detours_are_not_part_of_the_delays_or_marginals():
     assert plain.rank_dist(1, 2, 4) == noisy.rank_dist(1, 2, 4)
     assert plain.site_groups(1, 4) == noisy.site_groups(1, 4)
     assert isinstance(noisy.detours, Detours)
+
+
+def test_clear_says_true_only_where_end_adds_nothing():
+    """``clear`` (the real ranks' plain-float shortcut) against the vectorized ``end``:
+    wherever it says the work meets no detour, end must be exactly t + work; and it must
+    say so for most quiet sites (else it saves nothing)."""
+    import random
+
+    from jitter_models.detours import Periodic
+
+    rnd = random.Random(5)
+    d = Periodic(period=10e-3, duration=250e-6)
+    clear = 0
+    for _ in range(20_000):
+        t, w, off = rnd.uniform(0, 1), rnd.uniform(0, 2e-3), rnd.uniform(0, 10e-3)
+        if d.clear(t, w, off):
+            clear += 1
+            assert float(d.end(t, w, off)) == pytest.approx(t + w, abs=1e-12)
+    # P(no detour within the window) = 1 - (0.25 + 1)/10 on average: about 87%
+    assert clear > 0.8 * 20_000
