@@ -45,7 +45,7 @@ EXTRAPOLATE_TO = tuple(2**k for k in range(21))
 MODEL_STEPS = 2000
 EXTRAPOLATION_STEPS = 400
 UNLIMITED_BPS = 1e18  # "bandwidth not separable": the fitted alpha carries the bytes
-HOP_BUDGET = 2e9  # hop updates per extrapolated point (explicit algorithms): ~10 s here
+HOP_BUDGET = 2e8  # hop updates per extrapolated point (explicit algorithms): ~1 s here
 VALIDATION_COLUMNS = ("schedule", "world_size", "measured_mean_us", "model_mean_us",
                       "measured_p99_us", "model_p99_us", "in_sample")
 
