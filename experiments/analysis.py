@@ -128,8 +128,7 @@ def decompose(tables: Sequence[Table], offsets_ns: Sequence[Clock]) -> dict[str,
     """Mean time per step, µs, split into four parts (five with detours) that add up to the
     mean over (rank, step) of the sum over the step's sites of ``t_done - t_start``:
 
-    - ``compute_us``: ``t_arrive - t_start - delay_ns - detour_ns`` (site work before the
-      delay);
+    - ``compute_us``: ``t_arrive - t_start - delay_ns - detour_ns`` (work before the delay);
     - ``delay_us``: ``delay_ns``, the injected delay as achieved;
     - ``detour_us`` (only when the records carry ``detour_ns``, rank files written since
       detours exist): ``detour_ns``, the time compute and delay paused for detours;

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from jitter_models import Schedule
+from jitter_models.algorithm_builders import LINEAR_DEPTH
 from jitter_models.network import Network, Tier
 from jitter_models.parametric import Constant
 from jitter_models.sim_stats import nearest_rank, useful_work
@@ -226,7 +227,7 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, s
 
 
 def _extrapolate(fit: Fit, schedules: dict[str, Schedule]) -> list[dict[str, Any]]:
-    limit = MAX_RING_WORLD_SIZE if fit.spec.algorithm in ("ring", "hierarchical") else None
+    limit = MAX_RING_WORLD_SIZE if fit.spec.algorithm in LINEAR_DEPTH else None
     sizes = []
     for n in EXTRAPOLATE_TO:
         try:  # a workload may not split past some N (tp_decode: heads)

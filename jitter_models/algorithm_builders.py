@@ -137,6 +137,19 @@ ALGORITHMS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
 """Every valid algorithm name and the collectives it implements."""
 
 
+NODE_AWARE: frozenset[str] = frozenset({"hierarchical"})
+"""Algorithms whose builder places ranks on nodes (takes ``ranks_per_node``)."""
+
+LINEAR_DEPTH: frozenset[str] = frozenset({"ring", "hierarchical"})
+"""Algorithms whose chain of messages grows linearly with the ranks (a ring inside):
+N x 2(N - 1) messages per call, so the simulator takes fewer ranks for them."""
+
+
+def takes_ranks_per_node(algorithm: str) -> bool:
+    """Does ``algorithm``'s pattern depend on how ranks sit on nodes?"""
+    return algorithm in NODE_AWARE
+
+
 def has_pattern(algorithm: str) -> bool:
     """Is ``algorithm`` an explicit algorithm (a pattern of messages jitterlab runs), as
     opposed to the backend's own call?"""

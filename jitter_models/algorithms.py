@@ -27,6 +27,7 @@ from .algorithm_builders import (
     check_patterned,
     explicit_names,
     has_pattern,
+    takes_ranks_per_node,
 )
 from .pattern import REDOPS, Pattern, chunk_bounds, execute, finish_times
 from .transfer import COLLECTIVES, Collective, Steps, Transfer
@@ -47,7 +48,7 @@ def pattern(algorithm: str, collective: str, world_size: int,
     if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) \
             or world_size < 1:
         raise ValueError(f"world_size: must be an integer >= 1, got {world_size!r}")
-    if algorithm != "hierarchical":
+    if not takes_ranks_per_node(algorithm):
         ranks_per_node = None
     elif (isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, (int, np.integer))
           or ranks_per_node < 1):

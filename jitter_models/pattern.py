@@ -49,7 +49,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .algorithm_builders import check_patterned
+from .algorithm_builders import check_patterned, takes_ranks_per_node
 from .transfer import Transfer
 
 # Executor's redops: the receiver's chunks become op(own, received).
@@ -86,7 +86,7 @@ class Pattern:
         if self.collective != "all_reduce" and self.n_chunks != n:
             raise ValueError(f"n_chunks: {self.collective} needs n_chunks == world_size ({n}),"
                              f" got {self.n_chunks}")
-        if (self.ranks_per_node is not None) != (self.algorithm == "hierarchical"):
+        if (self.ranks_per_node is not None) != takes_ranks_per_node(self.algorithm):
             raise ValueError(f"ranks_per_node: {self.ranks_per_node!r} does not fit algorithm "
                              f"{self.algorithm!r} (hierarchical only)")
         for k, step in enumerate(self.steps):

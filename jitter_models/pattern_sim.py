@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .algorithm_builders import check_patterned
+from .algorithm_builders import check_patterned, takes_ranks_per_node
 from .algorithms import pattern as build_pattern
 from .network import Network
 from .pattern import Pattern
@@ -103,11 +103,11 @@ def compile_algorithm(algorithm: str, collective: str, world_size: int,
     ``algorithms.pattern``: ``ranks_per_node`` is used by hierarchical only."""
     check_patterned(algorithm, collective)
     for name, v in (("world_size", world_size), ("ranks_per_node", ranks_per_node)):
-        if name == "ranks_per_node" and algorithm != "hierarchical":
+        if name == "ranks_per_node" and not takes_ranks_per_node(algorithm):
             continue
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
-    k = int(ranks_per_node) if algorithm == "hierarchical" else None
+    k = int(ranks_per_node) if takes_ranks_per_node(algorithm) else None
     return _compile_algorithm(algorithm, collective, int(world_size), k)
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .algorithm_builders import has_pattern
+from .algorithm_builders import LINEAR_DEPTH, has_pattern
 from .detours import Detours
 from .layout import node_of
 from .network import Network
@@ -87,7 +87,7 @@ class StepSamples:
 
 def check_world_size(world_size: int, sites: tuple[Site, ...]) -> int:
     """``world_size`` if the simulator takes it for these sites, else ValueError."""
-    limit = MAX_RING_WORLD_SIZE if any(s.algorithm in ("ring", "hierarchical")
+    limit = MAX_RING_WORLD_SIZE if any(s.algorithm in LINEAR_DEPTH
                                        for s in sites) else MAX_WORLD_SIZE
     if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) \
             or not 1 <= world_size <= limit:
