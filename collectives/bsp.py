@@ -95,13 +95,6 @@ class BSP(BaseWorkload):
             raise ValueError(f"batch: bsp has no batch, must be 1, got {p['batch']!r}")
         return p
 
-    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self.params(params)
-
-    def plan_params(self, params: dict[str, Any], *, batch: int, steps: int, warmup: int
-                    ) -> dict[str, Any]:
-        return self.params({**params, "batch": batch, "steps": steps, "warmup": warmup})
-
     def sites_per_step(self, params: dict[str, Any]) -> int:
         return params["sites_per_step"]
 

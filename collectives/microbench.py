@@ -330,9 +330,6 @@ class Microbench(BaseWorkload):
         check_redop(p["redop"])
         return p
 
-    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self.params(params)
-
     def plan_params(self, params: Any, *, batch: int, steps: int, warmup: int
                     ) -> dict[str, Any]:
         return self.params({**params, "iters": steps, "warmup": warmup})

@@ -230,13 +230,6 @@ class TPDecode(BaseWorkload):
         model_config(p["model"])
         return p
 
-    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self.params(params)
-
-    def plan_params(self, params: dict[str, Any], *, batch: int, steps: int, warmup: int
-                    ) -> dict[str, Any]:
-        return self.params({**params, "batch": batch, "steps": steps, "warmup": warmup})
-
     def content(self, params: dict[str, Any], batch: int) -> dict[str, Any]:
         # exactly the keys points had before workloads were modules: their ids stay
         return {"model": params["model"], "batch": batch, "compute": params["compute"],

@@ -178,12 +178,17 @@ class BaseWorkload:
     def parse(self, doc: Mapping[str, Any], common: SweepCommon) -> dict[str, Any]:
         return {}
 
-    def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` over the workload's defaults, validated (ValueError naming the key);
+        here: as given. ``check_params`` and ``plan_params`` go through it."""
         return dict(params)
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self.params(params)
 
     def plan_params(self, params: Mapping[str, Any], *, batch: int, steps: int,
                     warmup: int) -> dict[str, Any]:
-        return {**params, "batch": batch, "steps": steps, "warmup": warmup}
+        return self.params({**params, "batch": batch, "steps": steps, "warmup": warmup})
 
     def content(self, params: Mapping[str, Any], batch: int) -> dict[str, Any]:
         return {**params, "batch": batch}

@@ -1,7 +1,9 @@
 """The model of a measured sweep is the simulator, fitted on the sweep's no-jitter points.
 
-What is fitted, on the no-jitter schedule's points only (a schedule that injects nothing:
-``constant(0s)``, no stragglers, no detours), at each measured N:
+What is fitted, on the no-jitter schedules' points only (a schedule that injects nothing:
+``constant(0s)``, no stragglers, no detours; several are pooled per N, so that a reference
+measured before and after the jittered points brackets the host's drift), at each
+measured N:
 
 - per-site compute: the measured compute per site (site start to the delay's start); at an
   N not measured, the largest measured N's value scaled by the workload's compute share;
@@ -15,10 +17,15 @@ What is fitted, on the no-jitter schedule's points only (a schedule that injects
   tier: the fit is used for both (unless the spec's own [network] gives the inter-node
   tier, which is then kept);
 - per-step overhead: the step's host time outside its sites (mean step minus the sites'
-  parts), at the nearest measured N;
-- baseline noise: the no-jitter point's step latencies minus their mean, an empirical law
-  resampled onto every simulated step at that N (the nearest measured N elsewhere: the
-  baseline noise is not amplified past the measured sizes).
+  compute, skew, collective and detours; so the injector's cost of a zero delay is in it),
+  at the nearest measured N;
+- baseline noise: the no-jitter point's step latencies minus their median, an empirical
+  law of the noise in a window of its mean step, on the time axis: a simulated step k
+  windows long holds the sum of k of them (``windowed_noise``), counting of the time a
+  schedule adds to the simulated no-jitter step only the share the injector spins
+  (``spun_share``: a sleeping rank does not see the host's stalls). The law is that N's
+  (the nearest measured N's elsewhere, accrued over the simulated step's length: the
+  noise is not scaled with N past the measured sizes, only with time).
 
 Then every measured point is predicted by simulating its schedule (mean and p99); a
 no-jitter point was fitted (``in_sample``), every other schedule's point is out of sample.
@@ -73,10 +80,14 @@ class Fit:
         self.measured = sorted(by_n)
         self.compute = {n: p["compute_us"] / self.n_sites * 1e-6 for n, p in by_n.items()}
         self.local_s = by_n[1]["collective_us"] / self.n_sites * 1e-6
-        parts = ("compute_us", "delay_us", "collective_us", "skew_wait_us", "detour_us")
+        # delay_us stays in the overhead: a zero delay still costs the injector's call
+        parts = ("compute_us", "collective_us", "skew_wait_us", "detour_us")
         self.overhead = {n: max(p["mean_us"] - sum(p.get(k) or 0.0 for k in parts), 0.0)
                          * 1e-6 for n, p in by_n.items()}
         self.residuals = residuals
+        self.base_step_s = {n: p["mean_us"] * 1e-6 for n, p in by_n.items()}
+        self.injector = {n: p.get("injector") for n, p in by_n.items()}
+        self._ref: dict[int, float] = {}
         # The collective as the no-jitter point waited for it: its own time plus the skew
         # its baseline noise causes (the simulator draws no noise between ranks).
         multi = {n: (p["collective_us"] + (p.get("skew_wait_us") or 0.0)) / self.n_sites
@@ -119,9 +130,23 @@ class Fit:
         """Simulated step latencies (s) with the baseline noise added."""
         out = simulate(schedule, n, self.sites(n), network=self.at_n.get(n, self.network),
                        steps=steps, seed=self.spec.seed)
-        noise = self.residuals.get(n, self.residuals[self._nearest(n)])
+        m = n if n in self.residuals else self._nearest(n)
         rng = np.random.default_rng([self.spec.seed, 77, n])
-        return out.latency_s + rng.choice(noise, size=steps)
+        lat, ref = out.latency_s, self._no_jitter_s(n)
+        # noise accrues while ranks run: of the time a schedule adds to the no-jitter step
+        # at this N, only the share the injector spins
+        share = spun_share(schedule, sleep_margin_s(self.injector.get(m)))
+        busy = np.where(lat > ref, ref + share * (lat - ref), lat)
+        return lat + windowed_noise(self.residuals[m], self.base_step_s[m], busy, rng)
+
+    def _no_jitter_s(self, n: int) -> float:
+        """The simulated no-jitter step at ``n`` (mean, s; cached)."""
+        if n not in self._ref:
+            out = simulate(Schedule(dist=Constant(value_s=0.0)), n, self.sites(n),
+                           network=self.at_n.get(n, self.network), steps=8,
+                           seed=self.spec.seed)
+            self._ref[n] = float(np.mean(out.latency_s))
+        return self._ref[n]
 
     def describe(self) -> dict[str, Any]:
         return {"alpha_us": self.tier.alpha_s * 1e6,
@@ -131,6 +156,67 @@ class Fit:
                 "compute_site_us": {str(n): c * 1e6 for n, c in self.compute.items()},
                 "overhead_step_us": {str(n): o * 1e6 for n, o in self.overhead.items()},
                 "fitted_on": self.measured, "message_bytes": self._bytes(2)}
+
+
+def balanced_resample(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` values drawn from ``values`` without replacement, in successive random
+    permutations: each value is used equally often (up to the last, partial permutation).
+    A plain bootstrap's sample mean wanders by sd / sqrt(size), hundreds of µs when the
+    baseline noise holds a few 100 ms stalls; here only the last permutation's part does."""
+    if values.size == 0:
+        return np.zeros(size)
+    reps = -(-size // values.size)
+    order = np.concatenate([rng.permutation(values.size) for _ in range(reps)])
+    return values[order[:size]]
+
+
+def sleep_margin_s(injector: str | None) -> float | None:
+    """How much of a delay the points' injector spins (seconds; None: all of it). The host
+    injector sleeps all but its last ``sleep_margin_ns``, or, with more ranks than cores,
+    sleeps all of it (its name then says "sleep only"); a summary written before the
+    injector was kept is taken as the plain host injector."""
+    from collectives.inject import HostInjector
+
+    if injector is None or injector.startswith("host"):
+        return 0.0 if "sleep only" in (injector or "") else HostInjector().sleep_margin_ns * 1e-9
+    return None  # cuda spins on the device, none injects nothing
+
+
+def spun_share(schedule: Schedule, margin_s: float | None, draws: int = 4096) -> float:
+    """The share of the schedule's injected delay that is spun rather than slept, for an
+    injector that spins the last ``margin_s`` of each delay (None: all of it): E[min(D,
+    margin)] / E[D] for the slower of the delay law and the stragglers' (their marginals;
+    Monte Carlo, fixed seed). The host's stalls hit a running rank; a sleeping one does
+    not see them."""
+    if margin_s is None:
+        return 1.0
+    laws = [schedule.dist] + ([schedule.stragglers.dist] if schedule.stragglers else [])
+    d = max((np.asarray(schedule.temporal.marginal(law).sample(
+        np.random.default_rng(11), draws), dtype=np.float64) for law in laws),
+        key=lambda x: float(np.mean(x)))
+    mean = float(np.mean(d))
+    return float(np.mean(np.minimum(d, margin_s)) / mean) if mean > 0 else 1.0
+
+
+def windowed_noise(excess: np.ndarray, window_s: float, latency_s: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray:
+    """The baseline noise of simulated steps of ``latency_s``, from the no-jitter steps'
+    ``excess`` over their median (each the noise of one window of ``window_s``, that
+    point's mean step; the median step is taken as noise-free). The host's noise is on the
+    time axis: a step k windows long holds the sum of k excesses (floor(k), and one more
+    with probability k - floor(k)), drawn in balanced permutations, less one window's mean
+    excess, which the fitted compute and collective already hold. A step as long as the
+    window gets the no-jitter point's own deviations from its mean; a step five times
+    longer is five times as likely to hold one of the host's stalls, and holds five times
+    its mean noise."""
+    if excess.size == 0:
+        return np.zeros(np.shape(latency_s))
+    k = np.maximum(np.asarray(latency_s, dtype=np.float64), 0.0) / max(window_s, 1e-12)
+    counts = np.floor(k).astype(np.int64)
+    counts += rng.random(k.size) < (k - counts)
+    draws = balanced_resample(excess, int(counts.sum()), rng)
+    return np.bincount(np.repeat(np.arange(k.size), counts), weights=draws,
+                       minlength=k.size) - float(np.mean(excess))
 
 
 def _scaled(tier: Tier, k: float) -> Tier:
@@ -193,37 +279,65 @@ def build(points: Sequence[dict[str, Any]], schedules: dict[str, Schedule], *, s
     if not base_names:
         return absent("no no-jitter schedule (constant(0s), no stragglers, no detours) to "
                       "fit the network, compute and baseline noise on")
-    base = [p for p in points if p["schedule"] == base_names[0]]
+    base = [p for p in points if p["schedule"] in base_names]
+    names = " or ".join(repr(n) for n in base_names)
     if not any(p["world_size"] == 1 for p in base):
-        return absent(f"no N = 1 point of the no-jitter schedule {base_names[0]!r}: the "
+        return absent(f"no N = 1 point of the no-jitter schedule {names}: the "
                       "local call and the efficiency baseline are unmeasured")
     if not any(p["world_size"] >= 2 for p in base) and spec.network is None:
-        return absent(f"no multi-rank point of the no-jitter schedule {base_names[0]!r} and "
+        return absent(f"no multi-rank point of the no-jitter schedule {names} and "
                       "no [network] table: the collective's cost is unmeasured")
-    residuals = {}
-    for p in base:
-        lat = step_latencies(p)
-        residuals[p["world_size"]] = lat - lat.mean()
+    base, residuals = _pooled(base, step_latencies)
     fit = Fit(base, residuals, spec=spec, batch=batch)
+    described = {**fit.describe(), "schedules": base_names}
     rows = []
     for p in points:
         sched = schedules.get(p["schedule"])
         if sched is None:
             continue
-        lat = fit.predict(sched, p["world_size"], MODEL_STEPS)
+        lat = fit.predict(sched, p["world_size"], _model_steps(residuals, p["world_size"]))
         s = np.sort(lat)
         rows.append({"schedule": p["schedule"], "world_size": p["world_size"],
                      "measured_mean_us": p["mean_us"], "model_mean_us": float(lat.mean()) * 1e6,
                      "measured_p99_us": p["p99_us"],
                      "model_p99_us": nearest_rank(s, 0.99) * 1e6,
-                     "in_sample": p["schedule"] == base_names[0]})
+                     "in_sample": p["schedule"] in base_names})
     for r in rows:
         r["rel_error_mean"] = r["model_mean_us"] / r["measured_mean_us"] - 1
         r["rel_error_p99"] = r["model_p99_us"] / r["measured_p99_us"] - 1
     order = {name: i for i, name in enumerate(schedules)}
     rows.sort(key=lambda r: (order[r["schedule"]], r["world_size"]))
-    return {"why": None, "fit": fit.describe(), "validation": rows,
+    return {"why": None, "fit": described, "validation": rows,
             "extrapolation": _extrapolate(fit, schedules) if extrapolate else []}
+
+
+def _model_steps(residuals: dict[int, np.ndarray], n: int) -> int:
+    """Simulated steps for a measured point at ``n``: whole permutations of that N's
+    baseline noise (so that a no-jitter point's own p99 returns), MODEL_STEPS or more, and
+    MODEL_STEPS alone where a whole number of permutations would pass 4 x MODEL_STEPS."""
+    count = len(residuals.get(n, ()))
+    if count == 0 or count > 4 * MODEL_STEPS:
+        return MODEL_STEPS
+    return count * -(-MODEL_STEPS // count)
+
+
+def _pooled(base: list[dict[str, Any]], step_latencies: Callable[[dict[str, Any]], np.ndarray]
+            ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    """One no-jitter point per N: several (a reference measured before and after the
+    jittered points, to bracket the host's drift) pooled, their parts averaged by steps
+    and their steps' excesses over the pooled median taken together."""
+    out, residuals = [], {}
+    for n in sorted({p["world_size"] for p in base}):
+        mine = [p for p in base if p["world_size"] == n]
+        lat = np.concatenate([step_latencies(p) for p in mine])
+        w = np.array([float(p.get("n_steps") or 1) for p in mine])
+        row = dict(mine[0])
+        for key in ("mean_us", "compute_us", "delay_us", "collective_us", "skew_wait_us",
+                    "detour_us"):  # absent or null: 0, as Fit reads them
+            row[key] = float(np.dot(w, [p.get(key) or 0.0 for p in mine]) / w.sum())
+        out.append(row)
+        residuals[n] = lat - np.median(lat)
+    return out, residuals
 
 
 def _extrapolate(fit: Fit, schedules: dict[str, Schedule]) -> list[dict[str, Any]]:

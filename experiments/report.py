@@ -125,7 +125,16 @@ def point_row(s: dict[str, Any], predicted_site_max_us: float | None) -> dict[st
             "site_max_achieved_us": s["site_max_us"].get("achieved_us"),
             "site_max_predicted_us": predicted_site_max_us,
             # draws above the maximum delay, clipped to it (summed over ranks)
-            "delays_clipped": int(s.get("delays_clipped") or 0)}
+            "delays_clipped": int(s.get("delays_clipped") or 0),
+            # how the ranks injected (e.g. "host (sleep only: more ranks than cores)");
+            # None in summaries written before it was kept
+            "injector": _injector(s.get("injectors"))}
+
+
+def _injector(names: Any) -> str | None:
+    if not isinstance(names, list) or not names:
+        return None
+    return ", ".join(str(x) for x in names)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -269,7 +278,8 @@ def _model_sections(data: dict, spec) -> list[str]:
               if not f["separable"] else "unlimited (the least-squares fit puts the whole "
               "cost in alpha)" if f["bandwidth_gbps"] is None
               else f"{f['bandwidth_gbps']:.3g} GB/s")
-        lines += [f"Fitted on the no-jitter schedule at N = "
+        lines += [f"Fitted on the no-jitter schedules ({', '.join(f['schedules'])}; "
+                  "pooled per N) at N = "
                   f"{', '.join(map(str, f['fitted_on']))}: network alpha "
                   f"{f['alpha_us']:.3g} µs per hop, bandwidth {bw} (at each measured N the "
                   "tier is scaled to its measured collective time; the fit speaks between "
@@ -277,7 +287,8 @@ def _model_sections(data: dict, spec) -> list[str]:
                   f"{f['local_call_us']:.3g} µs per site; compute per site (µs) "
                   f"{_fmt_map(f['compute_site_us'])}; step overhead (µs) "
                   f"{_fmt_map(f['overhead_step_us'])}; baseline noise: the no-jitter "
-                  "steps' deviations from their mean, resampled; "
+                  "steps' excess over their median, as the noise of one mean step's "
+                  "window on the time axis (a step k windows long holds k of them); "
                   f"{escape(spec.work.model_note(spec.params))}. Every other schedule's "
                   "point is predicted out of sample (in_sample = false).", ""]
         lines += _table(m["validation"], ["schedule", "world_size", "measured_mean_us",

@@ -234,6 +234,7 @@ def _summarize(point: Point, plan: Plan, run_id: str) -> dict[str, Any]:
                "site_max_us": measured_site_max_us(tables),
                "delays_clipped": sum(int(m.get("delays_clipped", 0)) for m in metas),
                "hosts": sorted({m["hostname"] for m in metas}),
+               "injectors": sorted({str(m["injector"]) for m in metas if m.get("injector")}),
                "files": {name: file_record(folder / name) for name in covered},
                "schema": SUMMARY_SCHEMA}
     extra = point.spec.work.summary(tables, metas)

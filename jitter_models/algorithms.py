@@ -35,7 +35,7 @@ from .transfer import COLLECTIVES, Collective, Steps, Transfer
 __all__ = [
     "ALGORITHMS", "COLLECTIVES", "NATIVE", "NATIVE_COLLECTIVES", "REDOPS", "Collective",
     "Pattern", "Steps", "Transfer", "check_algorithm", "chunk_bounds", "execute",
-    "explicit_names", "finish_times", "has_pattern", "pattern",
+    "explicit_names", "finish_times", "has_pattern", "pattern", "pattern_args",
 ]
 
 
@@ -44,19 +44,25 @@ def pattern(algorithm: str, collective: str, world_size: int,
     """The (cached, shared) pattern of ``algorithm`` for ``collective`` on ``world_size``
     ranks. ``ranks_per_node`` is required (>= 1) for hierarchical and ignored otherwise, so
     a caller can pass its layout whatever the algorithm."""
+    return _pattern(algorithm, collective,
+                    *pattern_args(algorithm, collective, world_size, ranks_per_node))
+
+
+def pattern_args(algorithm: str, collective: str, world_size: int,
+                 ranks_per_node: int | None) -> tuple[int, int | None]:
+    """:func:`pattern`'s arguments checked (ValueError naming the argument): the world size
+    and the ranks per node (None where the algorithm does not place ranks on nodes)."""
     check_patterned(algorithm, collective)
     if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) \
             or world_size < 1:
         raise ValueError(f"world_size: must be an integer >= 1, got {world_size!r}")
     if not takes_ranks_per_node(algorithm):
-        ranks_per_node = None
-    elif (isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, (int, np.integer))
-          or ranks_per_node < 1):
-        raise ValueError(f"ranks_per_node: hierarchical needs an integer >= 1, "
+        return int(world_size), None
+    if (isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, (int, np.integer))
+            or ranks_per_node < 1):
+        raise ValueError(f"ranks_per_node: {algorithm} needs an integer >= 1, "
                          f"got {ranks_per_node!r}")
-    else:
-        ranks_per_node = int(ranks_per_node)
-    return _pattern(algorithm, collective, int(world_size), ranks_per_node)
+    return int(world_size), int(ranks_per_node)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -9,7 +9,7 @@ entering it, when each rank leaves it.
   own stream exactly as real ranks draw them (``pattern_sim.link_delays_exact``: the k-th
   message on a link over the run gets the link's k-th draw) while they fit in memory, and
   otherwise in bulk from the link law (``pattern_sim.link_delays_bulk``: the same law,
-  the temporal structure along a link dropped).
+  the temporal structure along a link dropped, drawn step by step as the recurrence goes).
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ class LinkSource:
         if exact and compiled.messages * calls <= MAX_LINK_DRAWS:
             self.exact = pattern_sim.link_delays_exact(schedule, seed, compiled, calls)
 
-    def next(self) -> list[np.ndarray]:
+    def next(self) -> Any:
+        """The next call's delays: per step, a list (exact) or an iterator (bulk)."""
         if self.exact is not None and self.call < self.exact[0].shape[0]:
             out = [d[self.call] for d in self.exact]
         else:
-            out = [d[0] for d in self.sim.link_delays_bulk(self.schedule, self.rng,
-                                                           self.compiled, 1)]
+            out = self.sim.link_delays_bulk(self.schedule, self.rng, self.compiled)
         self.call += 1
         return out
 

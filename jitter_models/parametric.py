@@ -135,7 +135,15 @@ class Lognormal(ScipyDistribution):
         self._freeze(stats.lognorm(s=s, scale=m))
 
     def sample(self, rng: np.random.Generator, size: Any) -> np.ndarray:
-        return rng.lognormal(math.log(self.median_s), self.sigma, size)
+        # rng.lognormal's numbers (the same normals, scaled, shifted and exponentiated; bit
+        # for bit where numpy's exp and C's agree, as on AVX2), in place: half the time at
+        # 10^7 draws, most of it page faults.
+        z = rng.standard_normal(size)
+        if np.ndim(z) == 0:
+            return np.exp(math.log(self.median_s) + self.sigma * z)
+        z *= self.sigma
+        z += math.log(self.median_s)
+        return np.exp(z, out=z)
 
 
 @register

@@ -15,9 +15,9 @@ shift, as in a ring); other steps scatter with ``np.maximum.at`` where ranks rep
 
 Building a ``Pattern`` of Transfer objects costs microseconds per message, too much for a
 ring at N = 4096 (33.5 M messages) or recursive doubling at N = 2**20 (21 M):
-``compile_algorithm`` builds the same arrays directly with numpy for the algorithms of
-``algorithm_builders`` (tests/test_pattern_sim.py checks them against ``compile_pattern``
-of the built pattern) and falls back to the pattern for any other. Steps with identical
+``compile_algorithm`` builds the same arrays directly with numpy where ``algorithm_arrays``
+has a builder (tests/test_pattern_sim.py checks them against ``compile_pattern`` of the
+built pattern) and falls back to the pattern for any other. Steps with identical
 senders and receivers share their arrays (every step of a ring): treat them as read-only.
 """
 
@@ -27,14 +27,15 @@ import functools
 import heapq
 import itertools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .algorithm_builders import check_patterned, takes_ranks_per_node
+from .algorithm_arrays import ARRAY_BUILDERS
 from .algorithms import pattern as build_pattern
+from .algorithms import pattern_args
 from .network import Network
 from .pattern import Pattern
 
@@ -99,22 +100,16 @@ def compile_pattern(pattern: Pattern) -> CompiledPattern:
 def compile_algorithm(algorithm: str, collective: str, world_size: int,
                       ranks_per_node: int | None = None) -> CompiledPattern:
     """``compile_pattern(algorithms.pattern(...))`` without building the pattern's Transfer
-    objects where an array builder exists (module docstring); cached. Arguments as
-    ``algorithms.pattern``: ``ranks_per_node`` is used by hierarchical only."""
-    check_patterned(algorithm, collective)
-    for name, v in (("world_size", world_size), ("ranks_per_node", ranks_per_node)):
-        if name == "ranks_per_node" and not takes_ranks_per_node(algorithm):
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
-    k = int(ranks_per_node) if takes_ranks_per_node(algorithm) else None
-    return _compile_algorithm(algorithm, collective, int(world_size), k)
+    objects where an array builder exists (``algorithm_arrays``); cached. Arguments as
+    ``algorithms.pattern``, checked by it."""
+    return _compile_algorithm(algorithm, collective,
+                              *pattern_args(algorithm, collective, world_size, ranks_per_node))
 
 
 @functools.lru_cache(maxsize=16)
 def _compile_algorithm(algorithm: str, collective: str, n: int, k: int | None
                        ) -> CompiledPattern:
-    builder = _ARRAY_BUILDERS.get((algorithm, collective))
+    builder = ARRAY_BUILDERS.get((algorithm, collective))
     if builder is None:
         return compile_pattern(build_pattern(algorithm, collective, n, k))
     return _compiled(n, builder(n, k) if n > 1 else [])
@@ -151,78 +146,6 @@ def _plan(n: int, src: np.ndarray, dst: np.ndarray) -> dict[str, Any]:
             "unique_dst": np.bincount(dst, minlength=n).max() <= 1}
 
 
-# --- array builders: algorithm_builders' steps without Transfer objects ----------------
-
-def _fill(value: float, m: int, dtype: Any = np.float64) -> np.ndarray:
-    return np.broadcast_to(np.asarray(value, dtype=dtype), (m,))
-
-
-def _ring_rows(ranks: np.ndarray, phases: int, n_chunks: int) -> list[tuple[np.ndarray, ...]]:
-    """Each step ranks[i] -> ranks[i + 1], one chunk: each link carries one message per
-    step, so its link index is the step's number."""
-    m = ranks.size
-    src, dst, frac = ranks, np.roll(ranks, -1), np.full(m, 1.0 / n_chunks)
-    return [(src, dst, frac, _fill(s, m, np.int64)) for s in range(phases * (m - 1))]
-
-
-def _doubling_rows(n: int, k: int | None) -> list[tuple[np.ndarray, ...]]:
-    """Fold-in, whole-buffer exchanges at distance 1, 2, 4 ... among the active ranks,
-    fold-out; every link carries one message."""
-    p = 1 << (n.bit_length() - 1)
-    rem = n - p
-    evens = 2 * np.arange(rem, dtype=np.int64)
-    active = np.concatenate([evens + 1, np.arange(2 * rem, n, dtype=np.int64)])
-    q = np.arange(p, dtype=np.int64)
-    exchanges = [(active, active[q ^ (1 << i)]) for i in range(p.bit_length() - 1)]
-    pairs = ([(evens, evens + 1)] if rem else []) + exchanges + (
-        [(evens + 1, evens)] if rem else [])
-    return [(a, b, _fill(1.0, a.size), _fill(0, a.size, np.int64)) for a, b in pairs]
-
-
-def _tree_rows(bases: np.ndarray, size: int, last: int, height: int
-               ) -> list[tuple[np.ndarray, ...]]:
-    """Binary-tree reduce (deepest level first) then broadcast, in ``height`` slots each,
-    in every node of ``size`` ranks starting at ``bases`` and one last node of ``last``
-    ranks after them (0: none); nodes in order within a slot, as ``_merge``."""
-    reduce, broadcast = [], []
-    for level in range(1, height + 1):
-        lo = 2**level - 1
-        child = np.arange(lo, min(2 * lo + 1, size), dtype=np.int64)
-        tail = np.arange(lo, min(2 * lo + 1, last), dtype=np.int64)
-        end = bases[-1] + size if bases.size else 0
-        kids = np.concatenate([(bases[:, None] + child).ravel(), end + tail])
-        parents = np.concatenate([(bases[:, None] + (child - 1) // 2).ravel(),
-                                  end + (tail - 1) // 2])
-        ones, zeros = _fill(1.0, kids.size), _fill(0, kids.size, np.int64)
-        reduce.insert(0, (kids, parents, ones, zeros))
-        broadcast.append((parents, kids, ones, zeros))
-    return reduce + broadcast
-
-
-def _tree_all_reduce(n: int, k: int | None) -> list[tuple[np.ndarray, ...]]:
-    return _tree_rows(np.zeros(1, dtype=np.int64), n, 0, n.bit_length() - 1)
-
-
-def _hierarchical(n: int, k: int | None) -> list[tuple[np.ndarray, ...]]:
-    """Tree reduce in each node, ring among the node leaders, tree broadcast in each node."""
-    assert k is not None
-    full = n // k
-    leaders = np.arange(0, n, k, dtype=np.int64)
-    tree = _tree_rows(leaders[:full], k, n - full * k, min(k, n).bit_length() - 1)
-    half = len(tree) // 2
-    return tree[:half] + _ring_rows(leaders, 2, leaders.size) + tree[half:]
-
-
-_ARRAY_BUILDERS: dict[tuple[str, str], Callable[[int, int | None], list]] = {
-    ("ring", "all_reduce"): lambda n, k: _ring_rows(np.arange(n, dtype=np.int64), 2, n),
-    ("ring", "all_gather"): lambda n, k: _ring_rows(np.arange(n, dtype=np.int64), 1, n),
-    ("ring", "reduce_scatter"): lambda n, k: _ring_rows(np.arange(n, dtype=np.int64), 1, n),
-    ("recursive_doubling", "all_reduce"): _doubling_rows,
-    ("tree", "all_reduce"): _tree_all_reduce,
-    ("hierarchical", "all_reduce"): _hierarchical,
-}
-
-
 # --- the recurrence ---------------------------------------------------------------------
 
 def hop_times(compiled: CompiledPattern, network: Network, nbytes: float) -> list[np.ndarray]:
@@ -240,22 +163,31 @@ def hop_times(compiled: CompiledPattern, network: Network, nbytes: float) -> lis
 
 
 def finish(compiled: CompiledPattern, start: Any, hop_time: list[np.ndarray],
-           hop_delay: list[np.ndarray] | None = None) -> np.ndarray:
+           hop_delay: Iterable[np.ndarray] | None = None) -> np.ndarray:
     """Each rank's finish time (N,), seconds, from its time of entering the collective
     (``start``, (N,)), each step's hop times and, optionally, hop delays (per step, one per
-    transfer, >= 0): the timing of the module docstring."""
+    transfer, >= 0; a list, or an iterator such as ``link_delays_bulk``'s, consumed in step
+    order): the timing of the module docstring."""
     n = compiled.world_size
     clock = np.array(start, dtype=np.float64)
     if clock.shape != (n,):
         raise ValueError(f"start: expected shape ({n},), got {clock.shape}")
-    for name, per_step in (("hop_time", hop_time), ("hop_delay", hop_delay)):
-        if per_step is not None and (len(per_step) != len(compiled.steps) or any(
-                np.shape(a) != s.src.shape for a, s in zip(per_step, compiled.steps))):
-            raise ValueError(f"{name}: expected one array per step with one value per "
-                             "transfer")
+    bad = ValueError("{}: expected one array per step with one value per transfer")
+    if len(hop_time) != len(compiled.steps) or any(
+            np.shape(a) != s.src.shape for a, s in zip(hop_time, compiled.steps)):
+        raise ValueError(str(bad).format("hop_time"))
+    if hop_delay is None:
+        for k, s in enumerate(compiled.steps):
+            clock = _UPDATE[s.kind](clock, s, hop_time[k], None)
+        return clock
+    delays, end = iter(hop_delay), object()
     for k, s in enumerate(compiled.steps):
-        clock = _UPDATE[s.kind](clock, s, hop_time[k],
-                                None if hop_delay is None else hop_delay[k])
+        d = next(delays, end)
+        if d is end or d is None or np.shape(d) != s.src.shape:
+            raise ValueError(str(bad).format("hop_delay"))
+        clock = _UPDATE[s.kind](clock, s, hop_time[k], d)
+    if next(delays, end) is not end:
+        raise ValueError(str(bad).format("hop_delay"))
     return clock
 
 
@@ -348,35 +280,35 @@ def link_delays_exact(schedule: Any, seed: int, compiled: CompiledPattern, n_cal
             for s, ids in zip(compiled.steps, step_ids)]
 
 
-def link_delays_bulk(schedule: Any, rng: np.random.Generator, compiled: CompiledPattern,
-                     n_calls: int) -> list[np.ndarray]:
-    """:func:`link_delays_exact`'s shapes, drawn iid in bulk from ``rng``: the link law
-    (``schedule.temporal.marginal(schedule.dist)``; links in ``stragglers.links``: the
-    stragglers' marginal). Statistically the same law per message, not the same draws, and
-    the temporal structure along a link (AR(1), bursts) is dropped: for large N, where one
-    stream per link costs too much. Per step, views of one (n_calls, messages) array."""
-    _check_link_scope(schedule, n_calls)
-    m = compiled.messages
+def link_delays_bulk(schedule: Any, rng: np.random.Generator, compiled: CompiledPattern
+                     ) -> Iterator[np.ndarray]:
+    """One call's hop delays, step by step as ``finish`` consumes them, drawn iid from
+    ``rng``: the link law (``schedule.temporal.marginal(schedule.dist)``; links in
+    ``stragglers.links``: the stragglers' marginal). Statistically the same law per message
+    as :func:`link_delays_exact`, not the same draws, and the temporal structure along a
+    link (AR(1), bursts) is dropped: for large N, where one stream per link costs too much.
+    Drawn per step, so memory is one step's transfers (a ring at N = 65,536 has 8.6e9)."""
+    _check_link_scope(schedule, 1)  # here, not at the first step: a generator runs late
+    return _bulk_steps(schedule, rng, compiled)
+
+
+def _bulk_steps(schedule: Any, rng: np.random.Generator, compiled: CompiledPattern
+                ) -> Iterator[np.ndarray]:
     law = schedule.temporal.marginal(schedule.dist)
-    flat = np.asarray(law.sample(rng, n_calls * m), dtype=np.float64).reshape(n_calls, m)
-    bounds = np.concatenate([[0], np.cumsum([s.src.size for s in compiled.steps])])
     slow = schedule.stragglers.links if schedule.stragglers is not None else None
-    if slow:
-        n = compiled.world_size
-        slow_keys = np.array([a * n + b for a, b in slow if a < n and b < n], dtype=np.int64)
-        hit: dict[tuple[int, int], np.ndarray] = {}
-        where = []
-        for k, s in enumerate(compiled.steps):
+    n = compiled.world_size
+    slow_keys = np.array([a * n + b for a, b in slow or () if a < n and b < n], np.int64)
+    slow_law = schedule.temporal.marginal(schedule.stragglers.dist) if slow_keys.size else None
+    hit: dict[tuple[int, int], np.ndarray] = {}
+    for s in compiled.steps:
+        d = np.asarray(law.sample(rng, s.src.size), dtype=np.float64)
+        if slow_law is not None:
             key = (id(s.src), id(s.dst))
             if key not in hit:
                 hit[key] = np.flatnonzero(np.isin(s.src * n + s.dst, slow_keys))
-            where.append(bounds[k] + hit[key])
-        cols = np.concatenate([np.zeros(0, np.int64), *where])
-        if cols.size:
-            slow_law = schedule.temporal.marginal(schedule.stragglers.dist)
-            flat[:, cols] = np.asarray(slow_law.sample(rng, n_calls * cols.size),
-                                       dtype=np.float64).reshape(n_calls, cols.size)
-    return [flat[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            if hit[key].size:
+                d[hit[key]] = slow_law.sample(rng, hit[key].size)
+        yield d
 
 
 # --- the reference: one event at a time --------------------------------------------------

@@ -126,3 +126,81 @@ def test_weight_share_is_the_layouts_own_bytes_wherever_a_split_exists(name):
     assert weight_share(cfg, 4096) == weight_share(cfg, cfg.heads)  # no split past heads
 
 
+
+
+def test_balanced_resampling_uses_every_value_equally():
+    from experiments.model import balanced_resample
+
+    values = np.arange(7, dtype=float) ** 2
+    out = balanced_resample(values, 7 * 30, np.random.default_rng(1))
+    assert np.array_equal(np.bincount(out.astype(int), minlength=37)[values.astype(int)],
+                          np.full(7, 30))
+    assert balanced_resample(values, 3, np.random.default_rng(1)).size == 3
+    assert np.all(balanced_resample(np.zeros(0), 4, np.random.default_rng(1)) == 0)
+
+
+def test_baseline_noise_is_on_the_time_axis():
+    """One 100 ms stall in 100 no-jitter steps of 5 ms: a simulated step of one window
+    gets the no-jitter point's own deviations from its mean (so its p99 returns); a step of
+    five windows holds five excesses, so five times the stalls and its mean noise grows by
+    four windows' mean excess (exact: balanced permutations)."""
+    from experiments.model import windowed_noise
+
+    lat = np.full(100, 5e-3) + np.linspace(-1e-4, 1e-4, 100)
+    lat[37] += 0.1
+    excess = lat - np.median(lat)
+    one = windowed_noise(excess, 5e-3, np.full(1000, 5e-3), np.random.default_rng(2))
+    np.testing.assert_allclose(np.sort(one)[::10], np.sort(lat - lat.mean()), atol=1e-15)
+    five = windowed_noise(excess, 5e-3, np.full(1000, 25e-3), np.random.default_rng(2))
+    assert int(np.sum(five > 0.05)) == 50 and int(np.sum(one > 0.05)) == 10
+    np.testing.assert_allclose(five.mean() - one.mean(), 4 * excess.mean(), rtol=1e-9)
+    part = windowed_noise(excess, 5e-3, np.full(4000, 7.5e-3), np.random.default_rng(3))
+    assert 55 <= int(np.sum(part > 0.05)) <= 62  # 1.5 windows each: ~6000 draws, ~60 stalls
+
+
+def test_two_no_jitter_schedules_bracket_the_sweep_and_are_pooled():
+    """A reference measured before and after: both are fitted (in sample), pooled per N,
+    so a host that drifted by +20% between them is predicted at the steps-weighted mean
+    of the two; the jittered points stay out of sample."""
+    tier = Tier(alpha_s=3e-6, bandwidth_Bps=1e9)
+    spec = _spec([1, 2])
+    doc_jitter = [*spec.schedules, parse_schedule({"name": "again", "dist": "constant(0s)"})]
+    points, steps = _measured(spec, Network(inter=tier, intra=tier, ranks_per_node=8))
+    drifted = {}
+    for p in [p for p in points if p["schedule"] == "none"]:
+        q = {**p, "point": f"again-{p['world_size']}", "schedule": "again"}
+        for key in ("mean_us", "p99_us", "compute_us", "collective_us"):
+            q[key] = p[key] * 1.2
+        drifted[q["point"]] = steps(p) * 1.2
+        points.append(q)
+
+    def both(p):
+        return drifted[p["point"]] if p["point"] in drifted else steps(p)
+
+    m = build(points, {s.name: s for s in doc_jitter}, spec=spec, batch=1,
+              step_latencies=both, extrapolate=False)
+    assert m["fit"]["schedules"] == ["none", "again"]
+    for r in m["validation"]:
+        assert r["in_sample"] == (r["schedule"] in ("none", "again"))
+        if r["in_sample"]:
+            ref = [p for p in points if p["schedule"] == "none"
+                   and p["world_size"] == r["world_size"]][0]
+            assert r["model_mean_us"] == pytest.approx(1.1 * ref["mean_us"], rel=1e-3)
+
+
+def test_the_spun_share_of_a_delay_follows_the_injector():
+    """The host injector spins the last 500 us of a delay: exponential(1 ms) spins
+    E[min(D, 0.5 ms)] / E[D] = 1 - exp(-0.5) of it (Monte Carlo over 4096 draws: 4 SE is
+    about 1.5%); sleep only spins none; cuda spins all; constants below the margin all."""
+    from experiments.model import sleep_margin_s, spun_share
+
+    exp = parse_schedule("exponential(1ms)")
+    host = sleep_margin_s("host")
+    assert host == pytest.approx(500e-6)
+    assert spun_share(exp, host) == pytest.approx(1 - np.exp(-0.5), rel=0.03)
+    assert spun_share(exp, sleep_margin_s("host (sleep only: more ranks than cores)")) == 0
+    assert spun_share(exp, sleep_margin_s("cuda")) == 1
+    assert spun_share(exp, sleep_margin_s(None)) == spun_share(exp, host)
+    slow = parse_schedule({"dist": "constant(20us)", "stragglers": {
+        "ranks": [1], "dist": "constant(2ms)"}})
+    assert spun_share(slow, host) == pytest.approx(0.25)  # the stragglers' law is slower

@@ -129,7 +129,7 @@ def test_one_rank_and_bad_shapes():
         finish(ring, np.zeros(4), hops, [np.zeros((1, 4))] * len(hops))
     with pytest.raises(ValueError, match="^world_size: must be an integer >= 1"):
         compile_algorithm("ring", "all_reduce", 0)
-    with pytest.raises(ValueError, match="^ranks_per_node: must be an integer >= 1"):
+    with pytest.raises(ValueError, match="^ranks_per_node: hierarchical needs an integer >= 1"):
         compile_algorithm("hierarchical", "all_reduce", 4)
 
 
@@ -179,18 +179,37 @@ def test_exact_delays_run_on_along_each_link():
 
 def test_bulk_delays_follow_the_link_law():
     """Per message the law of the link (AR(1) keeps the lognormal marginal), straggler
-    links their own. KS tests at a fixed seed; each fails falsely with probability 1e-3."""
+    links their own, drawn per step in step order. KS tests at a fixed seed; each fails
+    falsely with probability 1e-3."""
     schedule = parse_schedule(LINK)
     compiled = compile_algorithm("ring", "all_reduce", 64)
     rng = np.random.default_rng(3)
-    draws = link_delays_bulk(schedule, rng, compiled, 5)
-    assert [d.shape for d in draws] == [(5, 64)] * len(compiled.steps)
-    flat = np.concatenate([d for d in draws], axis=1)
-    slow = np.concatenate([np.broadcast_to(s.src == 0, (5, 64)) for s in compiled.steps],
-                          axis=1)  # 0 -> 1 is a straggler link; 3 -> 2 is not in a ring
+    draws = [d for _ in range(5) for d in link_delays_bulk(schedule, rng, compiled)]
+    assert [d.shape for d in draws] == [(64,)] * (5 * len(compiled.steps))
+    flat = np.concatenate(draws)
+    slow = np.concatenate([s.src == 0 for s in compiled.steps] * 5)
+    # 0 -> 1 is a straggler link; 3 -> 2 is not in a ring
     assert stats.kstest(flat[~slow], stats.lognorm(s=0.5, scale=2e-6).cdf).pvalue > 1e-3
     assert stats.kstest(flat[slow], stats.expon(scale=50e-6).cdf).pvalue > 1e-3
     assert stats.kstest(flat[~slow], stats.expon(scale=50e-6).cdf).pvalue < 1e-3  # power
+
+
+def test_streamed_delays_drive_the_recurrence_like_a_list():
+    """finish takes the per-step iterator as it takes the list of the same draws, and
+    refuses one a step short or long, with None for a step, or a step of the wrong size."""
+    schedule = parse_schedule(LINK)
+    compiled = compile_algorithm("ring", "all_reduce", 9)
+    hops = hop_times(compiled, NET, 4096)
+    start = np.linspace(0, 1e-5, 9)
+    listed = list(link_delays_bulk(schedule, np.random.default_rng(8), compiled))
+    streamed = finish(compiled, start, hops, link_delays_bulk(
+        schedule, np.random.default_rng(8), compiled))
+    np.testing.assert_array_equal(streamed, finish(compiled, start, hops, listed))
+    assert np.all(streamed > finish(compiled, start, hops))
+    for wrong in (listed[:-1], listed + listed[:1], [None] * len(listed),
+                  listed[:-1] + [listed[-1][:-1]]):
+        with pytest.raises(ValueError, match="^hop_delay: expected one array per step"):
+            finish(compiled, start, hops, iter(wrong))
 
 
 def test_delays_need_a_link_schedule():
@@ -199,6 +218,6 @@ def test_delays_need_a_link_schedule():
     with pytest.raises(ValueError, match="link delays need scope = 'link'"):
         link_delays_exact(rank_scoped, 0, compiled, 1)
     with pytest.raises(ValueError, match="link delays need scope = 'link'"):
-        link_delays_bulk(rank_scoped, np.random.default_rng(0), compiled, 1)
+        link_delays_bulk(rank_scoped, np.random.default_rng(0), compiled)
     with pytest.raises(ValueError, match="^n_calls: must be an integer >= 0"):
         link_delays_exact(parse_schedule(LINK), 0, compiled, -1)
