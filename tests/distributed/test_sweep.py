@@ -4,6 +4,7 @@ or duplication."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ def test_a_sweep_runs_reports_and_resumes(tmp_path):
     for p in points:
         summary = json.loads((out / "points" / p / "summary.json").read_text())
         assert summary["step_latency"]["n"] == 5
+        assert summary["injectors"] == ["host"]  # the model reads whether delays were spun
         assert len(list((out / "points" / p).glob("rank-*.parquet"))) == summary["world_size"]
     for name in ("report.md", "report.html", "points.csv", "scaling.csv",
                  "latency_vs_n.png", "efficiency_vs_n.png", "predicted_vs_measured.png",
@@ -51,6 +53,8 @@ def test_a_sweep_runs_reports_and_resumes(tmp_path):
     assert "data:image/png;base64," in (out / "report.html").read_text()
     report = (out / "report.md").read_text()
     assert "## Model: the simulator fitted on the no-jitter points" in report
+    with open(out / "points.csv", newline="") as f:
+        assert {r["injector"] for r in csv.DictReader(f)} == {"host"}
     rows = (out / "model_validation.csv").read_text().splitlines()
     assert rows[0] == ("schedule,world_size,measured_mean_us,model_mean_us,measured_p99_us,"
                        "model_p99_us,in_sample")
