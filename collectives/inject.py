@@ -42,6 +42,11 @@ class NoInjector(Injector):
         return None
 
 
+SLEEP_ONLY = "sleep only: more ranks than cores"
+"""In the injector's recorded name (``host (sleep only: ...)``) when a rank's host injector
+sleeps its whole delay, as past the cores (``launch.worker``); readers test for it."""
+
+
 @_register
 class HostInjector(Injector):
     """Sleep for the bulk, then spin on the monotonic clock for the rest.

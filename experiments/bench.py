@@ -78,7 +78,9 @@ def render_result(result: dict[str, Any]) -> str:
     if result["world_size"] == 1:  # nccl-tests prints busbw 0 here; we print n/a
         note += " (n/a at world size 1: no bytes cross between ranks)"
     lines = [head, note, microbench.render(result["rows"])]
-    if "sleep only" in (result.get("injector") or ""):
+    from collectives.inject import SLEEP_ONLY
+
+    if SLEEP_ONLY in (result.get("injector") or ""):
         lines.append("# more ranks than cores on a host: injected delays only sleep (the "
                      "OS overshoot, ~70 us here, counts as achieved delay) and Open MPI "
                      "ranks yield when idle; times include the scheduler's share")

@@ -20,12 +20,12 @@ measured N:
   compute, skew, collective and detours; so the injector's cost of a zero delay is in it),
   at the nearest measured N;
 - baseline noise: the no-jitter point's step latencies minus their median, an empirical
-  law of the noise in a window of its mean step, on the time axis: a simulated step k
-  windows long holds the sum of k of them (``windowed_noise``), counting of the time a
-  schedule adds to the simulated no-jitter step only the share the injector spins
-  (``spun_share``: a sleeping rank does not see the host's stalls). The law is that N's
-  (the nearest measured N's elsewhere, accrued over the simulated step's length: the
-  noise is not scaled with N past the measured sizes, only with time).
+  law of the noise in a window of its mean step, on the time axis (``model_noise``): a
+  simulated step k windows long holds the sum of k of them, counting of the time a
+  schedule adds to the simulated no-jitter step only the share the injector spins (a
+  sleeping rank does not see the host's stalls). The law is that N's (the nearest
+  measured N's elsewhere, accrued over the simulated step's length: the noise is not
+  scaled with N past the measured sizes, only with time).
 
 Then every measured point is predicted by simulating its schedule (mean and p99); a
 no-jitter point was fitted (``in_sample``), every other schedule's point is out of sample.
@@ -48,6 +48,8 @@ from jitter_models.network import Network, Tier
 from jitter_models.parametric import Constant
 from jitter_models.sim_stats import nearest_rank, useful_work
 from jitter_models.simulate import MAX_RING_WORLD_SIZE, Site, simulate
+
+from .model_noise import sleep_margin_s, spun_share, windowed_noise
 
 EXTRAPOLATE_TO = tuple(2**k for k in range(21))
 MODEL_STEPS = 2000
@@ -156,67 +158,6 @@ class Fit:
                 "compute_site_us": {str(n): c * 1e6 for n, c in self.compute.items()},
                 "overhead_step_us": {str(n): o * 1e6 for n, o in self.overhead.items()},
                 "fitted_on": self.measured, "message_bytes": self._bytes(2)}
-
-
-def balanced_resample(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``size`` values drawn from ``values`` without replacement, in successive random
-    permutations: each value is used equally often (up to the last, partial permutation).
-    A plain bootstrap's sample mean wanders by sd / sqrt(size), hundreds of µs when the
-    baseline noise holds a few 100 ms stalls; here only the last permutation's part does."""
-    if values.size == 0:
-        return np.zeros(size)
-    reps = -(-size // values.size)
-    order = np.concatenate([rng.permutation(values.size) for _ in range(reps)])
-    return values[order[:size]]
-
-
-def sleep_margin_s(injector: str | None) -> float | None:
-    """How much of a delay the points' injector spins (seconds; None: all of it). The host
-    injector sleeps all but its last ``sleep_margin_ns``, or, with more ranks than cores,
-    sleeps all of it (its name then says "sleep only"); a summary written before the
-    injector was kept is taken as the plain host injector."""
-    from collectives.inject import HostInjector
-
-    if injector is None or injector.startswith("host"):
-        return 0.0 if "sleep only" in (injector or "") else HostInjector().sleep_margin_ns * 1e-9
-    return None  # cuda spins on the device, none injects nothing
-
-
-def spun_share(schedule: Schedule, margin_s: float | None, draws: int = 4096) -> float:
-    """The share of the schedule's injected delay that is spun rather than slept, for an
-    injector that spins the last ``margin_s`` of each delay (None: all of it): E[min(D,
-    margin)] / E[D] for the slower of the delay law and the stragglers' (their marginals;
-    Monte Carlo, fixed seed). The host's stalls hit a running rank; a sleeping one does
-    not see them."""
-    if margin_s is None:
-        return 1.0
-    laws = [schedule.dist] + ([schedule.stragglers.dist] if schedule.stragglers else [])
-    d = max((np.asarray(schedule.temporal.marginal(law).sample(
-        np.random.default_rng(11), draws), dtype=np.float64) for law in laws),
-        key=lambda x: float(np.mean(x)))
-    mean = float(np.mean(d))
-    return float(np.mean(np.minimum(d, margin_s)) / mean) if mean > 0 else 1.0
-
-
-def windowed_noise(excess: np.ndarray, window_s: float, latency_s: np.ndarray,
-                   rng: np.random.Generator) -> np.ndarray:
-    """The baseline noise of simulated steps of ``latency_s``, from the no-jitter steps'
-    ``excess`` over their median (each the noise of one window of ``window_s``, that
-    point's mean step; the median step is taken as noise-free). The host's noise is on the
-    time axis: a step k windows long holds the sum of k excesses (floor(k), and one more
-    with probability k - floor(k)), drawn in balanced permutations, less one window's mean
-    excess, which the fitted compute and collective already hold. A step as long as the
-    window gets the no-jitter point's own deviations from its mean; a step five times
-    longer is five times as likely to hold one of the host's stalls, and holds five times
-    its mean noise."""
-    if excess.size == 0:
-        return np.zeros(np.shape(latency_s))
-    k = np.maximum(np.asarray(latency_s, dtype=np.float64), 0.0) / max(window_s, 1e-12)
-    counts = np.floor(k).astype(np.int64)
-    counts += rng.random(k.size) < (k - counts)
-    draws = balanced_resample(excess, int(counts.sum()), rng)
-    return np.bincount(np.repeat(np.arange(k.size), counts), weights=draws,
-                       minlength=k.size) - float(np.mean(excess))
 
 
 def _scaled(tier: Tier, k: float) -> Tier:
@@ -329,10 +270,11 @@ def _pooled(base: list[dict[str, Any]], step_latencies: Callable[[dict[str, Any]
     out, residuals = [], {}
     for n in sorted({p["world_size"] for p in base}):
         mine = [p for p in base if p["world_size"] == n]
-        lat = np.concatenate([step_latencies(p) for p in mine])
-        w = np.array([float(p.get("n_steps") or 1) for p in mine])
-        row = dict(mine[0])
-        for key in ("mean_us", "compute_us", "delay_us", "collective_us", "skew_wait_us",
+        each = [step_latencies(p) for p in mine]
+        lat = np.concatenate(each)
+        w = np.array([x.size for x in each], dtype=np.float64)
+        row = {**mine[0], "mean_us": float(lat.mean()) * 1e6}
+        for key in ("compute_us", "delay_us", "collective_us", "skew_wait_us",
                     "detour_us"):  # absent or null: 0, as Fit reads them
             row[key] = float(np.dot(w, [p.get(key) or 0.0 for p in mine]) / w.sum())
         out.append(row)

@@ -13,7 +13,7 @@ from pathlib import Path
 from collectives.clocks import clock_metadata, measure_offsets
 from collectives.explicit import HopLog
 from collectives.files import make_dirs, set_file_mode
-from collectives.inject import HostInjector, make_injector
+from collectives.inject import SLEEP_ONLY, HostInjector, make_injector
 from collectives.microbench import Fault
 from collectives.timing import write_rank_file
 from collectives.workload import RankRun, get_workload
@@ -123,7 +123,7 @@ def _injector(plan: Plan, schedule, device: str, ranks_here: int):
     if name == "auto":
         name = "cuda" if device.startswith("cuda") else "host"
     if name == "host" and ranks_here > (os.cpu_count() or 1):
-        return name + " (sleep only: more ranks than cores)", HostInjector(sleep_margin_ns=0)
+        return f"{name} ({SLEEP_ONLY})", HostInjector(sleep_margin_ns=0)
     return name, make_injector(name, device)
 
 

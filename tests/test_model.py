@@ -129,7 +129,7 @@ def test_weight_share_is_the_layouts_own_bytes_wherever_a_split_exists(name):
 
 
 def test_balanced_resampling_uses_every_value_equally():
-    from experiments.model import balanced_resample
+    from experiments.model_noise import balanced_resample
 
     values = np.arange(7, dtype=float) ** 2
     out = balanced_resample(values, 7 * 30, np.random.default_rng(1))
@@ -144,7 +144,7 @@ def test_baseline_noise_is_on_the_time_axis():
     gets the no-jitter point's own deviations from its mean (so its p99 returns); a step of
     five windows holds five excesses, so five times the stalls and its mean noise grows by
     four windows' mean excess (exact: balanced permutations)."""
-    from experiments.model import windowed_noise
+    from experiments.model_noise import windowed_noise
 
     lat = np.full(100, 5e-3) + np.linspace(-1e-4, 1e-4, 100)
     lat[37] += 0.1
@@ -192,7 +192,7 @@ def test_the_spun_share_of_a_delay_follows_the_injector():
     """The host injector spins the last 500 us of a delay: exponential(1 ms) spins
     E[min(D, 0.5 ms)] / E[D] = 1 - exp(-0.5) of it (Monte Carlo over 4096 draws: 4 SE is
     about 1.5%); sleep only spins none; cuda spins all; constants below the margin all."""
-    from experiments.model import sleep_margin_s, spun_share
+    from experiments.model_noise import sleep_margin_s, spun_share
 
     exp = parse_schedule("exponential(1ms)")
     host = sleep_margin_s("host")
