@@ -97,11 +97,20 @@ def test_emulated_compute_spins_the_roofline_time_of_llama_3_70b_at_tp2(tmp_path
     steps = cols["site"] == -1
     step_s = (cols["t_done_ns"][steps] - cols["t_start_ns"][steps]) / 1e9
     assert predicted_s == pytest.approx(0.0204, rel=0.01)
-    # At least the roofline (the spin never ends early); at most 15% more plus the 160
-    # small all-reduces and the step's own work, on a 2-core machine (measured here: 8 to
-    # 13 ms per step beside the spin, on this code and on the code before issue 8 alike;
-    # a 10 ms allowance failed on both, 20 ms leaves no room for a spin twice too long).
-    assert np.all(step_s >= predicted_s) and np.median(step_s) <= 1.15 * predicted_s + 0.02
+    # The step is at least the roofline (the spin never ends early). The spun compute
+    # itself, read from the records (site start to arrival, less the injected delay: none
+    # here), is the roofline within 15% plus 10 us per site (each spin's exit and clock
+    # reads), in the median step. The step's other work (160 small float16 all-reduces
+    # reduced in software by MPI) is not bounded here: it took 8 to 13 ms per step beside
+    # the spin on one day and 20 to 28 ms on a slower day of the same 2-core machine.
+    assert np.all(step_s >= predicted_s)
+    site = ~steps
+    spun = (cols["t_arrive_ns"][site] - cols["t_start_ns"][site] - cols["delay_ns"][site]
+            - cols["detour_ns"][site])
+    per_step = np.bincount(cols["step"][site], weights=spun) / 1e9
+    n_sites = int(site.sum()) // per_step.size
+    assert np.all(per_step >= predicted_s)
+    assert np.median(per_step) <= 1.15 * predicted_s + n_sites * 10e-6, per_step
 
 
 def test_a_world_size_that_does_not_divide_the_heads_fails_naming_it(tmp_path):
