@@ -67,7 +67,7 @@ def _bench(tmp_path: Path, backend: str, jitter: str | None, algorithms: tuple[s
     plan = Plan.build(workload="microbench",
                       out_dir=str(tmp_path / f"{backend}-{len(jitter or '')}"),
                 backend=backend, jitter=jitter, colls=("all_reduce",), sizes=(1024,),
-                algorithms=algorithms, ranks_per_node=2, iters=5, warmup=1, seed=1,
+                algorithms=algorithms, ranks_per_node=2, iters=9, warmup=1, seed=1,
                 timeout_s=120, check=True)
     rows = run_bench(plan, launcher="mpirun", nproc=4)["rows"]
     assert all(r["wrong"] == 0 for r in rows), rows
