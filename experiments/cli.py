@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"jitterlab {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
                            parser_class=_Parser)
-    for add in (_add_maxtable, _add_bench, _add_tools, _add_sweeps, cli_simulate.add_parser):
+    for add in (_add_maxtable, _add_bench, _add_tools, _add_sweeps, cli_simulate.add_parser,
+                _add_trace):
         add(sub)
     return p
 
@@ -214,6 +215,32 @@ def _add_sweeps(sub) -> None:
     v.add_argument("--max-ranks-per-host", type=int, metavar="N", help=_MAX_RANKS_HELP)
 
 
+def _add_trace(sub) -> None:
+    """trace: a point's records as a Chrome trace (Perfetto, chrome://tracing)."""
+    from .trace import MAX_EVENTS
+
+    t = sub.add_parser("trace", help="a point's or a run's records as a Chrome trace",
+                       description="Write the records of one point (points/<id>/) or of "
+                                   "every point of a run folder as Chrome trace-event "
+                                   "JSON: a process per point, a track per rank, slices "
+                                   "for each step and site (compute, delay, detour, "
+                                   "collective wait), and with record_hops the algorithm's "
+                                   "steps and a flow arrow per message. Open it in "
+                                   "ui.perfetto.dev or chrome://tracing.")
+    t.add_argument("input", metavar="RUN_OR_POINT_DIR")
+    t.add_argument("--out", required=True, metavar="FILE", help="the trace (JSON)")
+    t.add_argument("--steps", metavar="A:B",
+                   help="recorded (post-warm-up) steps A to B-1; default: every step, up "
+                        f"to {MAX_EVENTS:,} events (whole steps from the first; a note "
+                        "says where it cut)")
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from .trace import cmd_trace
+
+    return cmd_trace(args)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -228,7 +255,7 @@ _COMMANDS = {"maxtable": cli_tools.cmd_maxtable, "describe": cli_tools.cmd_descr
              "doctor": cli_tools.cmd_doctor, "worker": cli_tools.cmd_worker,
              "validate": cli_sweeps.cmd_validate, "run": cli_sweeps.cmd_run,
              "report": cli_sweeps.cmd_report, "show": cli_sweeps.cmd_show,
-             "simulate": cli_simulate.cmd_simulate}
+             "simulate": cli_simulate.cmd_simulate, "trace": _cmd_trace}
 
 
 def _silence_stdout() -> None:
