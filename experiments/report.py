@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,28 @@ from jitter_models.units import MAX_DELAY_S, format_duration
 from .analysis import predicted_site_max_us, scaling, useful_parallelism
 from .atomic import write_bytes_atomic, write_text_atomic
 from .csv_cells import csv_text
-from .report_plots import SITE_MAX_PLOT, site_max_pairs  # noqa: F401 (the report's API)
+from .page import (
+    Definitions,
+    Figure,
+    Gallery,
+    Note,
+    Page,
+    Paragraph,
+    Section,
+    Summary,
+    Table,
+    to_html,
+    to_markdown,
+)
+from .report_plots import (
+    BREAKDOWN_PLOT,
+    CAPTIONS,
+    HEATMAP_CAPTION,
+    SITE_MAX_PLOT,
+    heatmap_caption,
+    heatmap_name,
+    site_max_pairs,  # noqa: F401 (the report's API)
+)
 from .report_plots import plots as _plots
 from .report_plots import site_max_caption as _site_max_caption
 
@@ -105,7 +125,8 @@ def build(root: str | Path, *, skip_bad: bool = False) -> dict[str, Any]:
                                     {(p["schedule"], p["batch"], p["world_size"]):
                                      p["p99_ci_us"] for p in points},
                                     [sch.name for sch in spec.schedules]),
-            "largest": _largest(root, points, len(spec.batches) > 1), "models": models,
+            "largest": _largest(root, _in_order(points, spec), len(spec.batches) > 1),
+            "models": models,
             "failed": failed, "skipped": skipped,
             "expected_points": len(expected)}
 
@@ -172,8 +193,8 @@ def _largest(root: Path, points: list[dict], by_batch: bool) -> dict[str, dict[s
             n_sites = int(t["site"][site].max()) + 1
             w = (t["t_done_ns"][site] - t["t_arrive_ns"][site]).reshape(-1, n_sites)
             waits.append(w.mean(axis=0) / 1e3)
-        out[key] = {"world_size": p["world_size"],
-                              "steps_s": step_latencies(tables), "wait_us": waits}
+        out[key] = {"schedule": p["schedule"], "world_size": p["world_size"],
+                    "steps_s": step_latencies(tables), "wait_us": waits}
     return out
 
 
@@ -256,54 +277,181 @@ def _fmt(v: Any) -> str:
     return escape(str(v))  # a name's control characters (an ANSI escape) are not raw
 
 
-def _table(rows: list[dict], keys: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
-    return lines
+def _in_order(rows: list[dict], spec) -> list[dict]:
+    """Rows in the spec's schedule order, then batch, then N: the order of every table
+    and legend."""
+    order = {sch.name: i for i, sch in enumerate(spec.schedules)}
+    return sorted(rows, key=lambda r: (order.get(r["schedule"], len(order)),
+                                       r.get("batch", 0), r["world_size"]))
 
 
-def _model_sections(data: dict, spec) -> list[str]:
-    """The model's sections: the fit, measured vs simulated, extrapolation."""
-    lines: list[str] = []
+def _figure(plots: dict[str, bytes], name: str, caption: str = "") -> tuple:
+    """The plot ``name`` as a figure (its alt text and caption from ``CAPTIONS``), or
+    nothing when it was not drawn."""
+    if name not in plots:
+        return ()
+    alt, default = CAPTIONS[name]
+    return (Figure(name, plots[name], alt, caption or default),)
+
+
+def _page(data: dict, plots: dict[str, bytes]) -> Page:
+    """The run report as a document: summary, one section per question, definitions."""
+    spec = data["spec"]
+    meta = (f"{escape(spec.work.describe(spec.params))}, world sizes "
+            f"{list(spec.world_sizes)}, batch {list(spec.batches)}, backend "
+            f"{spec.backend}, {spec.steps} recorded steps per point after {spec.warmup} "
+            f"warm-up; {len(data['points'])} of {data['expected_points']} points complete.")
+    sections = [*_trouble(data), _latency_section(data, plots),
+                _efficiency_section(data, plots), _time_section(data, plots),
+                _delay_section(data, plots), *_model_sections(data, spec, plots),
+                Section("Definitions", blocks=(Definitions(tuple(DEFINITIONS)),))]
+    return Page(f"jitterlab report: {escape(spec.name)}", meta,
+                Summary(_facts(data), tuple(data["headlines"].values())), tuple(sections))
+
+
+def _facts(data: dict) -> tuple[tuple[str, str], ...]:
+    """The key-value block on top: completeness, the measured N, the model's error."""
+    facts = [("points complete", f"{len(data['points'])} of {data['expected_points']}")]
+    if data["failed"]:
+        facts.append(("failed points", str(len(data["failed"]))))
+    ns = sorted({p["world_size"] for p in data["points"]})
+    if ns:
+        facts.append(("measured N", ", ".join(map(str, ns))))
+    out = [r for m in data["models"].values() for r in m["validation"] if not r["in_sample"]]
+    if out:
+        worst = {k: max(abs(r[k]) for r in out) for k in ("rel_error_mean", "rel_error_p99")}
+        facts.append(("model error out of sample", f"mean within {worst['rel_error_mean']:.0%}"
+                      f", p99 within {worst['rel_error_p99']:.0%} over {len(out)} points"))
+    return tuple(facts)
+
+
+def _trouble(data: dict) -> list[Section]:
+    """Failed and unreadable points, first: they change what every other number means."""
+    out = []
+    if data["failed"]:
+        out.append(Section("Failed points", blocks=(Table.of(
+            "Points that failed", data["failed"],
+            ["point", "schedule", "world_size", "batch", "error"], _fmt),)))
+    if data["skipped"]:
+        out.append(Section("Skipped points (files that do not read back)", blocks=(
+            Table.of("Points left out", data["skipped"], ["point", "file", "why"], _fmt),)))
+    return out
+
+
+def _scaled(data: dict) -> list[dict]:
+    # (scaling.csv keeps seconds; people read ms)
+    return [r | {"mean_ms": r["mean_s"] * 1e3, "p99_ms": r["p99_s"] * 1e3}
+            for r in _in_order(data["scaling"], data["spec"])]
+
+
+def _latency_section(data: dict, plots: dict[str, bytes]) -> Section:
+    return Section("How does step latency grow with N?", (
+        "Step latency per token is the max over ranks of the step's duration; p99 and mean "
+        "over the recorded steps of each point."), (
+        *_figure(plots, "latency_vs_n.png"), *_figure(plots, "step_latency_cdf.png"),
+        Table.of("Step latency per schedule and N", _scaled(data),
+                 ["schedule", "batch", "world_size", "mean_ms", "p99_ms",
+                  "tail_amplification"], _fmt)))
+
+
+def _efficiency_section(data: dict, plots: dict[str, bytes]) -> Section:
+    return Section("How efficient is scaling?", (
+        "Efficiency E(N) = S(N)/N against the same schedule at N = 1 (delays are injected "
+        "there too); the jitter tax is the step latency over the no-jitter schedule's at "
+        "the same N."), (
+        *_figure(plots, "efficiency_vs_n.png"),
+        Table.of("Efficiency and jitter tax per schedule and N", _scaled(data),
+                 ["schedule", "batch", "world_size", "efficiency_mean", "efficiency_p99",
+                  "jitter_tax_p99"], _fmt)))
+
+
+def _time_section(data: dict, plots: dict[str, bytes]) -> Section:
+    points = _in_order(data["points"], data["spec"])
+    blocks: list = list(_figure(plots, BREAKDOWN_PLOT))
+    maps = tuple(Figure(heatmap_name(label), plots[heatmap_name(label)],
+                        *heatmap_caption(label, big))
+                 for label, big in data["largest"].items() if heatmap_name(label) in plots)
+    if maps:
+        blocks.append(Gallery(maps, HEATMAP_CAPTION))
+    clipped = sum(p.get("delays_clipped", 0) for p in data["points"])
+    if clipped:
+        blocks.append(Paragraph(
+            f"to {format_duration(MAX_DELAY_S)}, the maximum delay (delays_clipped: draws of "
+            "an unbounded law above it, over all ranks and steps, warm-up included): those "
+            "points measure the clipped law, not the schedule's.",
+            lead=f"{clipped} injected delays were clipped"))
+    blocks.append(Table.of("Every point (raw)", points, [
+        "schedule", "batch", "world_size", "n_steps", "p50_us", "p99_us", "p99_ci_us",
+        "compute_us", "delay_us", "skew_wait_us", "collective_us", "site_max_requested_us",
+        "site_max_achieved_us", "site_max_predicted_us", "delays_clipped"], _fmt,
+        collapsible=True))
+    return Section("Where does the time go?", (
+        "Per step: compute, injected delay, waiting for the slowest rank (arrival skew) "
+        "and the collective's own time; then who waits at each schedule's largest N."),
+        tuple(blocks))
+
+
+def _delay_section(data: dict, plots: dict[str, bytes]) -> Section:
+    return Section("Did the injector deliver the schedule?", (
+        "The delay the ranks achieved at a site, against what the order statistics of the "
+        "schedule predict for the max over N ranks."), _figure(
+        plots, SITE_MAX_PLOT, _site_max_caption(data["points"])
+        + " Read the distance above the line."))
+
+
+def _model_sections(data: dict, spec, plots: dict[str, bytes]) -> list[Section]:
+    """Per batch: the fit, measured vs simulated, extrapolation; the model plot (one for
+    every batch) in the first."""
+    out = []
+    fig = _figure(plots, "model_efficiency_vs_n.png")
     for batch, m in data["models"].items():
         tag = f" (batch {batch})" if len(data["models"]) > 1 else ""
-        lines += ["", f"## Model: the simulator fitted on the no-jitter points{tag}", ""]
+        title = f"Model: the simulator fitted on the no-jitter points{tag}"
+        question = "Does the model fit the measured points, and what does it say beyond them?"
         if m["why"]:
-            lines.append(f"No model: {escape(m['why'])}.")
-            continue
-        f = m["fit"]
-        bw = ("unlimited: alpha and bandwidth cannot be separated from these points (one "
-              f"message size, {len(f['fitted_on']) - 1} multi-rank world size); their sum "
-              f"at {f['message_bytes']} bytes is fitted as alpha"
-              if not f["separable"] else "unlimited (the least-squares fit puts the whole "
-              "cost in alpha)" if f["bandwidth_gbps"] is None
-              else f"{f['bandwidth_gbps']:.3g} GB/s")
-        lines += [f"Fitted on the no-jitter schedules ({', '.join(f['schedules'])}; "
-                  "pooled per N) at N = "
-                  f"{', '.join(map(str, f['fitted_on']))}: network alpha "
-                  f"{f['alpha_us']:.3g} µs per hop, bandwidth {bw} (at each measured N the "
-                  "tier is scaled to its measured collective time; the fit speaks between "
-                  "and beyond them); local call "
-                  f"{f['local_call_us']:.3g} µs per site; compute per site (µs) "
-                  f"{_fmt_map(f['compute_site_us'])}; step overhead (µs) "
-                  f"{_fmt_map(f['overhead_step_us'])}; baseline noise: the no-jitter "
-                  "steps' excess over their median, as the noise of one mean step's "
-                  "window on the time axis (a step k windows long holds k of them); "
-                  f"{escape(spec.work.model_note(spec.params))}. Every other schedule's "
-                  "point is predicted out of sample (in_sample = false).", ""]
-        lines += _table(m["validation"], ["schedule", "world_size", "measured_mean_us",
-                                          "model_mean_us", "rel_error_mean",
-                                          "measured_p99_us", "model_p99_us",
-                                          "rel_error_p99", "in_sample"])
-        keep = {1, 8, 64, 512, 4096, 65536, 1 << 20}
-        lines += ["", f"## Extrapolation (simulator only){tag}", ""]
-        lines += _table([r for r in m["extrapolation"] if r["world_size"] in keep],
-                        ["schedule", "world_size", "model_mean_us", "model_p99_us",
-                         "efficiency"])
-        lines += ["", "Beyond the measured world sizes only the simulator speaks: the "
-                  "network tier fitted here is used between nodes too unless the spec "
-                  "gives [network], and the baseline noise is the largest measured N's."]
-    return lines
+            out.append(Section(title, question, (Note(f"No model: {m['why']}."), *fig)))
+        else:
+            out.append(Section(title, question, (Paragraph(_fit_text(m["fit"], spec)), *fig,
+                                                 *_model_tables(m, tag))))
+        fig = ()
+    return out
+
+
+def _model_tables(m: dict, tag: str) -> tuple:
+    keep = {1, 8, 64, 512, 4096, 65536, 1 << 20}
+    extrapolation = Section(f"Extrapolation (simulator only){tag}", (
+        "Beyond the measured world sizes only the simulator speaks: the network tier fitted "
+        "here is used between nodes too unless the spec gives [network], and the baseline "
+        "noise is the largest measured N's."), (Table.of(
+            "Simulated step latency and efficiency", [r for r in m["extrapolation"]
+                                                      if r["world_size"] in keep],
+            ["schedule", "world_size", "model_mean_us", "model_p99_us", "efficiency"], _fmt,
+            collapsible=True),))
+    return (Table.of("Measured against the model", m["validation"], [
+        "schedule", "world_size", "measured_mean_us", "model_mean_us", "rel_error_mean",
+        "measured_p99_us", "model_p99_us", "rel_error_p99", "in_sample"], _fmt),
+        extrapolation)
+
+
+def _fit_text(f: dict, spec) -> str:
+    """What the fit found, in one paragraph."""
+    bw = ("unlimited: alpha and bandwidth cannot be separated from these points (one "
+          f"message size, {len(f['fitted_on']) - 1} multi-rank world size); their sum "
+          f"at {f['message_bytes']} bytes is fitted as alpha"
+          if not f["separable"] else "unlimited (the least-squares fit puts the whole "
+          "cost in alpha)" if f["bandwidth_gbps"] is None
+          else f"{f['bandwidth_gbps']:.3g} GB/s")
+    return (f"Fitted on the no-jitter schedules ({', '.join(f['schedules'])}; pooled per N) "
+            f"at N = {', '.join(map(str, f['fitted_on']))}: network alpha "
+            f"{f['alpha_us']:.3g} µs per hop, bandwidth {bw} (at each measured N the tier is "
+            "scaled to its measured collective time; the fit speaks between and beyond "
+            f"them); local call {f['local_call_us']:.3g} µs per site; compute per site (µs) "
+            f"{_fmt_map(f['compute_site_us'])}; step overhead (µs) "
+            f"{_fmt_map(f['overhead_step_us'])}; baseline noise: the no-jitter steps' excess "
+            "over their median, as the noise of one mean step's window on the time axis (a "
+            "step k windows long holds k of them); "
+            f"{escape(spec.work.model_note(spec.params))}. Every other schedule's point is "
+            "predicted out of sample (in_sample = false).")
 
 
 def _fmt_map(d: dict) -> str:
@@ -311,65 +459,10 @@ def _fmt_map(d: dict) -> str:
 
 
 def _markdown(data: dict, plots: dict[str, bytes]) -> str:
-    spec = data["spec"]
-    lines = [f"# jitterlab report: {escape(spec.name)}", "",
-             f"{escape(spec.work.describe(spec.params))}, world sizes "
-             f"{list(spec.world_sizes)}, batch {list(spec.batches)}, backend "
-             f"{spec.backend}, {spec.steps} recorded steps per point after {spec.warmup} warm-up; "
-             f"{len(data['points'])} of {data['expected_points']} points complete.", "",
-             "## Headlines", ""]
-    lines += [f"- {h}" for h in data["headlines"].values()]
-    if data["failed"]:
-        lines += ["", "## Failed points", ""]
-        lines += _table(data["failed"], ["point", "schedule", "world_size", "batch", "error"])
-    if data["skipped"]:
-        lines += ["", "## Skipped points (files that do not read back)", ""]
-        lines += _table(data["skipped"], ["point", "file", "why"])
-    lines += ["", "## Scaling", ""]
-    order = {sch.name: i for i, sch in enumerate(spec.schedules)}
-
-    def in_order(rows: list[dict]) -> list[dict]:
-        return sorted(rows, key=lambda r: (order.get(r["schedule"], len(order)),
-                                           r.get("batch", 0), r["world_size"]))
-
-    scaled = [r | {"mean_ms": r["mean_s"] * 1e3, "p99_ms": r["p99_s"] * 1e3}
-              for r in in_order(data["scaling"])]  # (scaling.csv keeps seconds)
-    lines += _table(scaled, ["schedule", "batch", "world_size", "mean_ms", "p99_ms",
-                             "efficiency_mean", "efficiency_p99", "jitter_tax_p99",
-                             "tail_amplification"])
-    lines += ["", "## Points (µs)", ""]
-    lines += _table(in_order(data["points"]), ["schedule", "batch", "world_size", "n_steps",
-                                               "p50_us",
-                                     "p99_us",
-                                     "p99_ci_us", "compute_us", "delay_us", "skew_wait_us",
-                                     "collective_us", "site_max_requested_us",
-                                     "site_max_achieved_us", "site_max_predicted_us",
-                                     "delays_clipped"])
-    clipped = sum(p.get("delays_clipped", 0) for p in data["points"])
-    if clipped:
-        lines += ["", f"**{clipped} injected delays were clipped** to "
-                  f"{format_duration(MAX_DELAY_S)}, the maximum delay (delays_clipped: draws "
-                  "of an unbounded law above it, over all ranks and steps, warm-up "
-                  "included): those points measure the clipped law, not the schedule's."]
-    lines += _model_sections(data, spec)
-    lines += ["", "## Plots", ""]
-    for n in plots:
-        lines.append(f"![{n}]({n})")
-        if n == SITE_MAX_PLOT:
-            lines += ["", _site_max_caption(data["points"]), ""]
-    lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
-    return "\n".join(lines) + "\n"
+    """report.md: the page in Markdown, the plots linked as the PNG files beside it."""
+    return to_markdown(_page(data, plots))
 
 
 def _html(data: dict, plots: dict[str, bytes]) -> str:
-    import html
-
-    md = _markdown(data, {})
-    body = "<pre>" + html.escape(md) + "</pre>"
-    imgs = "".join(f'<h3>{html.escape(n)}</h3><img alt="{html.escape(n)}" '
-                   f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-                   + (f"<p>{html.escape(_site_max_caption(data['points']))}</p>"
-                      if n == SITE_MAX_PLOT else "")
-                   for n, png in plots.items())
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>jitterlab report"
-            f"</title></head><body>{body}{imgs}</body></html>\n")
+    """report.html: the page, self-contained (the plots embedded)."""
+    return to_html(_page(data, plots))
