@@ -73,6 +73,21 @@ class Backend(ABC):
     @abstractmethod
     def all_to_all(self, out: Any, inp: Any) -> None: ...
     @abstractmethod
+    def all_to_all_v(self, out: Any, out_counts: list[int], inp: Any,
+                     in_counts: list[int]) -> None:
+        """Uneven all-to-all: ``inp``'s first ``in_counts[0]`` elements go to rank 0, the
+        next ``in_counts[1]`` to rank 1, ...; ``out`` receives ``out_counts[j]`` elements
+        from rank j, in rank order (MPI_Alltoallv with packed displacements)."""
+    @abstractmethod
+    def iall_reduce(self, buf: Any, op: str = "sum") -> Any:
+        """A non-blocking all-reduce in place (sum or max): the request, for ``done``
+        and ``wait``."""
+    @abstractmethod
+    def done(self, request: Any) -> bool:
+        """Has the non-blocking call finished? (Calling it drives MPI's progress.)"""
+    @abstractmethod
+    def wait(self, request: Any) -> None: ...
+    @abstractmethod
     def barrier(self) -> None: ...
     @abstractmethod
     def send(self, buf: Any, dst: int) -> None: ...
@@ -175,6 +190,22 @@ class MPIBackend(Backend):
     def all_to_all(self, out: np.ndarray, inp: np.ndarray) -> None:
         self.comm.Alltoall(inp, out)
 
+    def all_to_all_v(self, out: np.ndarray, out_counts: list[int], inp: np.ndarray,
+                     in_counts: list[int]) -> None:
+        self.comm.Alltoallv([inp, (in_counts, _displacements(in_counts))],
+                            [out, (out_counts, _displacements(out_counts))])
+
+    def iall_reduce(self, buf: np.ndarray, op: str = "sum") -> Any:
+        if check_redop(op) not in ("sum", "max"):
+            raise ValueError(f"op: iall_reduce takes sum or max, got {op!r}")
+        return self.comm.Iallreduce(self._mpi.IN_PLACE, buf, op=self._ops[op])
+
+    def done(self, request: Any) -> bool:
+        return bool(request.Test())
+
+    def wait(self, request: Any) -> None:
+        request.Wait()
+
     def barrier(self) -> None:
         self.comm.Barrier()
 
@@ -205,6 +236,11 @@ class MPIBackend(Backend):
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         return self.comm.allgather(obj)
+
+
+def _displacements(counts: list[int]) -> list[int]:
+    """Packed offsets of consecutive blocks of ``counts`` elements."""
+    return [int(x) for x in np.concatenate(([0], np.cumsum(counts[:-1])))] if counts else []
 
 
 _NUMPY_OPS = {"sum": np.add, "avg": np.add, "prod": np.multiply, "max": np.maximum,
@@ -281,6 +317,22 @@ class TorchBackend(Backend):
 
     def all_to_all(self, out: Any, inp: Any) -> None:
         self._dist.all_to_all_single(out, inp, **self._g)
+
+    def all_to_all_v(self, out: Any, out_counts: list[int], inp: Any,
+                     in_counts: list[int]) -> None:
+        self._dist.all_to_all_single(out, inp, output_split_sizes=list(out_counts),
+                                     input_split_sizes=list(in_counts), **self._g)
+
+    def iall_reduce(self, buf: Any, op: str = "sum") -> Any:
+        if check_redop(op) not in ("sum", "max"):
+            raise ValueError(f"op: iall_reduce takes sum or max, got {op!r}")
+        return self._dist.all_reduce(buf, op=self._ops[op], async_op=True, **self._g)
+
+    def done(self, request: Any) -> bool:
+        return bool(request.is_completed())
+
+    def wait(self, request: Any) -> None:
+        request.wait()
 
     def barrier(self) -> None:
         self._dist.barrier(**self._g)

@@ -17,7 +17,10 @@ largest delay, then post the group: there the step's sends depart together.
 
 Buffers (as ``ops``): all_reduce works in place on ``inp``; all_gather fills ``out``
 (world_size chunks) from ``inp``; reduce_scatter reads ``inp`` (world_size chunks, left
-unchanged: it is copied into a working buffer) and leaves chunk ``rank`` in ``out``.
+unchanged: it is copied into a working buffer) and leaves chunk ``rank`` in ``out``;
+all_to_all sends views of ``inp`` and receives straight into ``out`` (the output is
+never sent from, so no scratch is needed), with even chunks or, given per-call counts,
+uneven ones (alltoallv).
 """
 
 from __future__ import annotations
@@ -95,11 +98,12 @@ class Explicit:
         self.backend, self.collective, self.redop = backend, collective, redop
         n, rank = backend.world_size, backend.rank
         self.pattern: Pattern = pattern(algorithm, collective, n, ranks_per_node)
-        if collective in ("all_gather", "reduce_scatter") and count % n:
+        if collective in ("all_gather", "reduce_scatter", "all_to_all") and count % n:
             raise ValueError(f"count: {collective} needs a multiple of world_size={n}, "
                              f"got {count}")
         self.count = count
-        self.work = None if collective == "all_reduce" else backend.empty(count, dtype)
+        self.work = (None if collective in ("all_reduce", "all_to_all")
+                     else backend.empty(count, dtype))
         self.bounds = chunk_bounds(count, self.pattern.n_chunks)
         self.links: list[int] = []  # destinations, in the order this rank first sends
         self._dtype = dtype
@@ -157,13 +161,51 @@ class Explicit:
         return steps
 
 
+    def _bind_all_to_all(self, inp: Any, out: Any, in_counts: Sequence[int] | None,
+                         out_counts: Sequence[int] | None) -> list[_Step]:
+        """all_to_all's steps for one call: sends view ``inp``'s blocks, receives land in
+        ``out``'s; blocks are even chunks of ``count``, or packed blocks of the counts."""
+        n, rank = self.backend.world_size, self.backend.rank
+        if (in_counts is None) != (out_counts is None):
+            raise ValueError("in_counts, out_counts: give both (uneven) or neither (even)")
+        if in_counts is None:
+            src_b = dst_b = self.bounds
+        else:
+            if len(in_counts) != n or len(out_counts) != n:
+                raise ValueError(f"in_counts, out_counts: need {n} counts each")
+            src_b, dst_b = _packed(in_counts), _packed(out_counts)
+            if src_b[-1][1] > len(inp) or dst_b[-1][1] > len(out):
+                raise ValueError("in_counts, out_counts: add up to more than the buffers")
+        a, b = src_b[rank]
+        self.backend.copy(out[slice(*dst_b[rank])], inp[a:b])  # the own block: local
+        seen: dict[int, int] = {}
+        steps = []
+        for index, sends, recvs in self.pattern.rank_steps(rank):
+            out_sends = []
+            for t in sends:
+                out_sends.append(_Send(inp[src_b[t.lo][0]:src_b[t.hi - 1][1]], t.dst,
+                                       self.links.index(t.dst), seen.get(t.dst, 0)))
+                seen[t.dst] = seen.get(t.dst, 0) + 1
+            out_recvs = []
+            for t in recvs:
+                first, stop = t.lands
+                view = out[dst_b[first][0]:dst_b[stop - 1][1]]
+                out_recvs.append(_Recv(view, view, t.src, False))
+            steps.append(_Step(tuple(out_sends), tuple(out_recvs), index))
+        return steps
+
     def run(self, inp: Any, out: Any = None, *, hop_delays_ns: Sequence[int] | None = None,
-            injector: Injector | None = None) -> tuple[int, int]:
+            injector: Injector | None = None, in_counts: Sequence[int] | None = None,
+            out_counts: Sequence[int] | None = None) -> tuple[int, int]:
         """One call. ``hop_delays_ns[j]``: the delay of this rank's j-th send of the call
-        (in pattern order), None for none. Returns (requested, achieved) hop delay summed
-        over this rank's sends, in ns: achieved is each send's post time minus the time
-        its step was ready."""
+        (in pattern order), None for none. all_to_all only: ``in_counts[j]`` elements go
+        to rank j, ``out_counts[j]`` come from it (packed blocks; None: even chunks).
+        Returns (requested, achieved) hop delay summed over this rank's sends, in ns:
+        achieved is each send's post time minus the time its step was ready."""
         backend = self.backend
+        if self.collective == "all_to_all":
+            steps = self._bind_all_to_all(inp, out, in_counts, out_counts)
+            return self._run_steps(steps, hop_delays_ns, injector)
         if self.collective == "all_reduce":
             work = inp.reshape(-1)  # (a model's (batch, hidden) activations: a view)
             if work.shape[0] != self.count:
@@ -176,7 +218,21 @@ class Explicit:
             else:
                 a, b = self._span(backend.rank, backend.rank + 1)
                 backend.copy(work[a:b], inp)
-        steps = self._bind(work)
+        requested, achieved = self._run_steps(self._bind(work), hop_delays_ns, injector)
+        if self.redop == "avg" and self.pattern.steps and self.collective != "all_gather":
+            backend.divide(work, backend.world_size)
+        if self.collective == "reduce_scatter":
+            a, b = self._span(backend.rank, backend.rank + 1)
+            backend.copy(out, work[a:b])
+        elif self.collective == "all_gather":
+            backend.copy(out, work)
+        return requested, achieved
+
+    def _run_steps(self, steps: list[_Step], hop_delays_ns: Sequence[int] | None,
+                   injector: Injector | None) -> tuple[int, int]:
+        """Walk the steps: post, wait, apply each receive (a receive that landed in
+        place, ``buf is target``, needs nothing applied); (requested, achieved) ns."""
+        backend = self.backend
         inject = injector if injector is not None else NoInjector()
         requested = achieved = 0
         j = 0
@@ -187,18 +243,13 @@ class Explicit:
             requested += sum(delays)
             achieved += self._step(step, delays, inject)
             for r in step.recvs:
+                if r.buf is r.target:
+                    continue
                 if r.reduce:
                     backend.combine(r.target, r.buf, self.redop)
                 else:
                     backend.copy(r.target, r.buf)
         self._calls += 1
-        if self.redop == "avg" and self.pattern.steps and self.collective != "all_gather":
-            backend.divide(work, backend.world_size)
-        if self.collective == "reduce_scatter":
-            a, b = self._span(backend.rank, backend.rank + 1)
-            backend.copy(out, work[a:b])
-        elif self.collective == "all_gather":
-            backend.copy(out, work)
         return requested, achieved
 
     def _step(self, step: _Step, delays: list[int], inject: Injector) -> int:
@@ -258,6 +309,17 @@ class Explicit:
         for r in step.recvs:
             rows.append((*head, RECV, r.src, len(r.buf) * self._esize, 0, 0, t_recv, t_done))
         return sum(t - t_ready for t in posted)
+
+
+def _packed(counts: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive blocks of ``counts`` elements."""
+    out, start = [], 0
+    for c in counts:
+        if c < 0:
+            raise ValueError(f"counts: must be >= 0, got {c}")
+        out.append((start, start + int(c)))
+        start += int(c)
+    return out
 
 
 def link_delays(schedule: Any, seed: int, rank: int, calls: Sequence[tuple[Explicit, int]]

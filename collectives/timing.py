@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -121,6 +121,17 @@ def read_rank_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray],
 
 
 # --- the timing primitive ------------------------------------------------------------
+
+
+class PolledSpan(NamedTuple):
+    """When a :meth:`SiteTimer.polled_site` started, ended its compute and was ready (its
+    compute and delay done), and the detour time it included; host ns."""
+
+    t_start_ns: int
+    t_delay_ns: int
+    t_ready_ns: int
+    detour_ns: int
+
 
 STEP_SITE = -1
 """``site`` of the per-step row (the step's start and end)."""
@@ -308,6 +319,46 @@ class SiteTimer:
                                  hop_delay_req_ns=hop_req, hop_delay_ns=hop_got)
         self._pending.clear()
         return to_host(self._end)
+
+    # --- sites whose compute overlaps a non-blocking collective (host clock only) -----
+
+    def polled_site(self, *, compute_ns: int, delay_ns: int,
+                    wait_until: Callable[[int], None], index: int = 0) -> PolledSpan:
+        """One site whose compute and delay run while an earlier site's non-blocking
+        collective is in flight (a DDP bucket): from now (the site start) compute until
+        start + ``compute_ns``, then the injected delay, honouring the detours as
+        :meth:`close_site` does. Both waits go through ``wait_until(deadline_ns)``, the
+        workload's, which must drive the in-flight collective while it waits (MPI
+        progresses only inside MPI calls), so the injector is not used. Records nothing:
+        the collective's arrival and end are known later, :meth:`record_polled` takes
+        them. Host clock only: on CUDA a host wait says nothing of the stream."""
+        if self._event is not None:
+            raise ValueError("overlap: a polled site runs on the host clock only (CPU "
+                             "backends); on CUDA the stream, not the host, would overlap")
+        t_start = now_ns()
+        wait_until(t_start + max(compute_ns, 0))
+        t_delay = now_ns()
+        detour = (0 if self.detours is None else
+                  self._detour_ns(t_start, t_delay, delay_ns))
+        if delay_ns > 0 or detour:
+            wait_until(t_delay + max(delay_ns, 0) + detour)
+        self.mark[0] = index
+        return PolledSpan(t_start, t_delay, now_ns(), detour)
+
+    def record_polled(self, site: int, span: PolledSpan, *, delay_ns: int, t_arrive_ns: int,
+                      t_done_ns: int, op: int = 0, nbytes: int = 0) -> None:
+        """The record of a :meth:`polled_site` whose collective entered at
+        ``t_arrive_ns`` (at or after ``span.t_ready_ns``: it may have waited for the
+        collective before it) and was seen done at ``t_done_ns``. ``delay_ns``: what the
+        schedule asked; the achieved delay is the span's (ready - end of compute -
+        detour), so a wait for the earlier collective counts as the site's compute in
+        ``t_arrive - t_start - delay - detour``. Call it outside timed regions."""
+        if self.record_sites:
+            self.records.add(step=self._step, site=site, op=op, nbytes=nbytes,
+                             delay_req_ns=delay_ns, t_start_ns=span.t_start_ns,
+                             t_arrive_ns=t_arrive_ns, t_done_ns=t_done_ns,
+                             delay_ns=span.t_ready_ns - span.t_delay_ns - span.detour_ns,
+                             detour_ns=span.detour_ns)
 
     def step_row(self, t_end: int) -> None:
         """The per-step row: the step's start and end on this rank."""

@@ -39,6 +39,8 @@ WORKLOADS: dict[str, str] = {
     "tp_decode": "collectives.tp_decode:TPDecode",
     "microbench": "collectives.microbench:Microbench",
     "bsp": "collectives.bsp:BSP",
+    "moe_decode": "collectives.moe_decode:MoEDecode",
+    "dp_step": "collectives.dp_step:DPStep",
 }
 """The workloads jitterlab ships, by name: ``module:Class``."""
 
@@ -67,6 +69,11 @@ class SimSite:
     """nccl-tests size S of the site's collective."""
     collective: str
     """The collective (``collectives.ops`` name), e.g. all_reduce."""
+    overlap: bool = False
+    """The site's compute overlaps the previous site's collective (``jitter_models.
+    simulate.Site.overlap``)."""
+    load: Any = None
+    """Uneven per-rank work per step (``jitter_models.site_load.SiteLoad``), or None."""
 
 
 @dataclass(kw_only=True)

@@ -37,7 +37,8 @@ def sites_of(spec: Any, batch: int, world_size: int) -> tuple[Site, ...]:
     for s in work.simulated_sites(spec.params, batch=batch, dtype=spec.dtype,
                                   world_size=world_size):
         out.append(Site(compute_s=float(s.compute_s), message_bytes=int(s.message_bytes),
-                        collective=s.collective, algorithm=spec.algorithm))
+                        collective=s.collective, algorithm=spec.algorithm,
+                        overlap=bool(s.overlap), load=s.load))
     return tuple(out)
 
 

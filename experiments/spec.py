@@ -197,6 +197,10 @@ def _parse_spec(doc: dict, default_name: str, max_world: int) -> Spec:
 
     check_record_hops(spec.record_hops, (spec.algorithm,))
     params = workload.parse({k: v for k, v in doc.items() if k in own}, spec.common())
+    from jitter_models.algorithms import check_algorithm
+
+    for collective in workload.collectives(params):  # the algorithm runs each of them
+        check_algorithm(algorithm, collective)
     return dataclasses.replace(spec, params=params)
 
 
@@ -230,12 +234,18 @@ def _workload(doc: dict) -> Workload:
 def _algorithm(doc: dict, schedules: list[Schedule]) -> str:
     """The spec's algorithm; link-scoped jitter needs an explicit one (it delays the
     algorithm's messages: a native call has none to delay)."""
-    from jitter_models.algorithms import check_algorithm, explicit_names, has_pattern
+    from jitter_models.algorithms import (
+        ALGORITHMS,
+        check_algorithm,
+        explicit_names,
+        has_pattern,
+    )
 
     value = doc.get("algorithm", "native")
     if not isinstance(value, str):
         raise ValueError(f"algorithm: expected a name, got {value!r}")
-    check_algorithm(value, "all_reduce")
+    if value not in ALGORITHMS:
+        check_algorithm(value, "all_reduce")  # the error naming the known ones
     for i, s in enumerate(schedules):
         if s.scope == "link" and not has_pattern(value):
             raise ValueError(f"jitter[{i}].scope: 'link' delays an explicit algorithm's "

@@ -111,6 +111,15 @@ def _build_hierarchical(collective: str, n: int, k: int | None) -> tuple[int, St
     return m, reduce + ring + broadcast
 
 
+def _build_pairwise(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
+    """All-to-all as N - 1 pairwise exchanges: at step s (1 .. N-1) rank r sends its chunk
+    r + s (the block for rank r + s) to rank r + s and receives rank r - s's block into
+    its output chunk r - s (mod N); its own block is copied locally. One message per link
+    per call; every step is a cyclic shift."""
+    return n, [[Transfer(r, (r + s) % n, (r + s) % n, (r + s) % n + 1, False, at=r)
+                for r in range(n)] for s in range(1, n)]
+
+
 BUILDERS: dict[tuple[str, str], Callable[[str, int, int | None], tuple[int, Steps]]] = {
     ("ring", "all_reduce"): _build_ring,
     ("ring", "all_gather"): _build_ring,
@@ -118,13 +127,14 @@ BUILDERS: dict[tuple[str, str], Callable[[str, int, int | None], tuple[int, Step
     ("recursive_doubling", "all_reduce"): _build_recursive_doubling,
     ("tree", "all_reduce"): _build_tree,
     ("hierarchical", "all_reduce"): _build_hierarchical,
+    ("pairwise", "all_to_all"): _build_pairwise,
 }
 
 # --- the registry of names --------------------------------------------------------------
 
 # The backend's own call implements every collective the ops know (collectives.ops.OPS;
-# this layer cannot import it): the patterned ones plus broadcast and all_to_all.
-NATIVE_COLLECTIVES: tuple[str, ...] = (*COLLECTIVES, "broadcast", "all_to_all")
+# this layer cannot import it): the patterned ones plus broadcast.
+NATIVE_COLLECTIVES: tuple[str, ...] = (*COLLECTIVES, "broadcast")
 
 NATIVE = "native"
 """The backend's own call (NCCL, gloo or MPI picks its algorithm): an entry of

@@ -60,6 +60,7 @@ class SiteCollective:
         from . import pattern_sim
 
         self.native = not has_pattern(site.algorithm) or n == 1
+        self.collective, self.network, self.n = site.collective, network, n
         if self.native:
             self.duration_s = network.native_time(site.collective, n, site.message_bytes)
             return
@@ -78,12 +79,22 @@ class SiteCollective:
                                           exact=exact_links, calls=calls)
             self.source = sources[key]
 
-    def run(self, arrive: Any) -> Any:
+    def run(self, arrive: Any, pair_bytes: np.ndarray | None = None) -> Any:
         """Each rank's time of leaving, from its time of entering (an array, or a scalar
-        when every rank enters together)."""
+        when every rank enters together). ``pair_bytes``: an all-to-all's (n, n) bytes
+        from each rank to each other for this call (uneven splits), else the site's even
+        size."""
+        if pair_bytes is not None and self.collective != "all_to_all":
+            raise ValueError(f"pair_bytes: only an all_to_all takes uneven splits, this "
+                             f"site runs {self.collective}")
         if self.native:
-            return float(np.max(arrive)) + self.duration_s
+            if pair_bytes is None or self.n == 1:
+                return float(np.max(arrive)) + self.duration_s
+            return float(np.max(arrive)) + self.network.all_to_all_v_time(pair_bytes)
         start = np.broadcast_to(np.asarray(arrive, dtype=np.float64),
                                 (self.compiled.world_size,))
+        hops = self.hops if pair_bytes is None else [
+            self.network.hop_time(s.src, s.dst, pair_bytes[s.src, s.dst])
+            for s in self.compiled.steps]
         delays = self.source.next() if self.source is not None else None
-        return self.sim.finish(self.compiled, start, self.hops, delays)
+        return self.sim.finish(self.compiled, start, hops, delays)

@@ -133,6 +133,20 @@ class Network:
             return 0.0
         return float(_NATIVE[collective](self, n, float(nbytes)))
 
+    def all_to_all_v_time(self, pair_bytes: Any) -> float:
+        """Seconds of the backend's own uneven all-to-all: ``pair_bytes[i, j]`` bytes from
+        rank i to rank j (the diagonal stays local), taken as the pairwise exchange's N - 1
+        steps (at step k rank r sends to r + k) each as long as its slowest message; with
+        even splits of S / N this is the all_to_all model above."""
+        b = np.asarray(pair_bytes, dtype=np.float64)
+        n = b.shape[0] if b.ndim == 2 else 0
+        if b.shape != (n, n) or n < 1 or np.any(b < 0) or not np.all(np.isfinite(b)):
+            raise ValueError(f"pair_bytes: must be a square array of finite byte counts "
+                             f">= 0, got shape {b.shape}")
+        r = np.arange(n)
+        return float(sum(np.max(self.hop_time(r, (r + k) % n, b[r, (r + k) % n]))
+                         for k in range(1, n)))
+
     # --- the native models (module docstring) ------------------------------------------
 
     def _tier(self, crosses: bool) -> Tier:

@@ -15,6 +15,13 @@ split, the first ``count % n_chunks`` chunks one element longer, like numpy.arra
   (``n_chunks == world_size``, chunk i belongs to rank i); the result is chunk ``rank``.
 - all_gather: the output buffer of ``world_size * c`` elements whose chunk ``rank`` holds
   the rank's input (the rest undefined); the result is the whole buffer.
+- all_to_all: two buffers of ``world_size`` chunks: the input, read-only (its chunk j is
+  the block for rank j), and the output (its chunk j receives rank j's block). A
+  transfer sends input chunks ``[lo, hi)`` and lands in the receiver's output chunks from
+  ``at``; the rank's own block (input chunk ``rank``) is copied to output chunk ``rank``
+  locally, before the first step. The result is the output. Uneven splits (MPI's
+  alltoallv) are the same pattern on chunks of other sizes: a chunk's bounds are the
+  caller's, in the sender's input and the receiver's output alike.
 
 Execution
 ---------
@@ -91,6 +98,9 @@ class Pattern:
                              f"{self.algorithm!r} (hierarchical only)")
         for k, step in enumerate(self.steps):
             _check_step(k, step, n, self.n_chunks)
+            if (self.collective == "all_to_all") != any(t.at is not None for t in step):
+                raise ValueError(f"steps: step {k}: all_to_all transfers say where they "
+                                 "land (at), the other collectives' do not")
 
     def rank_steps(self, rank: int) -> list[tuple[int, tuple[Transfer, ...], tuple[Transfer, ...]]]:
         """(step index, this rank's sends, this rank's receives) for the steps where the rank
@@ -143,14 +153,15 @@ def _check_step(k: int, step: tuple[Transfer, ...], n: int, n_chunks: int) -> No
             raise ValueError(f"steps: step {k}: {t} has a rank outside 0..{n - 1}")
         if t.src == t.dst:
             raise ValueError(f"steps: step {k}: {t} sends to itself")
-        if t.hi > n_chunks:
-            raise ValueError(f"steps: step {k}: {t} has hi > n_chunks ({n_chunks})")
+        first, stop = t.lands
+        if max(t.hi, stop) > n_chunks:
+            raise ValueError(f"steps: step {k}: {t} reaches past n_chunks ({n_chunks})")
         if not t.reduce:
             mine = overwritten.setdefault(t.dst, set())
-            if mine.intersection(range(t.lo, t.hi)):
+            if mine.intersection(range(first, stop)):
                 raise ValueError(f"steps: step {k}: two receives overwrite the same "
                                  f"chunk of rank {t.dst}")
-            mine.update(range(t.lo, t.hi))
+            mine.update(range(first, stop))
 
 
 def chunk_bounds(count: int, n_chunks: int) -> list[tuple[int, int]]:
@@ -188,6 +199,8 @@ def execute(pattern: Pattern, inputs: list[np.ndarray], redop: str = "sum") -> l
         raise ValueError(f"inputs: {pattern.collective} needs a multiple of world_size "
                          f"({pattern.world_size}) elements, got {count}")
     bounds = chunk_bounds(count, pattern.n_chunks)
+    if pattern.collective == "all_to_all":
+        return _execute_all_to_all(pattern, buffers, bounds)
     op = REDOPS[redop]
     for step in pattern.steps:
         # Payloads are taken from every sender's start-of-step buffer before any receive
@@ -203,6 +216,20 @@ def execute(pattern: Pattern, inputs: list[np.ndarray], redop: str = "sum") -> l
     if pattern.collective == "reduce_scatter":
         return [buffers[r][slice(*bounds[r])] for r in range(pattern.world_size)]
     return buffers
+
+
+def _execute_all_to_all(pattern: Pattern, inputs: list[np.ndarray],
+                        bounds: list[tuple[int, int]]) -> list[np.ndarray]:
+    """all_to_all's buffer contract: inputs read, outputs written (module docstring)."""
+    outputs = [np.zeros_like(x) for x in inputs]
+    for r, (a, b) in enumerate(bounds):
+        outputs[r][a:b] = inputs[r][a:b]
+    for step in pattern.steps:
+        for t in step:
+            first, stop = t.lands
+            outputs[t.dst][bounds[first][0]:bounds[stop - 1][1]] = \
+                inputs[t.src][bounds[t.lo][0]:bounds[t.hi - 1][1]]
+    return outputs
 
 
 def finish_times(pattern: Pattern, hop_delay: Callable[[int, int], float] = lambda k, j: 0.0,

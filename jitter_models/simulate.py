@@ -67,6 +67,16 @@ class Site:
     message_bytes: int
     collective: str = "all_reduce"
     algorithm: str = "native"
+    overlap: bool = False
+    """The site's compute overlaps the previous site's collective (a DDP bucket: the
+    backward pass goes on while the previous bucket's gradients are reduced): on each rank
+    it starts when the previous site's compute and delay ended, and its collective starts
+    when both that compute and the previous collective are done on the rank. False: the
+    compute starts when the previous collective is done."""
+    load: Any = None
+    """A ``site_load.SiteLoad``: per step, each rank's own extra compute and the bytes
+    each pair of ranks exchanges (uneven work, e.g. mixture-of-experts routing); None:
+    every rank and every step the same."""
 
 
 @dataclass
@@ -108,13 +118,14 @@ def simulate(schedule: Schedule | None, world_size: int, sites: tuple[Site, ...]
     schedule = schedule if schedule is not None else Schedule(dist=Constant(value_s=0.0))
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SIM_STREAM, n]))
     explicit = any(has_pattern(s.algorithm) for s in sites)
+    per_rank = any(s.overlap or s.load is not None for s in sites)
     if schedule.scope == "link" and not explicit:
         raise ValueError(f"jitter {schedule.name!r}: scope = 'link' needs an explicit "
                          "algorithm (its delays act on the messages)")
     detours = schedule.detours
     structured = detours is not None or not isinstance(schedule.temporal, IID)
     fits = n <= cutoff and n * steps * len(sites) <= MAX_RANK_DRAWS
-    if explicit:
+    if explicit or per_rank:  # per-rank times: max sampling does not apply
         return _ranks(schedule, n, sites, network, steps, seed, rng, exact=fits)
     if rank_by_rank:
         if not fits:
@@ -226,17 +237,25 @@ def _ranks(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Network
     compute = np.array([s.compute_s for s in sites])
     comm = np.array([c.duration_s for c in colls])
     latency = np.empty(steps)
+    mean_compute, mean_comm = np.full(steps, compute.sum()), np.full(steps, comm.sum())
     t0 = 0.0
     for k in range(steps):
         d = delays.step(k)
-        t: Any = t0
-        for j, coll in enumerate(colls):
+        t: Any = t0  # each rank's end of its last collective
+        ready: Any = t0  # each rank's end of its last compute and delay
+        for j, (site, coll) in enumerate(zip(sites, colls)):
             work = compute[j] + d[:, j]
-            arrive = t + work if detours is None else detours.end(t, work, offsets)
-            t = coll.run(arrive)
-        end = float(np.max(t))
+            draw = site.load.draw(n, k) if site.load is not None else None
+            if draw is not None:
+                work = work + draw.compute_s
+                mean_compute[k] += float(np.mean(draw.compute_s))
+            begin = ready if site.overlap else t
+            ready = begin + work if detours is None else detours.end(begin, work, offsets)
+            arrive = np.maximum(ready, t) if site.overlap else ready
+            t = coll.run(arrive, None if draw is None else draw.bytes)
+        end = max(float(np.max(t)), float(np.max(ready)))
         latency[k], t0 = end - t0, end
-    return StepSamples(latency, np.full(steps, compute.sum()), np.full(steps, comm.sum()),
+    return StepSamples(latency, mean_compute, mean_comm,
                        "rank-by-rank" if exact else "rank-by-rank (bulk delays)")
 
 

@@ -65,6 +65,8 @@ def _expected(config: Config, inputs: list[np.ndarray], redop: str) -> list[np.n
     n = config.n
     if config.collective == "all_gather":
         return [np.concatenate(inputs)] * n
+    if config.collective == "all_to_all":  # rank r's output block j: rank j's input block r
+        return [np.concatenate([np.split(x, n)[r] for x in inputs]) for r in range(n)]
     total = REDUCE[redop](np.stack(inputs), axis=0).astype(inputs[0].dtype)
     if config.collective == "reduce_scatter":
         return np.split(total, n)
@@ -79,7 +81,7 @@ def test_execute_equals_numpy_reduction(config: Config, redop: str):
     for count in _counts(config.n):
         for dtype in (np.int64, np.float32):
             inputs = [rng.integers(-4, 5, count).astype(dtype) for _ in range(config.n)]
-            if config.collective == "reduce_scatter":
+            if config.collective in ("reduce_scatter", "all_to_all"):
                 inputs = [rng.integers(-4, 5, config.n * count).astype(dtype)
                           for _ in range(config.n)]
             expected = _expected(config, inputs, redop)
@@ -273,7 +275,8 @@ def test_chunk_bounds_like_array_split(count: int, n_chunks: int):
 
 ERRORS = [
     (lambda: pattern("foo", "all_reduce", 4),
-     "algorithm: unknown 'foo' (known: native, ring, recursive_doubling, tree, hierarchical)"),
+     "algorithm: unknown 'foo' (known: native, ring, recursive_doubling, tree, hierarchical, "
+     "pairwise)"),
     (lambda: pattern("tree", "all_gather", 4),
      "algorithm: 'tree' does not implement all_gather (tree implements: all_reduce)"),
     (lambda: check_algorithm("ring", "broadcast"),
@@ -281,7 +284,7 @@ ERRORS = [
      "all_gather, reduce_scatter)"),
     (lambda: check_algorithm("native", "gather"),
      "collective: unknown 'gather' (known: all_reduce, all_gather, reduce_scatter, "
-     "broadcast, all_to_all)"),
+     "all_to_all, broadcast)"),
     (lambda: pattern("native", "all_reduce", 4),
      "algorithm: 'native' has no pattern (it is the backend's own call)"),
     (lambda: pattern("hierarchical", "all_reduce", 4),
@@ -298,7 +301,7 @@ ERRORS = [
     (lambda: Pattern("ring", "all_reduce", 2, 2, ((Transfer(0, 2, 0, 1, True),),)),
      "steps: step 0: Transfer(src=0, dst=2, lo=0, hi=1, reduce=True) has a rank outside 0..1"),
     (lambda: Pattern("ring", "all_reduce", 2, 2, ((Transfer(0, 1, 1, 3, True),),)),
-     "steps: step 0: Transfer(src=0, dst=1, lo=1, hi=3, reduce=True) has hi > n_chunks (2)"),
+     "steps: step 0: Transfer(src=0, dst=1, lo=1, hi=3, reduce=True) reaches past n_chunks (2)"),
     (lambda: Pattern("ring", "all_reduce", 3, 2,
                      ((Transfer(0, 2, 0, 2, False), Transfer(1, 2, 1, 2, False)),)),
      "steps: step 0: two receives overwrite the same chunk of rank 2"),
@@ -325,7 +328,8 @@ def test_reducing_receives_may_share_chunks():
 
 def test_check_algorithm_accepts_every_declared_pair():
     # native: every collective of collectives.ops, the patterned ones among them
-    assert set(ALGORITHMS["native"]) == set(COLLECTIVES) | {"broadcast", "all_to_all"}
+    assert set(ALGORITHMS["native"]) == set(COLLECTIVES) | {"broadcast"}
+    assert "all_to_all" in COLLECTIVES and ALGORITHMS["pairwise"] == ("all_to_all",)
     for algorithm, collectives in ALGORITHMS.items():
         for collective in collectives:
             assert check_algorithm(algorithm, collective) == algorithm

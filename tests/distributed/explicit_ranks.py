@@ -82,8 +82,8 @@ def _checks(backend, ranks_per_node):
 
 def _one(backend, op, algo, coll, redop, dtype, count, ranks_per_node):
     n, rank = backend.world_size, backend.rank
-    send = count if coll in ("all_reduce", "reduce_scatter") else count // n
-    recv = count if coll in ("all_reduce", "all_gather") else count // n
+    send = count if coll in ("all_reduce", "reduce_scatter", "all_to_all") else count // n
+    recv = count if coll in ("all_reduce", "all_gather", "all_to_all") else count // n
     expected = op.expected(rank, n, send, dtype, redop, 0, seed=5)
     results = []
     for explicit in (True, False):

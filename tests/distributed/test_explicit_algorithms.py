@@ -54,9 +54,10 @@ def test_every_algorithm_is_exact_at_world_sizes_2_to_6(tmp_path, backend):
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())
-    # 4 algorithms x their collectives (ring: 3) = 6 pairs; x 2 redops x 2 dtypes x counts
-    # (all_reduce: 3, the others: 2) = 4*3*4 + 2*2*4 = 64 checks per world size.
-    assert Counter(r["world_size"] for r in rows) == {n: 64 for n in range(2, 7)}
+    # 5 algorithms x their collectives (ring: 3, pairwise: all_to_all) = 7 pairs; x 2
+    # redops x 2 dtypes x counts (all_reduce: 3, the others: 2) = 4*3*4 + 3*2*4 = 72
+    # checks per world size.
+    assert Counter(r["world_size"] for r in rows) == {n: 72 for n in range(2, 7)}
     bad = [r for r in rows if r["wrong"] or r["unlike_native"]]
     assert not bad, bad[:5]
 
