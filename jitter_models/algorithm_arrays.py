@@ -34,18 +34,47 @@ def _ring_rows(ranks: np.ndarray, phases: int, n_chunks: int) -> list[tuple[np.n
     return [(src, dst, frac, _fill(s, m, np.int64)) for s in range(phases * (m - 1))]
 
 
+def _folded(n: int, exchanges: list[tuple[np.ndarray, ...]]) -> list[tuple[np.ndarray, ...]]:
+    """``exchanges`` among the active ranks between the fold-in and the fold-out of
+    ``algorithm_builders._fold`` (whole buffer, one message per link): none for a power
+    of two."""
+    rem = n - (1 << (n.bit_length() - 1))
+    if not rem:
+        return exchanges
+    evens = 2 * np.arange(rem, dtype=np.int64)
+    ones, zeros = _fill(1.0, rem), _fill(0, rem, np.int64)
+    return [(evens, evens + 1, ones, zeros), *exchanges, (evens + 1, evens, ones, zeros)]
+
+
+def _active(n: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The p active ranks after the fold (renumbered 0..p-1) and their partners at
+    distance 2**i, for each i < log2 p."""
+    p = 1 << (n.bit_length() - 1)
+    rem = n - p
+    active = np.concatenate([2 * np.arange(rem, dtype=np.int64) + 1,
+                             np.arange(2 * rem, n, dtype=np.int64)])
+    q = np.arange(p, dtype=np.int64)
+    return active, [active[q ^ (1 << i)] for i in range(p.bit_length() - 1)]
+
+
 def _doubling_rows(n: int, k: int | None) -> list[tuple[np.ndarray, ...]]:
     """Fold-in, whole-buffer exchanges at distance 1, 2, 4 ... among the active ranks,
     fold-out; every link carries one message."""
-    p = 1 << (n.bit_length() - 1)
-    rem = n - p
-    evens = 2 * np.arange(rem, dtype=np.int64)
-    active = np.concatenate([evens + 1, np.arange(2 * rem, n, dtype=np.int64)])
-    q = np.arange(p, dtype=np.int64)
-    exchanges = [(active, active[q ^ (1 << i)]) for i in range(p.bit_length() - 1)]
-    pairs = ([(evens, evens + 1)] if rem else []) + exchanges + (
-        [(evens + 1, evens)] if rem else [])
-    return [(a, b, _fill(1.0, a.size), _fill(0, a.size, np.int64)) for a, b in pairs]
+    active, partners = _active(n)
+    ones, zeros = _fill(1.0, active.size), _fill(0, active.size, np.int64)
+    return _folded(n, [(active, b, ones, zeros) for b in partners])
+
+
+def _rabenseifner_rows(n: int, k: int | None) -> list[tuple[np.ndarray, ...]]:
+    """Fold-in, halving at distance 1, 2 ... p/2 (1/2, 1/4 ... of the buffer), doubling at
+    p/2 ... 1 (the same sizes, in reverse), fold-out: a link carries one message per phase,
+    so its link index is 0 in the halving and 1 in the doubling."""
+    active, partners = _active(n)
+    m = active.size
+    fracs = [_fill(1.0 / (2 << i), m) for i in range(len(partners))]
+    halving = [(active, b, f, _fill(0, m, np.int64)) for b, f in zip(partners, fracs)]
+    doubling = [(active, b, f, _fill(1, m, np.int64)) for b, f in zip(partners, fracs)]
+    return _folded(n, halving + doubling[::-1])
 
 
 def _tree_rows(bases: np.ndarray, size: int, last: int, height: int
@@ -87,6 +116,7 @@ ARRAY_BUILDERS: dict[tuple[str, str], Callable[[int, int | None], list]] = {
     ("ring", "all_gather"): lambda n, k: _ring_rows(np.arange(n, dtype=np.int64), 1, n),
     ("ring", "reduce_scatter"): lambda n, k: _ring_rows(np.arange(n, dtype=np.int64), 1, n),
     ("recursive_doubling", "all_reduce"): _doubling_rows,
+    ("rabenseifner", "all_reduce"): _rabenseifner_rows,
     ("tree", "all_reduce"): _tree_all_reduce,
     ("hierarchical", "all_reduce"): _hierarchical,
 }

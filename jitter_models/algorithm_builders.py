@@ -71,22 +71,59 @@ def _build_ring(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
     return n, _ring(list(range(n)), phases)
 
 
+def _fold(n: int, n_chunks: int) -> tuple[int, list[int], list[Transfer], list[Transfer]]:
+    """Folding N ranks into a power of two: p (the largest power of two <= N), the p active
+    ranks (renumbered 0..p-1), the fold-in (of the first 2*(N - p) ranks the even ones hand
+    their whole buffer to the next rank and sit out) and the fold-out (they get the result
+    back); both empty for a power of two."""
+    p = 1 << (n.bit_length() - 1)
+    rem = n - p
+    active = [2 * i + 1 for i in range(rem)] + list(range(2 * rem, n))
+    fold_in = [Transfer(2 * i, 2 * i + 1, 0, n_chunks, True) for i in range(rem)]
+    fold_out = [Transfer(2 * i + 1, 2 * i, 0, n_chunks, False) for i in range(rem)]
+    return p, active, fold_in, fold_out
+
+
 def _build_recursive_doubling(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
     """Whole-buffer exchanges at distance 1, 2, 4, ...: log2 N steps for a power of two,
     log2 p + 2 otherwise (p the largest power of two <= N; extra ranks folded in)."""
-    p = 1 << (n.bit_length() - 1)
-    rem = n - p
-    # Fold: of the first 2*rem ranks the even ones hand their buffer to the next rank and
-    # sit out; the p ranks left are renumbered 0..p-1.
-    active = [2 * i + 1 for i in range(rem)] + list(range(2 * rem, n))
-    steps: Steps = [[Transfer(2 * i, 2 * i + 1, 0, 1, True) for i in range(rem)]]
+    p, active, fold_in, fold_out = _fold(n, 1)
+    steps: Steps = [fold_in]
     distance = 1
     while distance < p:
         # Both partners send their start-of-step buffer and reduce the other's into theirs.
         steps.append([Transfer(active[q], active[q ^ distance], 0, 1, True) for q in range(p)])
         distance *= 2
-    steps.append([Transfer(2 * i + 1, 2 * i, 0, 1, False) for i in range(rem)])
+    steps.append(fold_out)
     return 1, [s for s in steps if s]
+
+
+def _build_rabenseifner(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
+    """Reduce-scatter by recursive halving, then all-gather by recursive doubling (Thakur,
+    Rabenseifner & Gropp 2005) over p chunks: 2 log2 p steps, each rank sending 2(p-1)/p
+    of the buffer; extra ranks folded in and out as recursive doubling (+2 steps).
+    Distance 1 first, so that with consecutive ranks on a node the largest messages
+    (1/2, 1/4, 1/8 of the buffer) stay inside a node of 8."""
+    levels = n.bit_length() - 1
+    p, active, fold_in, fold_out = _fold(n, 1 << levels)
+
+    def block(q: int, i: int) -> int:
+        """First chunk of rank q's block of p / 2**i chunks before halving step i: at each
+        step j < i it kept the upper half when bit j of q is 1."""
+        return sum(p >> (j + 1) for j in range(i) if q >> j & 1)
+
+    # Halving step i (distance 2**i): partners agree on the bits below i, so hold the same
+    # block; each keeps the half its bit i names and sends the other half to be reduced.
+    halving = [[Transfer(active[q], active[q ^ (1 << i)], lo, lo + (p >> (i + 1)), True)
+                for q in range(p)
+                for lo in [block(q, i) + (0 if q >> i & 1 else p >> (i + 1))]]
+               for i in range(levels)]
+    # Doubling, distances p/2 .. 1: each sends its block (the one it kept at halving step i)
+    # to its partner, who holds the other half of their common block.
+    doubling = [[Transfer(active[q], active[q ^ (1 << i)], lo, lo + (p >> (i + 1)), False)
+                 for q in range(p) for lo in [block(q, i + 1)]]
+                for i in reversed(range(levels))]
+    return p, [s for s in [fold_in, *halving, *doubling, fold_out] if s]
 
 
 def _build_tree(collective: str, n: int, k: int | None) -> tuple[int, Steps]:
@@ -125,6 +162,7 @@ BUILDERS: dict[tuple[str, str], Callable[[str, int, int | None], tuple[int, Step
     ("ring", "all_gather"): _build_ring,
     ("ring", "reduce_scatter"): _build_ring,
     ("recursive_doubling", "all_reduce"): _build_recursive_doubling,
+    ("rabenseifner", "all_reduce"): _build_rabenseifner,
     ("tree", "all_reduce"): _build_tree,
     ("hierarchical", "all_reduce"): _build_hierarchical,
     ("pairwise", "all_to_all"): _build_pairwise,

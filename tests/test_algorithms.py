@@ -124,6 +124,11 @@ SHAPES = (
     # partner was folded too (rem > p/2, here N = 7); otherwise the depth is log2(p) + 1.
     + [Shape(Config("recursive_doubling", "all_reduce", n), _log2(n) + 2, d)
        for n, d in ((3, 2), (5, 3), (6, 3), (7, 4), (9, 4))]
+    # Halving at distance 1, 2 ... p/2, doubling back: 2 log2 p steps; not a power of two,
+    # + fold and unfold, and the chain takes every step (the folded rank 1's chain hops at
+    # each of them: to 1 ^ (p - 1) in the halving and back in the doubling).
+    + [Shape(Config("rabenseifner", "all_reduce", n), 2 * _log2(n) + 2 * (n & (n - 1) > 0),
+             2 * _log2(n) + 2 * (n & (n - 1) > 0)) for n in WORLD_SIZES]
     # A single binary tree of height floor(log2 N): up, then down.
     + [Shape(Config("tree", "all_reduce", n), 2 * _log2(n), 2 * _log2(n)) for n in WORLD_SIZES]
     + [
@@ -168,6 +173,8 @@ TIMINGS = [
     Timing(Config("ring", "all_reduce", 4), 6),
     Timing(Config("recursive_doubling", "all_reduce", 4), 2),  # log2 N: link jitter adds 2d
     Timing(Config("tree", "all_reduce", 4), 4),  # height 2: two levels up, two down
+    Timing(Config("rabenseifner", "all_reduce", 4), 4),  # one send a step: 2 log2 N
+    Timing(Config("rabenseifner", "all_reduce", 6), 6),  # + fold in and out
     Timing(Config("tree", "all_reduce", 3), 2),  # root's two broadcast sends cost d, not 2d
     Timing(Config("ring", "reduce_scatter", 5), 4),
     Timing(Config("hierarchical", "all_reduce", 8, 4), 6),
@@ -265,6 +272,43 @@ def test_hierarchical_nodes_share_step_slots():
     assert {(t.src, t.dst) for step in p.steps[2:4] for t in step} == {(0, 4), (4, 0)}
 
 
+def _bytes_sent(p: Pattern, crossing=lambda src, dst: True) -> list[float]:
+    """Per rank, the share of the working buffer it sends (over messages ``crossing``)."""
+    sent = [0.0] * p.world_size
+    for step in p.steps:
+        for t in step:
+            if crossing(t.src, t.dst):
+                sent[t.src] += (t.hi - t.lo) / p.n_chunks
+    return sent
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 16, 64])
+def test_rabenseifner_is_bandwidth_optimal(n: int):
+    # each rank sends 1/2 + 1/4 + ... + 1/p of the buffer twice: 2 (p - 1) / p
+    assert _bytes_sent(pattern("rabenseifner", "all_reduce", n)) == \
+        pytest.approx([2 * (n - 1) / n] * n, rel=1e-12)
+
+
+def test_rabenseifner_keeps_the_largest_messages_inside_a_node():
+    # distance 1 first: with 8 consecutive ranks a node, only distances 8, 16, 32 (1/16,
+    # 1/32, 1/64 of the buffer, each way) cross nodes; recursive halving at distance p/2
+    # first would send half the buffer across
+    p = pattern("rabenseifner", "all_reduce", 64)
+    inter = _bytes_sent(p, lambda src, dst: src // 8 != dst // 8)
+    assert inter == pytest.approx([2 * (1 / 16 + 1 / 32 + 1 / 64)] * 64, rel=1e-12)
+    assert [t.hi - t.lo for t in p.steps[0][:2]] == [32, 32]  # half of 64 chunks, 0 <-> 1
+
+
+def test_rabenseifner_leaves_rank_q_the_bit_reversed_chunk():
+    # after the halving (the first log2 p steps) rank q holds chunk bitreverse(q) reduced:
+    # its last halving receive is that chunk, of one chunk
+    p = pattern("rabenseifner", "all_reduce", 8)
+    last = {t.dst: (t.lo, t.hi) for t in p.steps[2]}
+    assert [last[q] for q in range(8)] == [(c, c + 1) for c in (0, 4, 2, 6, 1, 5, 3, 7)]
+    assert all(t.reduce for step in p.steps[:3] for t in step)
+    assert not any(t.reduce for step in p.steps[3:] for t in step)
+
+
 @pytest.mark.parametrize("count", range(0, 21))
 @pytest.mark.parametrize("n_chunks", range(1, 10))
 def test_chunk_bounds_like_array_split(count: int, n_chunks: int):
@@ -275,8 +319,8 @@ def test_chunk_bounds_like_array_split(count: int, n_chunks: int):
 
 ERRORS = [
     (lambda: pattern("foo", "all_reduce", 4),
-     "algorithm: unknown 'foo' (known: native, ring, recursive_doubling, tree, hierarchical, "
-     "pairwise)"),
+     "algorithm: unknown 'foo' (known: native, ring, recursive_doubling, rabenseifner, tree, "
+     "hierarchical, pairwise)"),
     (lambda: pattern("tree", "all_gather", 4),
      "algorithm: 'tree' does not implement all_gather (tree implements: all_reduce)"),
     (lambda: check_algorithm("ring", "broadcast"),

@@ -63,6 +63,10 @@ def test_step_kinds_and_caches():
     assert {(s.kind, s.shift) for s in ring.steps} == {("shift", 1)}
     doubling = compile_algorithm("recursive_doubling", "all_reduce", 8)
     assert [s.kind for s in doubling.steps] == ["permutation"] * 2 + ["shift"]  # q ^ 4
+    rabenseifner = compile_algorithm("rabenseifner", "all_reduce", 8)
+    assert [s.kind for s in rabenseifner.steps] == (["permutation"] * 2 + ["shift"] * 2
+                                                    + ["permutation"] * 2)
+    assert [s.link_index.tolist() for s in rabenseifner.steps] == [[0] * 8] * 3 + [[1] * 8] * 3
     tree = compile_algorithm("tree", "all_reduce", 7)
     assert [(s.unique_src, s.unique_dst) for s in tree.steps] == [(True, False)] * 2 + [
         (False, True)] * 2
@@ -148,6 +152,7 @@ def _rank_view(compiled, per_step: list[np.ndarray], rank: int) -> np.ndarray:
 @pytest.mark.parametrize(("algorithm", "collective", "n", "k"), [
     ("ring", "all_reduce", 5, 1), ("ring", "all_gather", 4, 1),
     ("ring", "reduce_scatter", 3, 1), ("recursive_doubling", "all_reduce", 6, 1),
+    ("rabenseifner", "all_reduce", 6, 1),
     ("tree", "all_reduce", 7, 1), ("hierarchical", "all_reduce", 8, 3),
     ("hierarchical", "all_reduce", 4, 1)])
 def test_exact_delays_are_what_real_ranks_draw(algorithm, collective, n, k):

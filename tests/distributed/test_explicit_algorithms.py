@@ -6,9 +6,10 @@ world sizes 2..6 (on the first N ranks), for sum and max, float32 and int32, aga
 exact expected result and the backend's own call (``explicit_ranks.py``).
 
 Link jitter at N = 4 with d = 50 ms: ``constant(d); scope=link`` costs about 2(N-1)d = 6d
-for a ring, log2(N)d = 2d for recursive doubling, 4d for the binary tree (height 2:
-reduce then broadcast) and 4d for hierarchical with 2 ranks per node (d inside the node,
-2d for the ring of 2 leaders, d back): the median over iterations must lie in [chain,
+for a ring, log2(N)d = 2d for recursive doubling, 2 log2(N)d = 4d for Rabenseifner
+(halving, then doubling), 4d for the binary tree (height 2: reduce then broadcast) and 4d
+for hierarchical with 2 ranks per node (d inside the node, 2d for the ring of 2 leaders,
+d back): the median over iterations must lie in [chain,
 chain + 0.6 d), nothing below it (no message departs early: the injector waits for an
 absolute deadline) and less than a hop above it, so a chain one hop shorter or longer
 than the model's fails. A rank-scoped ``constant(d)`` costs about d whatever the
@@ -37,7 +38,7 @@ from launch.plan import Plan
 HERE = Path(__file__).parent
 MPIRUN = str(Path(sys.executable).with_name("mpirun"))
 D_MS = 50.0
-CHAIN = {"ring": 6, "recursive_doubling": 2, "tree": 4, "hierarchical": 4}
+CHAIN = {"ring": 6, "recursive_doubling": 2, "rabenseifner": 4, "tree": 4, "hierarchical": 4}
 
 
 def _env() -> dict[str, str]:
@@ -54,10 +55,10 @@ def test_every_algorithm_is_exact_at_world_sizes_2_to_6(tmp_path, backend):
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())
-    # 5 algorithms x their collectives (ring: 3, pairwise: all_to_all) = 7 pairs; x 2
-    # redops x 2 dtypes x counts (all_reduce: 3, the others: 2) = 4*3*4 + 3*2*4 = 72
+    # 6 algorithms x their collectives (ring: 3, pairwise: all_to_all) = 8 pairs; x 2
+    # redops x 2 dtypes x counts (all_reduce: 3, the others: 2) = 5*3*4 + 3*2*4 = 84
     # checks per world size.
-    assert Counter(r["world_size"] for r in rows) == {n: 72 for n in range(2, 7)}
+    assert Counter(r["world_size"] for r in rows) == {n: 84 for n in range(2, 7)}
     bad = [r for r in rows if r["wrong"] or r["unlike_native"]]
     assert not bad, bad[:5]
 
