@@ -123,8 +123,11 @@ class Fit:
             c = self.compute[top] * self.share(n) / self.share(top)
         sites = self.spec.work.simulated_sites(self.spec.params, batch=self.batch,
                                                dtype=self.spec.dtype, world_size=n)
+        # overlap kept (dp_step's buckets); a load's per-rank compute is not (the fitted
+        # compute already holds the measured mean of it)
         out = [Site(compute_s=c + self.local_s, message_bytes=int(s.message_bytes),
-                    collective=s.collective, algorithm=self.spec.algorithm) for s in sites]
+                    collective=s.collective, algorithm=self.spec.algorithm,
+                    overlap=bool(getattr(s, "overlap", False))) for s in sites]
         out[0] = replace(out[0], compute_s=out[0].compute_s + self.overhead[self._nearest(n)])
         return tuple(out)
 

@@ -167,28 +167,43 @@ def finish(compiled: CompiledPattern, start: Any, hop_time: list[np.ndarray],
     """Each rank's finish time (N,), seconds, from its time of entering the collective
     (``start``, (N,)), each step's hop times and, optionally, hop delays (per step, one per
     transfer, >= 0; a list, or an iterator such as ``link_delays_bulk``'s, consumed in step
-    order): the timing of the module docstring."""
+    order): the timing of the module docstring.
+
+    Many independent calls at once: ``start`` of shape (N, *S) runs one call per trailing
+    index (e.g. S Monte Carlo samples, or the same draws on several networks); hop times
+    and delays are then (M,) (shared) or (M, *S) per step, and the result is (N, *S)."""
     n = compiled.world_size
     clock = np.array(start, dtype=np.float64)
-    if clock.shape != (n,):
-        raise ValueError(f"start: expected shape ({n},), got {clock.shape}")
+    if clock.shape[:1] != (n,):
+        raise ValueError(f"start: expected shape ({n},) or ({n}, ...), got {clock.shape}")
+    trail = clock.shape[1:]
+
+    def fits(a: Any, s: Step) -> bool:
+        return np.shape(a) in (s.src.shape, s.src.shape + trail)
+
     bad = ValueError("{}: expected one array per step with one value per transfer")
     if len(hop_time) != len(compiled.steps) or any(
-            np.shape(a) != s.src.shape for a, s in zip(hop_time, compiled.steps)):
+            not fits(a, s) for a, s in zip(hop_time, compiled.steps)):
         raise ValueError(str(bad).format("hop_time"))
     if hop_delay is None:
         for k, s in enumerate(compiled.steps):
-            clock = _UPDATE[s.kind](clock, s, hop_time[k], None)
+            clock = _UPDATE[s.kind](clock, s, _lift(hop_time[k], clock), None)
         return clock
     delays, end = iter(hop_delay), object()
     for k, s in enumerate(compiled.steps):
         d = next(delays, end)
-        if d is end or d is None or np.shape(d) != s.src.shape:
+        if d is end or d is None or not fits(d, s):
             raise ValueError(str(bad).format("hop_delay"))
-        clock = _UPDATE[s.kind](clock, s, hop_time[k], d)
+        clock = _UPDATE[s.kind](clock, s, _lift(hop_time[k], clock), _lift(d, clock))
     if next(delays, end) is not end:
         raise ValueError(str(bad).format("hop_delay"))
     return clock
+
+
+def _lift(a: np.ndarray, clock: np.ndarray) -> np.ndarray:
+    """Per-transfer values shaped to broadcast against the clock's trailing axes."""
+    a = np.asarray(a)
+    return a.reshape(a.shape + (1,) * (clock.ndim - a.ndim))
 
 
 def _shift(clock: np.ndarray, s: Step, hop: np.ndarray, delay: np.ndarray | None
@@ -197,8 +212,8 @@ def _shift(clock: np.ndarray, s: Step, hop: np.ndarray, delay: np.ndarray | None
     # receives transfer r - shift.
     dep = clock if delay is None else clock + delay
     arr = dep + hop
-    out = np.empty_like(clock)
-    n, b = clock.size, s.shift
+    out = np.empty(np.broadcast_shapes(clock.shape, arr.shape))
+    n, b = clock.shape[0], s.shift
     np.maximum(dep[b:], arr[:n - b], out=out[b:])
     np.maximum(dep[:b], arr[n - b:], out=out[:b])
     return out
@@ -214,7 +229,7 @@ def _scatter(clock: np.ndarray, s: Step, hop: np.ndarray, delay: np.ndarray | No
              ) -> np.ndarray:
     dep = clock[s.src]  # departures from the start-of-step clocks, before any update
     if delay is not None:
-        dep += delay
+        dep = dep + delay
         if s.unique_src:
             clock[s.src] = np.maximum(clock[s.src], dep)
         else:
@@ -228,6 +243,15 @@ def _scatter(clock: np.ndarray, s: Step, hop: np.ndarray, delay: np.ndarray | No
 
 
 _UPDATE = {"shift": _shift, "permutation": _permutation, "scatter": _scatter}
+
+
+def advance(clock: np.ndarray, step: Step, hop_time: np.ndarray,
+            hop_delay: np.ndarray | None = None) -> np.ndarray:
+    """One step of ``finish``'s recurrence: the clocks (N, ...) after ``step``, from its
+    transfers' hop times and optional delays ((M,) or (M, ...) like the clock)."""
+    clock = np.array(clock, dtype=np.float64)
+    return _UPDATE[step.kind](clock, step, _lift(hop_time, clock),
+                              None if hop_delay is None else _lift(hop_delay, clock))
 
 
 # --- hop delays ---------------------------------------------------------------------------

@@ -76,7 +76,7 @@ class Router:
         return _counts(self, step, layer, n, batch)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=128)  # a study's routings of every layer at one N
 def _counts(router: Router, step: int, layer: int, n: int, batch: int) -> np.ndarray:
     picks = router.choices(step, layer, n * batch)
     rank = np.repeat(np.arange(n), batch * router.top_k)
@@ -128,6 +128,12 @@ class MoELoad:
     cost: ExpertCost | None = None
     offset: int = 0
     """Routing step of simulated step 0 (the ranks' warm-up steps come first)."""
+
+    @property
+    def group(self) -> tuple:
+        """Sites of one phase are exchangeable across layers (the same routing law, each
+        layer its own seeded draws): a simulator may pool their draws."""
+        return ("moe", self.phase, self.router, self.batch, self.token_bytes, self.cost)
 
     def draw(self, n: int, step: int) -> LoadDraw:
         step += self.offset

@@ -1,0 +1,459 @@
+"""The bandwidth-vs-predictability study: a steady network (bandwidth B, low per-hop
+jitter) against a fast one (2B, the same mean per-hop latency, jittery), on the
+workloads' own steps, over the world sizes each allows. ``jitterlab simulate`` runs it
+for a spec with a ``[study]`` table (``experiments/presets/bandwidth-vs-predictability
+.toml``) and writes ``study.json``, ``study.csv`` and the report.
+
+The networks (``jitter_models.paired``): two tiers; intra-node links (NVLink) are the
+same in both networks; the inter-node tier differs: the steady network's bandwidth and
+latency law, and the fast network's bandwidth with each variant's latency law, whose mean
+must equal the steady one's. Every network gets the same draws per message (a paired
+comparison). Each workload's collectives run as the explicit algorithm its entry names.
+
+Approximation (stated in the report, checked here at a smaller N against the reference
+``paired.full_steps``): each collective starts when its slowest rank is ready and takes a
+duration drawn from a pool of simulated calls (``paired.steps``).
+
+Metrics, per (workload, model, network): the mean and p99 step; efficiency E(N) =
+T_compute(N) / T(N), the share of the step that is the ranks' own compute at perfect
+balance (a free, jitter-free network and even expert loads; for data parallelism this is
+T(1) / T(N)); ``useful_n`` the largest N with E >= the threshold; ``crossover_n`` the
+smallest N >= 2 from which the steady network's mean step is no longer than the fast
+one's at that N and every larger N of the range (``crossover_n_p99`` on the p99).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from jitter_models.errors import BadInput
+from jitter_models.hop_laws import HopLaw, lognormal_sigma_for_ratio
+from jitter_models.paired import (
+    PairedNetwork,
+    PairedTier,
+    SiteCall,
+    SiteCalls,
+    full_steps,
+    steps,
+)
+from jitter_models.percentiles import nearest_rank
+from jitter_models.units import parse_duration
+
+SCHEMA = 1
+SENSITIVITY_RATIOS = (2.0, 3.0, 5.0, 10.0, 30.0)
+"""p99/p50 of the fast network's per-hop latency (lognormal, same mean) tried for the
+sensitivity view, besides the steady law's own."""
+LARGE_N = 2048
+"""Past this N, pools hold ``samples_large`` calls (a call at 65,536 ranks is 2 M
+messages per sample)."""
+CHECK_SITE_STEPS = 20_000
+"""(site, step) pairs of the approximation check's reference at most."""
+ROW_KEYS = ("workload", "model", "variant", "crossover_n", "crossover_n_p99",
+            "useful_n_steady", "useful_n_fast", "verdict")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One workload of the study: its sites come from the workload module."""
+
+    workload: str
+    model: str
+    algorithm: str
+    world_sizes: tuple[int, ...]
+    sensitivity_n: tuple[int, ...]
+    dtype: str
+    batch: int
+    params: dict[str, Any]
+    work: Any = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    seed: int
+    steps: int
+    samples: int
+    samples_large: int
+    ranks_per_node: int
+    threshold: float
+    intra: PairedTier
+    steady: PairedTier
+    fast_bandwidth_Bps: float
+    variants: tuple[tuple[str, HopLaw], ...]
+    entries: tuple[Entry, ...]
+    check_n: int
+    check_steps: int
+    sources: dict[str, str]
+
+    def network(self, name: str, tier: PairedTier) -> PairedNetwork:
+        return PairedNetwork(name, self.intra, tier, self.ranks_per_node)
+
+    def networks(self, variants: tuple[tuple[str, HopLaw], ...]) -> list[PairedNetwork]:
+        """The steady network, then the fast one with each variant's latency law."""
+        return [self.network("steady", self.steady)] + [
+            self.network(name, PairedTier(self.fast_bandwidth_Bps, law))
+            for name, law in variants]
+
+
+# --- parsing -------------------------------------------------------------------------
+
+def _table(doc: Any, key: str) -> dict:
+    v = doc.get(key)
+    if not isinstance(v, dict):
+        raise BadInput(f"{key}: expected a table, got {v!r}")
+    return v
+
+
+def _number(doc: dict, key: str, path: str, low: float, default: Any = None,
+            integer: bool = False) -> Any:
+    v = doc.get(key, default)
+    ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+          and v >= low and (not integer or isinstance(v, int)))
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise BadInput(f"{path}.{key}: must be {kind} >= {low:g}, got {v!r}")
+    return v
+
+
+def _law(doc: Any, path: str) -> HopLaw:
+    if not isinstance(doc, dict):
+        raise BadInput(f"{path}: expected a table (family, mean, ...), got {doc!r}")
+    known = {"family", "mean", "sigma", "shape", "clip", "p", "factor"}
+    extra = sorted(set(doc) - known)
+    if extra:
+        raise BadInput(f"{path}.{extra[0]}: unknown key (known: {', '.join(sorted(known))})")
+    try:
+        mean = parse_duration(doc.get("mean"))
+        return HopLaw(family=doc.get("family", "lognormal"), mean_s=mean,
+                      **{k: float(doc[k]) for k in ("sigma", "shape", "clip", "p", "factor")
+                         if k in doc})
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"{path}.{str(exc)}") from None
+
+
+def _tier(doc: dict, path: str, law: HopLaw | None = None) -> PairedTier:
+    bw = _number(doc, "bandwidth_gbps", path, 1e-9)
+    return PairedTier(bw * 1e9, law if law is not None else _law(doc.get("latency"),
+                                                                 f"{path}.latency"))
+
+
+def parse_study(doc: dict, default_name: str = "study") -> Study:
+    """The spec's ``[study]`` (module docstring); BadInput naming the key."""
+    st = _table(doc, "study")
+    intra = _tier(_table(st, "intra"), "study.intra")
+    steady = _tier(_table(st, "steady"), "study.steady")
+    fast = _table(st, "fast")
+    fast_bw = _number(fast, "bandwidth_gbps", "study.fast", 1e-9) * 1e9
+    variants = []
+    raw = st.get("variant")
+    if not isinstance(raw, list) or not raw:
+        raise BadInput("study.variant: expected at least one [[study.variant]] table")
+    for i, v in enumerate(raw):
+        path = f"study.variant[{i}]"
+        name = v.get("name") if isinstance(v, dict) else None
+        if not isinstance(name, str) or not name or name == "steady":
+            raise BadInput(f"{path}.name: expected a name other than 'steady', got {name!r}")
+        law = _law(v.get("latency"), f"{path}.latency")
+        if not math.isclose(law.mean_s, steady.latency.mean_s, rel_tol=1e-9):
+            raise BadInput(f"{path}.latency.mean: must equal the steady network's mean "
+                           f"latency ({steady.latency.mean_s * 1e6:g}us): the fast network "
+                           f"has the same mean latency, got {law.mean_s * 1e6:g}us")
+        variants.append((name, law))
+    entries = tuple(_entry(w, i) for i, w in enumerate(_list(st, "workload")))
+    return Study(name=str(doc.get("name", default_name)),
+                 seed=_number(doc, "seed", "", 0, 0, integer=True),
+                 steps=_number(st, "steps", "study", 2, 300, integer=True),
+                 samples=_number(st, "samples", "study", 2, 256, integer=True),
+                 samples_large=_number(st, "samples_large", "study", 2, 32, integer=True),
+                 ranks_per_node=_number(st, "ranks_per_node", "study", 1, 8, integer=True),
+                 threshold=_number(st, "efficiency_threshold", "study", 0, 0.5),
+                 intra=intra, steady=steady, fast_bandwidth_Bps=fast_bw,
+                 variants=tuple(variants), entries=entries,
+                 check_n=_number(st, "check_n", "study", 2, 16, integer=True),
+                 check_steps=_number(st, "check_steps", "study", 2, 40, integer=True),
+                 sources={str(k): str(v) for k, v in st.get("sources", {}).items()})
+
+
+def _list(doc: dict, key: str) -> list:
+    v = doc.get(key)
+    if not isinstance(v, list) or not v:
+        raise BadInput(f"study.{key}: expected at least one [[study.{key}]] table")
+    return v
+
+
+def _entry(w: Any, i: int) -> Entry:
+    from collectives.workload import SweepCommon, get_workload
+    from jitter_models.algorithms import check_algorithm
+
+    path = f"study.workload[{i}]"
+    if not isinstance(w, dict):
+        raise BadInput(f"{path}: expected a table, got {w!r}")
+    name = w.get("workload")
+    try:
+        work = get_workload(name)
+        sizes = tuple(w.get("world_sizes", ()))
+        if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                            for n in sizes) or sizes != tuple(sorted(set(sizes))):
+            raise ValueError(f"world_sizes: increasing integers >= 1, got {sizes!r}")
+        if sizes[0] != 1:
+            raise ValueError(f"world_sizes: must start at 1 (the efficiency baseline), "
+                             f"got {sizes!r}")
+        common = SweepCommon(dtype=w.get("dtype", "bfloat16"), world_sizes=sizes,
+                             batches=(w.get("batch", 1),), steps=1, warmup=0,
+                             algorithm="native", ranks_per_node=8)
+        params = work.parse(w.get("params", {}), common)
+        algorithm = w.get("algorithm", "native")
+        for c in work.collectives(params):
+            check_algorithm(algorithm, c)
+        sens = tuple(w.get("sensitivity_n", ()))
+        if any(n not in sizes for n in sens):
+            raise ValueError(f"sensitivity_n: each must be one of world_sizes, got {sens!r}")
+    except ValueError as exc:
+        raise BadInput(f"{path}.{exc}") from None
+    return Entry(workload=work.name, model=str(w.get("model", work.describe(params))),
+                 algorithm=algorithm, world_sizes=sizes, sensitivity_n=sens,
+                 dtype=common.dtype, batch=common.batches[0], params=params, work=work)
+
+
+# --- running -------------------------------------------------------------------------
+
+ROUTING_STEPS = 2
+"""Distinct steps of a workload whose sites vary from step to step (MoE routing): step k
+uses the sites of step k mod 2 (each with its own routing per layer; the pools mix
+every layer's routings)."""
+
+
+def _calls(entry: Entry, n: int, algorithm: str) -> tuple[tuple, Callable]:
+    """The sites at ``n`` and ``calls(j)`` for ``paired.steps``: a site without load is
+    its own group (keyed by what its pool depends on); sites whose loads name the same
+    ``group`` (``routing.MoELoad``: one per phase) pool their routings together."""
+    from jitter_models.pattern_sim import compile_algorithm
+
+    sites = entry.work.simulated_sites(entry.params, batch=entry.batch, dtype=entry.dtype,
+                                       world_size=n)
+    compiled = {c: compile_algorithm(algorithm, c, n, 8)
+                for c in {s.collective for s in sites}}
+    own: dict[int, list] = {}
+    groups: dict[tuple, list] = {}
+    for j, s in enumerate(sites):
+        name = (algorithm, s.collective)
+        if s.load is None:
+            own[j] = [(SiteCall(compiled[s.collective], name, float(s.message_bytes)),
+                       np.full(n, s.compute_s))]
+            key = (*name, n, float(s.message_bytes))
+        else:
+            own[j] = []
+            for k in range(ROUTING_STEPS):
+                d = s.load.draw(n, k)
+                own[j].append((SiteCall(compiled[s.collective], name,
+                                        float(s.message_bytes), d.bytes),
+                               s.compute_s + d.compute_s))
+            key = (*name, n, "load", getattr(s.load, "group", j), float(s.compute_s))
+        groups.setdefault(key, []).extend(own[j])
+        own[j] = (own[j], key)
+
+    def calls(j: int) -> SiteCalls:
+        mine, key = own[j]
+        return SiteCalls(own=mine, group=key, pool=groups[key], varies="load" in key)
+    return sites, calls
+
+
+def _compute_s(sites: tuple, calls: Callable) -> float:
+    """The step's compute at perfect balance (the efficiency's numerator): each site's
+    compute, loads at their mean over ranks and steps, overlap kept."""
+    t = r = 0.0
+    for j, s in enumerate(sites):
+        c = float(np.mean([np.mean(comp) for _, comp in calls(j).own]))
+        begin = r if s.overlap else t
+        r = begin + c
+        t = max(r, t) if s.overlap else r
+    return max(t, r)
+
+
+def _summ(lat: np.ndarray) -> tuple[float, float]:
+    return float(lat.mean()), nearest_rank(lat, 99)
+
+
+def run_study(study: Study, progress: Callable[[str], None] | None = None
+              ) -> dict[str, Any]:
+    """Every entry x N x network: the data of study.json."""
+    say = progress or (lambda text: None)
+    nets = study.networks(study.variants)
+    pools: dict[tuple, dict] = {}  # per network set: call pools shared between entries
+    points, rows, sensitivity, checks = [], [], [], []
+    for e_i, entry in enumerate(study.entries):
+        series = []
+        for n in entry.world_sizes:
+            t0 = time.perf_counter()
+            sites, calls = _calls(entry, n, entry.algorithm)
+            samples = study.samples if n <= LARGE_N else study.samples_large
+            rng = np.random.default_rng([study.seed, e_i, n])
+            lat = steps(sites, calls, nets, rng, study.steps, samples,
+                        pools.setdefault(("main", samples), {}))
+            compute = _compute_s(sites, calls)
+            for c, net in enumerate(nets):
+                mean, p99 = _summ(lat[c])
+                series.append({"workload": entry.workload, "model": entry.model,
+                               "network": net.name, "world_size": n, "mean_us": mean * 1e6,
+                               "p99_us": p99 * 1e6, "compute_us": compute * 1e6,
+                               "efficiency": compute / mean, "efficiency_p99": compute / p99,
+                               "samples": samples, "steps": study.steps})
+            say(f"study: {entry.workload} {entry.model} N={n}: steady mean "
+                f"{series[-len(nets)]['mean_us']:.0f} us, "
+                + ", ".join(f"{r['network']} {r['mean_us']:.0f}" for r in series[-len(nets) + 1:])
+                + f" ({time.perf_counter() - t0:.1f} s)")
+            if n in entry.sensitivity_n:
+                sensitivity.append(_sensitivity(study, entry, e_i, n, sites, calls, samples,
+                                                pools.setdefault(("sensitivity", samples),
+                                                                 {})))
+        points += series
+        rows += _rows(study, entry, series)
+        checks.append(_check(study, entry, e_i))
+        say(f"study: {entry.workload} {entry.model}: approximation check at N = "
+            f"{checks[-1]['world_size']}: mean {checks[-1]['mean_error']:+.1%}, p99 "
+            f"{checks[-1]['p99_error']:+.1%}")
+    return {"schema": SCHEMA, "name": study.name, "seed": study.seed, "steps": study.steps,
+            "threshold": study.threshold, "networks": _describe_networks(study),
+            "entries": [_describe_entry(e) for e in study.entries], "rows": rows,
+            "points": points, "sensitivity": sensitivity, "checks": checks,
+            "sources": study.sources}
+
+
+def crossover(ns: list[int], steady: list[float], fast: list[float]) -> int | None:
+    """The smallest N >= 2 from which steady <= fast at that N and every larger N."""
+    best = None
+    for n, s, f in sorted(zip(ns, steady, fast), reverse=True):
+        if n < 2:
+            break
+        if s > f:
+            break
+        best = n
+    return best
+
+
+def _useful(rows: list[dict], threshold: float) -> int | None:
+    good = [r["world_size"] for r in rows if r["efficiency"] >= threshold]
+    return max(good) if good else None
+
+
+def _rows(study: Study, entry: Entry, series: list[dict]) -> list[dict]:
+    by = {name: [r for r in series if r["network"] == name]
+          for name in ["steady", *(v for v, _ in study.variants)]}
+    st = by["steady"]
+    ns = [r["world_size"] for r in st]
+    out = []
+    for variant, _ in study.variants:
+        fa = by[variant]
+        c_mean = crossover(ns, [r["mean_us"] for r in st], [r["mean_us"] for r in fa])
+        c_p99 = crossover(ns, [r["p99_us"] for r in st], [r["p99_us"] for r in fa])
+        row = {"workload": entry.workload, "model": entry.model, "variant": variant,
+               "crossover_n": c_mean, "crossover_n_p99": c_p99,
+               "useful_n_steady": _useful(st, study.threshold),
+               "useful_n_fast": _useful(fa, study.threshold)}
+        row["verdict"] = verdict(row, ns)
+        out.append(row)
+    return out
+
+
+def verdict(row: dict, ns: list[int]) -> str:
+    """The row in words: where the crossover is, or that there is none."""
+    top = max(ns)
+    parts = []
+    for key, what in (("crossover_n", "mean"), ("crossover_n_p99", "p99")):
+        c = row[key]
+        if c is None:
+            parts.append(f"no crossover on the {what} step: the fast network is faster at "
+                         f"N = {top}, the largest N studied")
+        elif c == 2:
+            parts.append(f"the steady network is no slower on the {what} step at every N "
+                         "from 2")
+        else:
+            parts.append(f"the steady network wins on the {what} step from N = {c}")
+    return "; ".join(parts)
+
+
+def _sensitivity(study: Study, entry: Entry, e_i: int, n: int, sites: tuple,
+                 calls: Callable, samples: int, pools: dict) -> dict[str, Any]:
+    """How much per-hop jitter (p99/p50 of a same-mean lognormal) the fast network's 2x
+    bandwidth carries at N before the steady network's mean step is the shorter."""
+    mean = study.steady.latency.mean_s
+    ratios = (round(study.steady.latency.ratio_p99_p50(), 3), *SENSITIVITY_RATIOS)
+    laws = tuple((f"ratio {r:g}", HopLaw("lognormal", mean,
+                                         sigma=lognormal_sigma_for_ratio(max(r, 1.0))))
+                 for r in ratios)
+    rng = np.random.default_rng([study.seed, e_i, n, 99])
+    lat = steps(sites, calls, study.networks(laws), rng, study.steps, samples, pools)
+    steady = float(lat[0].mean())
+    fast = [float(x.mean()) for x in lat[1:]]
+    return {"workload": entry.workload, "model": entry.model, "world_size": n,
+            "ratios": list(ratios), "steady_mean_us": steady * 1e6,
+            "fast_mean_us": [f * 1e6 for f in fast],
+            "break_even_ratio": break_even(list(ratios), fast, steady)}
+
+
+def break_even(ratios: list[float], fast: list[float], steady: float) -> dict[str, Any]:
+    """Where the fast mean step (increasing in the ratio) reaches the steady one, by
+    linear interpolation in log ratio; or a bound when it never does in the range."""
+    if fast[0] >= steady:
+        return {"value": None, "bound": "below", "text": f"the steady network wins even at "
+                f"p99/p50 {ratios[0]:g} (the 2x bandwidth buys nothing here)"}
+    for i in range(1, len(ratios)):
+        if fast[i] >= steady:
+            a, b = math.log(ratios[i - 1]), math.log(ratios[i])
+            w = (steady - fast[i - 1]) / (fast[i] - fast[i - 1])
+            value = math.exp(a + w * (b - a))
+            return {"value": value, "bound": None,
+                    "text": f"the fast network wins up to a per-hop p99/p50 of {value:.2g}"}
+    return {"value": None, "bound": "above", "text": f"the fast network wins even at "
+            f"p99/p50 {ratios[-1]:g}, the largest tried"}
+
+
+def _check(study: Study, entry: Entry, e_i: int) -> dict[str, Any]:
+    """The barrier-and-pool approximation against the reference (every rank's clock
+    through every site, fresh draws per call) at ``check_n`` (or the largest N below it),
+    on the fast network's first variant."""
+    n = max(m for m in entry.world_sizes if m <= study.check_n)
+    sites, calls = _calls(entry, n, entry.algorithm)
+    nets = study.networks(study.variants[:1])
+    approx = steps(sites, calls, nets, np.random.default_rng([study.seed, e_i, 7]),
+                   study.steps, study.samples)[1]
+    # the reference costs a Python step per pattern step of every site: a bounded
+    # number of steps (at least 4; dp_step of a 70B model has 5,650 sites a step)
+    n_ref = max(4, min(study.check_steps, CHECK_SITE_STEPS // len(sites)))
+    ref = full_steps(sites, calls, nets, np.random.default_rng([study.seed, e_i, 8]),
+                     n_ref)[1]
+    (am, ap), (rm, rp) = _summ(approx), _summ(ref)
+    return {"workload": entry.workload, "model": entry.model, "world_size": n,
+            "variant": study.variants[0][0], "approx_mean_us": am * 1e6,
+            "full_mean_us": rm * 1e6, "approx_p99_us": ap * 1e6, "full_p99_us": rp * 1e6,
+            "mean_error": am / rm - 1, "p99_error": ap / rp - 1,
+            "full_steps": n_ref}
+
+
+def _describe_networks(study: Study) -> list[dict[str, Any]]:
+    def tier(t: PairedTier) -> dict[str, Any]:
+        return {"bandwidth_gbps": t.bandwidth_Bps / 1e9, "latency": t.latency.describe(),
+                "latency_mean_us": t.latency.mean_s * 1e6,
+                "latency_p99_p50": t.latency.ratio_p99_p50()}
+    out = [{"network": "steady", "intra": tier(study.intra), "inter": tier(study.steady)}]
+    for name, law in study.variants:
+        out.append({"network": name, "intra": tier(study.intra),
+                    "inter": tier(PairedTier(study.fast_bandwidth_Bps, law))})
+    return out
+
+
+def _describe_entry(e: Entry) -> dict[str, Any]:
+    return {"workload": e.workload, "model": e.model, "algorithm": e.algorithm,
+            "world_sizes": list(e.world_sizes), "describe": e.work.describe(e.params),
+            "dtype": e.dtype, "batch": e.batch}
+
+
+def stderr_progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
