@@ -78,7 +78,9 @@ class HopLaw:
         if self.family == "lognormal":
             return f"lognormal({m}, sigma {self.sigma:g})"
         if self.family == "pareto":
-            return f"pareto({m}, shape {self.shape:g}, clipped at {self.clip:g} x_m)"
+            xm = self.mean_s * (self.shape - 1) / (self.shape - self.clip ** (1 - self.shape))
+            return (f"pareto({m}, shape {self.shape:g}, x_m {xm * 1e6:.3g} us, clipped at "
+                    f"{self.clip:g} x_m = {self.clip * xm * 1e6:.3g} us)")
         return (f"spikes({m}, base sigma {self.sigma:g}, p {self.p:g}, spike "
                 f"{self.factor:g} x base)")
 

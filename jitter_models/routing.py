@@ -58,7 +58,7 @@ class Router:
         """(experts,) log popularity of each expert at ``layer`` (zeros when uniform)."""
         if self.skew == 0:
             return np.zeros(self.experts)
-        rng = np.random.default_rng([self.seed, _STREAM, layer, 1])
+        rng = np.random.default_rng([self.seed, _STREAM + 1, layer])  # apart from choices
         ranks = rng.permutation(self.experts) + 1.0
         return -self.skew * np.log(ranks)
 

@@ -153,10 +153,10 @@ def test_study_files(tmp_path) -> None:
     assert none_row[3:5] == ["none", "none"]
     text = (out / "report.html").read_text()
     assert "dp_step Llama-3-8B, lognormal: no crossover on the mean step" in text
-    assert ("dp_step Llama-3-8B: on the p99 step the steady network wins from N = 8 "
+    assert ("dp_step Llama-3-8B: on the p99 step the steady network is no slower from N = 8 "
             "(spikes); no crossover up to N = 8 (lognormal)") in text  # the summary
     captions = " ".join(f["caption"] for f in page.figures)
-    assert ("On the mean step the steady network wins from N = 8 (spikes); no crossover "
+    assert ("On the mean step the steady network is no slower from N = 8 (spikes); no crossover "
             "up to N = 8 (lognormal)") in captions
 
     assert json.loads((out / "study.json").read_text()) == data
