@@ -11,7 +11,8 @@ site's 2 ms of compute is done, given when the site started.
   rounding, 2 ns a site), and add up to a detour share of the run near 20%.
 - Step time: each step is predicted from its recorded start, chaining its two sites
   through the semantics with the nominal 2 ms each and the measured time outside
-  compute (all-reduce, bookkeeping) in between. The measured mean step may not be below
+  compute (all-reduce, bookkeeping) in between. The measured step (per step, its largest
+  5% of excesses left out: host stalls) may not be below
   the prediction by more than 10 us (the spin never ends early; the slack covers clock
   reads) nor above it by more than 300 us a site: the spin ends within ~5 us (gloo's
   threads preempt it now and then: 10-40 us on average with them), but the
@@ -169,8 +170,7 @@ def _check_rank(cols: dict) -> tuple[float, float, float, float]:
             now = end(now, COMPUTE)
         now += int(t_end[k] - origin - s["t_arrive_ns"][k, -1])
         predicted.append(now - t)
-    return (float(np.mean(t_end - t0)), float(np.mean(predicted)),
-            float(s["detour_ns"].sum()), float(want.sum()))
+    return (t_end - t0, np.array(predicted), float(s["detour_ns"].sum()), float(want.sum()))
 
 
 @pytest.mark.parametrize("launcher,backend", [("mpirun", "mpi"), ("torchrun", "gloo")])
@@ -179,7 +179,8 @@ def test_bsp_steps_take_the_time_the_detour_semantics_predict(tmp_path, launcher
     assert len(files) == 2
     for f in files:
         cols, _ = read_rank_file(f)
-        measured, predicted, detour, want = _check_rank(cols)
+        steps, predicted_steps, detour, want = _check_rank(cols)
+        measured, predicted = float(np.mean(steps)), float(np.mean(predicted_steps))
         print(f"{launcher}+{backend} {f.name}: mean step {measured / 1e3:.1f} us, "
               f"predicted {predicted / 1e3:.1f} us; detours {detour / 1e6:.3f} ms "
               f"(predicted {want / 1e6:.3f} ms)")
@@ -187,4 +188,9 @@ def test_bsp_steps_take_the_time_the_detour_semantics_predict(tmp_path, launcher
         # About a fifth of the run is detour (a step's ~0.3 ms outside compute may
         # overlap some of it and cost nothing): a share in [10%, 25%] of all steps' time.
         assert 0.10 <= detour / (measured * STEPS) <= 0.25, detour / (measured * STEPS)
-        assert -10e3 <= measured - predicted <= SITES * 300e3, (measured, predicted)
+        # Per step, measured minus predicted, its largest 5% left out: a host stall of a
+        # few ms (gloo's threads, another process) hits a step or two of 150; a rank that
+        # ignored or double-counted the detours is off on every step that holds one.
+        excess = np.sort(steps - predicted_steps)[: int(0.95 * STEPS)]
+        assert -10e3 <= float(np.mean(excess)) <= SITES * 300e3, (measured, predicted,
+                                                                  float(np.mean(excess)))
