@@ -307,6 +307,15 @@ class _RankLoop:
                         float(cost.seconds(per_expert, self.n)[self.me]) * 1e9)
         self.attn_ns = [round(work.attention_s(p, p["batch"], layer == 0) * 1e9)
                         for layer in range(self.layers)]
+        # per (step, layer): element counts sent and received, and the bytes that leave
+        # the rank each way, as Python values: nothing to convert inside a step
+        self.plan = [[self._counts(self.send[k, j] * self.h, self.recv[k, j] * self.h)
+                      for j in range(self.layers)] for k in range(self.total)]
+
+    def _counts(self, send_el: np.ndarray, recv_el: np.ndarray) -> tuple:
+        """(send counts, receive counts, bytes sent, bytes received) of one layer."""
+        out = [send_el.tolist(), recv_el.tolist()]
+        return (*out, *((sum(c) - c[self.me]) * self.esize for c in out))
 
     def _all_to_all(self) -> tuple[Callable[..., tuple[int, int]], int]:
         """call(out, out_counts, inp, in_counts) -> hop delays, and hop draws clipped."""
@@ -370,8 +379,7 @@ class _RankLoop:
             backend.barrier()
             timer.begin_step(step - p["warmup"])
             for layer in range(self.layers):
-                send_el = (self.send[step, layer] * h).tolist()
-                recv_el = (self.recv[step, layer] * h).tolist()
+                send_el, recv_el, send_bytes, recv_bytes = self.plan[step][layer]
                 site = 2 * layer
 
                 def dispatch_compute(send_el=send_el, layer=layer, check=check) -> None:
@@ -394,11 +402,11 @@ class _RankLoop:
 
                 timer.site(site, delay_ns=rows[step][site],
                            collective=lambda s=send_el, r=recv_el: a2a(out, r, inp, s),
-                           compute=dispatch_compute, nbytes=self._bytes(send_el),
+                           compute=dispatch_compute, nbytes=send_bytes,
                            index=step * n_sites + site)
                 timer.site(site + 1, delay_ns=rows[step][site + 1],
                            collective=lambda s=send_el, r=recv_el: a2a(inp, s, out, r),
-                           compute=combine_compute, nbytes=self._bytes(recv_el),
+                           compute=combine_compute, nbytes=recv_bytes,
                            index=step * n_sites + site + 1)
                 if check:
                     wrong[1] += self._check(inp, send_el, 1)
@@ -407,10 +415,6 @@ class _RankLoop:
                 timer.step_row(end)
         return RankResult(records=records, wrong=wrong if checked else [-1, -1],
                           ops=[("all_to_all", rank.algorithms[0])])
-
-    def _bytes(self, counts_el: list[int]) -> int:
-        """Bytes this rank moves to other ranks (its own block stays)."""
-        return (sum(counts_el) - counts_el[self.me]) * self.esize
 
     def _check(self, buf: Any, counts_el: list[int], plus: int) -> int:
         """Wrong elements of the packed blocks in ``buf``: dispatch (``plus`` 0, blocks
