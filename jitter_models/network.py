@@ -21,6 +21,14 @@ native ring all_reduce then shows exactly ``bandwidth_gbps`` as its busbw.
 - broadcast: a binomial tree, ceil(log2 N) rounds of the whole buffer, one after another
   (the root sends in every round), as in Thakur & Gropp's lg N (alpha + n beta).
 
+Every native call also costs ``call_s`` (default 0), on one rank as well: the host's own
+time in the library's call (argument checks, the local copy of the rank's own block, the
+progress engine), which LogP calls o. It is what a call costs a rank that waits for no
+one, with the network's part taken away: on one host over shared memory MPI_Alltoallv of
+256 KiB costs ~180 us a call from Python at N = 1 and 2 alike (benchmarks/validate_moe.py).
+Explicit algorithms pay no ``call_s``: each of their messages is its own call, whose cost
+is in ``alpha``.
+
 A ring or pairwise step is on the inter tier as soon as N > ranks_per_node (every shift of
 the ranks then moves some rank to another node); a recursive-doubling or binomial step is
 intra-node iff none of its pairs crosses a node. Each model costs O(log N) (a
@@ -41,6 +49,7 @@ from .algorithm_builders import NATIVE_COLLECTIVES
 from .units import format_duration, parse_duration
 
 _TIER_KEYS = ("alpha", "bandwidth_gbps")
+_NETWORK_KEYS = (*_TIER_KEYS, "intra", "call")
 _REAL = (int, float, np.integer, np.floating)
 
 
@@ -81,11 +90,17 @@ class Network:
     """Links between ranks on one node."""
     ranks_per_node: int
     """Consecutive ranks per node (``layout.node_of``)."""
+    call_s: float = 0.0
+    """Host seconds of every native call, on every N including 1 (module docstring)."""
 
     def __post_init__(self) -> None:
         for name in ("inter", "intra"):
             if not isinstance(getattr(self, name), Tier):
                 raise ValueError(f"{name}: not a Tier: {getattr(self, name)!r}")
+        c = self.call_s
+        if isinstance(c, bool) or not isinstance(c, _REAL) or not math.isfinite(c) or c < 0:
+            raise ValueError(f"call_s: must be a finite number >= 0, got {c!r}")
+        object.__setattr__(self, "call_s", float(c))
         if not _is_int(self.ranks_per_node) or self.ranks_per_node < 1:
             raise ValueError(f"ranks_per_node: must be an integer >= 1, "
                              f"got {self.ranks_per_node!r}")
@@ -94,18 +109,28 @@ class Network:
     @classmethod
     def from_table(cls, table: Mapping, ranks_per_node: int) -> Network:
         """The TOML ``[network]`` table: ``alpha`` (a duration, or 0) and ``bandwidth_gbps``
-        (GB/s per rank and direction, as nccl-tests prints busbw; 1 GB = 1e9 bytes), and an
-        optional ``[network.intra]`` with the same keys (absent: the inter tier)."""
-        inter = _tier(table, "network", (*_TIER_KEYS, "intra"))
+        (GB/s per rank and direction, as nccl-tests prints busbw; 1 GB = 1e9 bytes), an
+        optional ``[network.intra]`` with the same keys (absent: the inter tier), and an
+        optional ``call`` (a duration: ``call_s``; absent: 0)."""
+        inter = _tier(table, "network", _NETWORK_KEYS)
         intra = inter if table.get("intra") is None else _tier(
             table["intra"], "network.intra", _TIER_KEYS)
-        return cls(inter=inter, intra=intra, ranks_per_node=ranks_per_node)
+        call_s = 0.0
+        if "call" in table:
+            try:
+                call_s = parse_duration(table["call"])
+            except ValueError as exc:
+                raise ValueError(f"network.call: {exc}") from None
+        return cls(inter=inter, intra=intra, ranks_per_node=ranks_per_node, call_s=call_s)
 
     def to_table(self) -> dict[str, Any]:
-        """The canonical ``[network]`` table (``intra`` only where it differs)."""
+        """The canonical ``[network]`` table (``intra`` and ``call`` only where they
+        differ from the defaults)."""
         out = _tier_table(self.inter)
         if self.intra != self.inter:
             out["intra"] = _tier_table(self.intra)
+        if self.call_s:
+            out["call"] = format_duration(self.call_s)
         return out
 
     def hop_time(self, src: Any, dst: Any, nbytes: Any) -> np.ndarray:
@@ -119,7 +144,7 @@ class Network:
 
     def native_time(self, collective: str, world_size: int, nbytes: float) -> float:
         """Seconds of the backend's own ``collective`` on ``world_size`` ranks with a
-        working buffer of ``nbytes`` (module docstring); 0 on one rank."""
+        working buffer of ``nbytes`` (module docstring); ``call_s`` on one rank."""
         if collective not in NATIVE_COLLECTIVES:
             raise ValueError(f"collective: unknown {collective!r} "
                              f"(known: {', '.join(NATIVE_COLLECTIVES)})")
@@ -130,22 +155,23 @@ class Network:
             raise ValueError(f"nbytes: must be a finite number >= 0, got {nbytes!r}")
         n = int(world_size)
         if n == 1:
-            return 0.0
-        return float(_NATIVE[collective](self, n, float(nbytes)))
+            return self.call_s
+        return self.call_s + float(_NATIVE[collective](self, n, float(nbytes)))
 
     def all_to_all_v_time(self, pair_bytes: Any) -> float:
         """Seconds of the backend's own uneven all-to-all: ``pair_bytes[i, j]`` bytes from
         rank i to rank j (the diagonal stays local), taken as the pairwise exchange's N - 1
-        steps (at step k rank r sends to r + k) each as long as its slowest message; with
-        even splits of S / N this is the all_to_all model above."""
+        steps (at step k rank r sends to r + k) each as long as its slowest message, plus
+        ``call_s``; with even splits of S / N this is the all_to_all model above."""
         b = np.asarray(pair_bytes, dtype=np.float64)
         n = b.shape[0] if b.ndim == 2 else 0
         if b.shape != (n, n) or n < 1 or np.any(b < 0) or not np.all(np.isfinite(b)):
             raise ValueError(f"pair_bytes: must be a square array of finite byte counts "
                              f">= 0, got shape {b.shape}")
         r = np.arange(n)
-        return float(sum(np.max(self.hop_time(r, (r + k) % n, b[r, (r + k) % n]))
-                         for k in range(1, n)))
+        return self.call_s + float(sum(np.max(self.hop_time(r, (r + k) % n,
+                                                            b[r, (r + k) % n]))
+                                       for k in range(1, n)))
 
     # --- the native models (module docstring) ------------------------------------------
 

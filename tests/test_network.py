@@ -81,7 +81,7 @@ BAD_TABLES = [
     ({"alpha": "2us"}, "network.bandwidth_gbps: missing"),
     ({"bandwidth_gbps": 50}, "network.alpha: missing"),
     ({**FULL, "latency": "1us"}, "network.latency: unknown key (known: alpha, "
-                                 "bandwidth_gbps, intra)"),
+                                 "bandwidth_gbps, intra, call)"),
     ({**FULL, "alpha": "-2us"}, "network.alpha: invalid duration '-2us': durations cannot "
                                 "be negative"),
     ({**FULL, "alpha": 2}, "network.alpha: invalid duration 2: a bare number needs a unit"),
@@ -242,3 +242,33 @@ def test_doubling_crossings_at_large_n(n):
     for k in (3, 6, 7, 8, 12, 100):
         want = tuple(bool(np.any(s.src // k != s.dst // k)) for s in steps)
         assert doubling_crossings(n, k) == want, (n, k)
+
+
+# --- the per-call host cost ---------------------------------------------------------------
+
+def test_call_cost_is_paid_by_every_native_call_on_one_rank_too():
+    base = net(4)
+    costly = dataclasses.replace(base, call_s=120e-6)
+    for collective in ("all_reduce", "all_gather", "reduce_scatter", "broadcast",
+                       "all_to_all"):
+        assert costly.native_time(collective, 1, 1e6) == 120e-6
+        for n in (2, 5, 16):
+            assert costly.native_time(collective, n, 1e6) == pytest.approx(
+                base.native_time(collective, n, 1e6) + 120e-6, rel=1e-12)
+    rng = np.random.default_rng(3)
+    pairs = rng.integers(0, 1 << 20, size=(6, 6)).astype(float)
+    assert costly.all_to_all_v_time(pairs) == pytest.approx(
+        base.all_to_all_v_time(pairs) + 120e-6, rel=1e-12)
+    assert costly.all_to_all_v_time(np.zeros((1, 1))) == 120e-6
+
+
+def test_call_cost_in_the_table_round_trips_and_bad_values_are_named():
+    table = {**FULL, "call": "180us"}
+    network = Network.from_table(table, 8)
+    assert network.call_s == pytest.approx(180e-6, rel=1e-12)
+    assert Network.from_table(network.to_table(), 8) == network
+    assert "call" not in Network.from_table(FULL, 8).to_table()
+    with pytest.raises(ValueError, match="^network.call: "):
+        Network.from_table({**FULL, "call": "fast"}, 8)
+    with pytest.raises(ValueError, match="^call_s: must be a finite number >= 0, got -1"):
+        Network(inter=SLOW, intra=FAST, ranks_per_node=2, call_s=-1e-6)
