@@ -41,26 +41,17 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+import rank_validation as rv
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from jitter_models.network import Network, Tier
+from jitter_models.simulate import Site, simulate
 
-from collectives.timing import STEP_SITE, read_rank_file  # noqa: E402
-from experiments.spec import load_spec  # noqa: E402
-from jitter_models.network import Network, Tier  # noqa: E402
-from jitter_models.simulate import Site, simulate  # noqa: E402
-
-JITTERLAB = str(Path(sys.executable).parent / "jitterlab")
 UNLIMITED_BPS = 1e18
-MEAN_TOL, P99_TOL = 0.10, 0.20
-LOAD_MAX, LOAD_WAIT_S, LOAD_POLL_S = 0.5, 600, 10
 
 SPEC = """
 name = "{name}"
@@ -89,69 +80,17 @@ scope = "rank"
 """
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-            "PYTHONWARNINGS": "ignore"}
-
-
-def wait_for_idle() -> float:
-    """Poll the 1-minute load until it is below LOAD_MAX (up to LOAD_WAIT_S); the load."""
-    deadline = time.monotonic() + LOAD_WAIT_S
-    while True:
-        load = os.getloadavg()[0]
-        if load < LOAD_MAX or time.monotonic() > deadline:
-            return load
-        time.sleep(LOAD_POLL_S)
-
-
 def run_sweep(folder: Path, name: str, sizes: list[int], steps: int, warmup: int,
               check: bool) -> tuple[object, dict[int, tuple[Path, list]]]:
     """The spec and, per world size, its point folder and each rank's (columns, meta)."""
-    path = folder / f"{name}.toml"
-    path.write_text(SPEC.format(name=name, sizes=sizes, steps=steps, warmup=warmup,
-                                check=str(check).lower()))
-    out = folder / name
-    res = subprocess.run([JITTERLAB, "run", str(path), "--out", str(out)],
-                         capture_output=True, text=True, env=_env(), timeout=900)
-    if res.returncode != 0:
-        raise RuntimeError(f"jitterlab run {name} failed:\n{res.stderr[-3000:]}")
-    points = {}
-    for point in sorted((out / "points").iterdir()):
-        files = sorted(point.glob("rank-*.parquet"))
-        points[len(files)] = (point, [read_rank_file(f) for f in files])
-    return load_spec(path), points
-
-
-def _site_rows(cols: dict, steps: int, key: str) -> np.ndarray:
-    """(steps, sites) of one column of one rank's site records, in (step, site) order."""
-    m = cols["site"] != STEP_SITE
-    order = np.lexsort((cols["site"][m], cols["step"][m]))
-    return cols[key][m][order].reshape(steps, -1)
-
-
-def measured_steps_s(ranks: list) -> np.ndarray:
-    """Step latency per recorded step: the max over ranks of the step row's duration."""
-    per = []
-    for cols, _ in ranks:
-        m = cols["site"] == STEP_SITE
-        per.append((cols["t_done_ns"][m] - cols["t_start_ns"][m])[np.argsort(cols["step"][m])])
-    return np.max(per, axis=0) * 1e-9
-
-
-def p99(x: np.ndarray) -> float:
-    return float(np.sort(x)[int(np.ceil(0.99 * x.size)) - 1])  # nearest rank
-
-
-def call_minima_s(ranks: list, steps: int) -> np.ndarray:
-    """(steps, sites) the all-to-all's own time: the min over ranks of t_done - t_arrive."""
-    return np.min([_site_rows(c, steps, "t_done_ns") - _site_rows(c, steps, "t_arrive_ns")
-                   for c, _ in ranks], axis=0) * 1e-9
+    return rv.run_spec(folder, name, SPEC.format(name=name, sizes=sizes, steps=steps,
+                                              warmup=warmup, check=str(check).lower()))
 
 
 def bytes_fit(ranks: list, steps: int, minima: np.ndarray) -> tuple[float, float]:
     """(alpha_s, bandwidth_Bps) of minima ~ alpha + max rank bytes / bandwidth (least
     squares), the check on whether the uneven bytes matter."""
-    b = np.max([_site_rows(c, steps, "bytes") for c, _ in ranks], axis=0).ravel()
+    b = np.max([rv.site_rows(c, steps, "bytes") for c, _ in ranks], axis=0).ravel()
     slope, alpha = np.polyfit(b.astype(float), minima.ravel(), 1)
     return float(alpha), float(1 / slope) if slope > 0 else float("inf")
 
@@ -194,20 +133,20 @@ def diagnostics(spec, plan: dict, ranks: list, n: int) -> dict:
     for r, (cols, _meta) in enumerate(ranks):
         roof = np.array([[s.compute_s + (s.load.draw(n, k).compute_s[r] if s.load else 0.0)
                           for s in sites] for k in range(steps)])
-        spun = (_site_rows(cols, steps, "t_arrive_ns") - _site_rows(cols, steps, "t_start_ns")
-                - _site_rows(cols, steps, "delay_ns")) * 1e-9
+        spun = (rv.site_rows(cols, steps, "t_arrive_ns") - rv.site_rows(cols, steps, "t_start_ns")
+                - rv.site_rows(cols, steps, "delay_ns")) * 1e-9
         over.append(spun - roof)
-        delay_err.append((_site_rows(cols, steps, "delay_ns")
-                          - _site_rows(cols, steps, "delay_req_ns")) * 1e-9)
+        delay_err.append((rv.site_rows(cols, steps, "delay_ns")
+                          - rv.site_rows(cols, steps, "delay_req_ns")) * 1e-9)
         sim = schedule.delays(plan["seed"], r, 0, n, warmup + steps, len(sites))[warmup:]
-        pair_err.append(np.max(np.abs(sim - _site_rows(cols, steps, "delay_req_ns") * 1e-9)))
+        pair_err.append(np.max(np.abs(sim - rv.site_rows(cols, steps, "delay_req_ns") * 1e-9)))
         # time in a step outside every site (the combine's check between sites, the
         # step's end): step row minus the sum of the site spans
-        t_start, t_done = _site_rows(cols, steps, "t_start_ns"), _site_rows(cols, steps,
+        t_start, t_done = rv.site_rows(cols, steps, "t_start_ns"), rv.site_rows(cols, steps,
                                                                             "t_done_ns")
         gap.append((t_start[:, 1:] - t_done[:, :-1]).sum(axis=1) * 1e-9)
     over, delay_err, gap = np.stack(over), np.stack(delay_err), np.stack(gap)
-    calls = call_minima_s(ranks, steps)
+    calls = rv.call_minima_s(ranks, steps)
     return {"call_dispatch_median_us": float(np.median(calls[:, 0::2])) * 1e6,
             "call_combine_median_us": float(np.median(calls[:, 1::2])) * 1e6,
             "compute_over_roofline_median_us": float(np.median(over)) * 1e6,
@@ -231,37 +170,32 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.out or Path(tempfile.mkdtemp(prefix="validate-moe-"))
     folder.mkdir(parents=True, exist_ok=True)
 
-    load_timed = wait_for_idle()
+    load_timed = rv.wait_for_idle()
     spec, points = run_sweep(folder, "moe-timed", [1, 2], args.steps, args.warmup, False)
     load_after = os.getloadavg()[0]
-    load_check = wait_for_idle()
+    load_check = rv.wait_for_idle()
     _, checked = run_sweep(folder, "moe-check", [1, 2, 4], args.check_steps, args.warmup,
                            True)
 
     ranks2 = points[2][1]
-    minima = call_minima_s(ranks2, args.steps)
+    minima = rv.call_minima_s(ranks2, args.steps)
     call_s = float(np.median(minima))
     fit_alpha, fit_bw = bytes_fit(ranks2, args.steps, minima)
 
     rows, ok = [], True
     for n, (point, ranks) in sorted(points.items()):
         plan = ranks[0][1]["plan"]
-        measured = measured_steps_s(ranks)
+        measured = rv.measured_steps_s(ranks)
         predicted = predict(spec, plan, n, call_s)
         wrong = json.loads((point / "summary.json").read_text()).get("wrong")
-        row = {"n": n, "timed": True, "fitted": "all-to-all call cost" if n == 2 else "nothing",
-               "measured_mean_ms": measured.mean() * 1e3, "measured_p99_ms": p99(measured) * 1e3,
-               "predicted_mean_ms": predicted.mean() * 1e3,
-               "predicted_p99_ms": p99(predicted) * 1e3, "wrong": wrong,
-               "diagnostics": diagnostics(spec, plan, ranks, n)}
-        row["mean_err"] = row["predicted_mean_ms"] / row["measured_mean_ms"] - 1
-        row["p99_err"] = row["predicted_p99_ms"] / row["measured_p99_ms"] - 1
-        ok &= abs(row["mean_err"]) <= MEAN_TOL and abs(row["p99_err"]) <= P99_TOL
-        ok &= wrong == 0
+        row = {"n": n, "label": str(n), "timed": True,
+               "fitted": "all-to-all call cost" if n == 2 else "nothing", "wrong": wrong,
+               **rv.compare(measured, predicted), "diagnostics": diagnostics(spec, plan, ranks, n)}
+        ok &= row["meets"] and wrong == 0
         rows.append(row)
     for n, (point, ranks) in sorted(checked.items()):
         wrong = json.loads((point / "summary.json").read_text()).get("wrong")
-        measured = measured_steps_s(ranks)
+        measured = rv.measured_steps_s(ranks)
         rows.append({"n": n, "timed": False, "fitted": "-", "wrong": wrong,
                      "check_every_step": True, "measured_mean_ms": measured.mean() * 1e3,
                      "note": ("check = true, every step checked; timing not predicted (the "
@@ -276,17 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"all-to-all call cost fitted at N = 2: {call_s * 1e6:.1f} us (median of per-call "
           f"minima); alpha + bytes/bw on the same minima: {fit_alpha * 1e6:.1f} us + "
           f"{fit_bw / 1e9:.2f} GB/s")
-    head = (f"{'N':>3} {'mean ms':>8} {'pred':>8} {'err':>7} {'p99 ms':>8} {'pred':>8} "
-            f"{'err':>7} {'wrong':>6}  fitted")
-    print(head)
+    rv.print_rows([r for r in rows if r["timed"]])
     for r in rows:
-        if r["timed"]:
-            print(f"{r['n']:>3} {r['measured_mean_ms']:8.3f} {r['predicted_mean_ms']:8.3f} "
-                  f"{r['mean_err']:+7.1%} {r['measured_p99_ms']:8.3f} "
-                  f"{r['predicted_p99_ms']:8.3f} {r['p99_err']:+7.1%} {r['wrong']!s:>6}  "
-                  f"{r['fitted']}")
-        else:
-            print(f"{r['n']:>3} {r['measured_mean_ms']:8.3f} {'-':>8} {'-':>7} {'-':>8} "
+        if not r["timed"]:
+            print(f"{r['n']:>12} {r['measured_mean_ms']:8.3f} {'-':>8} {'-':>7} {'-':>8} "
                   f"{'-':>8} {'-':>7} {r['wrong']!s:>6}  ({r['note']})")
     for r in rows:
         if r["timed"]:
@@ -296,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"load_1min": {"before_timed": load_timed, "after_timed": load_after,
                             "before_check": load_check},
               "call_s": call_s, "bytes_fit": {"alpha_s": fit_alpha, "bandwidth_Bps": fit_bw},
-              "targets": {"mean": MEAN_TOL, "p99": P99_TOL}, "rows": rows, "pass": bool(ok)}
+              "targets": {"mean": rv.MEAN_TOL, "p99": rv.P99_TOL}, "rows": rows, "pass": bool(ok)}
     (folder / "validate_moe.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'pass' if ok else 'MISS'}; wrote {folder / 'validate_moe.json'}")
     return 0 if ok else 1
