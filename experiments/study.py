@@ -255,7 +255,7 @@ def _calls(entry: Entry, n: int, algorithm: str, rpn: int) -> tuple[tuple, Calla
         name = (algorithm, s.collective)
         if s.load is None:
             own[j] = [(SiteCall(compiled[s.collective], name, float(s.message_bytes)),
-                       np.full(n, s.compute_s))]
+                       np.broadcast_to(np.float64(s.compute_s), (n,)))]  # (no copy)
             key = (*name, n, float(s.message_bytes))
         else:
             own[j] = []
@@ -278,13 +278,24 @@ def _compute_s(sites: tuple, calls: Callable) -> float:
     """The step's compute at perfect balance (the efficiency's numerator): each site's
     compute, loads at their mean over ranks and steps, overlap kept."""
     t = r = 0.0
+    means: dict[tuple, float] = {}
     for j, s in enumerate(sites):
         sc = calls(j)
-        c = float(np.mean([np.mean(comp) for _, comp in (sc.pool if sc.varies else sc.own)]))
+        if sc.varies:  # a pool serves every site of its group: its mean once
+            if sc.group not in means:
+                means[sc.group] = float(np.mean([np.mean(c) for _, c in sc.pool]))
+            c = means[sc.group]
+        else:
+            c = float(np.mean([_mean(comp) for _, comp in sc.own]))
         begin = r if s.overlap else t
         r = begin + c
         t = max(r, t) if s.overlap else r
     return max(t, r)
+
+
+def _mean(a: np.ndarray) -> float:
+    """``a``'s mean; one element's read for a constant broadcast (stride 0)."""
+    return float(a.flat[0]) if a.ndim == 1 and a.strides == (0,) else float(np.mean(a))
 
 
 def _summ(lat: np.ndarray) -> tuple[float, float]:

@@ -46,17 +46,29 @@ class PairedNetwork:
 
 def _hops(step: Any, nets: Sequence[PairedNetwork], nbytes: np.ndarray, z: np.ndarray,
           v: np.ndarray) -> np.ndarray:
-    """(messages, networks, samples) hop times of one pattern step."""
+    """(messages, networks, samples) hop times of one pattern step. A tier that several
+    networks share (the NVLink tier of every network) is computed once."""
     k = nets[0].ranks_per_node
     cross = (step.src // k) != (step.dst // k)
-    out = np.empty((step.src.size, len(nets), z.shape[1]))
+    out = np.empty((step.src.size, len(nets)) + z.shape[1:])
     every = cross.all() or not cross.any()  # (most steps: no mask to apply)
-    b = nbytes if nbytes.ndim == 2 else nbytes[:, None]  # (messages, 1 or samples)
-    for c, net in enumerate(nets):
-        for mask, tier in ((cross, net.inter), (~cross, net.intra)):
-            if every and mask[0]:
+    b = nbytes if nbytes.ndim == z.ndim else nbytes.reshape(nbytes.shape + (1,) * (z.ndim - 1))
+    for mask, which in ((cross, "inter"), (~cross, "intra")):
+        if not mask.any():
+            continue
+        done: dict[PairedTier, int] = {}
+        for c, net in enumerate(nets):
+            tier = getattr(net, which)
+            if tier in done:
+                if every:
+                    out[:, c] = out[:, done[tier]]
+                else:
+                    out[mask, c] = out[mask, done[tier]]
+                continue
+            done[tier] = c
+            if every:
                 out[:, c] = tier.latency.sample(z, v) + b / tier.bandwidth_Bps
-            elif not every and mask.any():
+            else:
                 out[mask, c] = (tier.latency.sample(z[mask], v[mask])
                                 + b[mask] / tier.bandwidth_Bps)
     return out
@@ -79,7 +91,8 @@ def call_times(compiled: Any, nets: Sequence[PairedNetwork], rng: np.random.Gene
             b = pair_bytes[:, s.src, s.dst].T
         else:
             b = pair_bytes[s.src, s.dst]
-        clock = pattern_sim.advance(clock, s, _hops(s, nets, np.asarray(b, float), z, v))
+        clock = pattern_sim.advance(clock, s, _hops(s, nets, np.asarray(b, float), z, v),
+                                    inplace=True)
     return clock.max(axis=0) if n > 1 else np.zeros((len(nets), samples))
 
 
@@ -153,25 +166,28 @@ def steps(sites: Sequence[Any], calls: Calls, nets: Sequence[PairedNetwork],
 def full_steps(sites: Sequence[Any], calls: Calls, nets: Sequence[PairedNetwork],
                rng: np.random.Generator, n_steps: int) -> np.ndarray:
     """(networks, n_steps) step latencies with every rank's clock carried through every
-    site and fresh draws for every call: the reference for ``steps``."""
+    site and fresh draws for every call: the reference for ``steps``. Every step starts
+    with its ranks level (the end of the step before), so a step's latency does not depend
+    on when it starts and the steps run side by side, one sample axis: step k uses entry
+    k mod its site's entries, as one step after the other would."""
     entries = [calls(j).own for j in range(len(sites))]
     n = entries[0][0][0].compiled.world_size
-    out = np.zeros((len(nets), n_steps))
-    t0 = np.zeros(len(nets))
-    for k in range(n_steps):
-        t = np.broadcast_to(t0, (n, len(nets))).copy()
-        r = t.copy()
-        for site, site_entries in zip(sites, entries):
-            call, compute = site_entries[k % len(site_entries)]
-            begin = r if site.overlap else t
-            r = begin + np.asarray(compute, dtype=float)[:, None]
-            t = np.maximum(r, t) if site.overlap else r
-            for s in (call.compiled.steps if n > 1 else ()):
-                z, v = rng.standard_normal((s.src.size, 1)), rng.random((s.src.size, 1))
-                b = (call.nbytes * s.frac if call.pair_bytes is None
-                     else call.pair_bytes[s.src, s.dst])
-                t = pattern_sim.advance(t, s, _hops(s, nets, np.asarray(b, float), z, v)[:, :, 0])
-        end = np.maximum(t.max(axis=0), r.max(axis=0))
-        out[:, k] = end - t0
-        t0 = end
-    return out
+    ks = np.arange(n_steps)
+    t = np.zeros((n, len(nets), n_steps))  # every rank's clock, per network and step
+    r = t.copy()
+    for site, site_entries in zip(sites, entries):
+        picked = [site_entries[k % len(site_entries)] for k in range(len(site_entries))]
+        computes = np.stack([np.broadcast_to(np.asarray(c, dtype=float), (n,))
+                             for _, c in picked])[ks % len(picked)]  # (n_steps, n)
+        begin = r if site.overlap else t
+        r = begin + computes.T[:, None, :]
+        t = np.maximum(r, t) if site.overlap else r.copy()  # (advanced in place)
+        call = picked[0][0]
+        pair = (None if call.pair_bytes is None
+                else np.stack([e.pair_bytes for e, _ in picked])[ks % len(picked)])
+        for s in (call.compiled.steps if n > 1 else ()):
+            z, v = rng.standard_normal((s.src.size, n_steps)), rng.random((s.src.size, n_steps))
+            b = call.nbytes * s.frac if pair is None else pair[:, s.src, s.dst].T
+            t = pattern_sim.advance(t, s, _hops(s, nets, np.asarray(b, float), z, v),
+                                    inplace=True)
+    return np.maximum(t.max(axis=0), r.max(axis=0))

@@ -246,10 +246,14 @@ _UPDATE = {"shift": _shift, "permutation": _permutation, "scatter": _scatter}
 
 
 def advance(clock: np.ndarray, step: Step, hop_time: np.ndarray,
-            hop_delay: np.ndarray | None = None) -> np.ndarray:
+            hop_delay: np.ndarray | None = None, inplace: bool = False) -> np.ndarray:
     """One step of ``finish``'s recurrence: the clocks (N, ...) after ``step``, from its
-    transfers' hop times and optional delays ((M,) or (M, ...) like the clock)."""
-    clock = np.array(clock, dtype=np.float64)
+    transfers' hop times and optional delays ((M,) or (M, ...) like the clock).
+    ``inplace``: ``clock`` (a float64 array the caller gives up) may be updated and
+    returned instead of a copy."""
+    if not (inplace and isinstance(clock, np.ndarray) and clock.dtype == np.float64
+            and clock.flags.writeable):
+        clock = np.array(clock, dtype=np.float64)
     return _UPDATE[step.kind](clock, step, _lift(hop_time, clock),
                               None if hop_delay is None else _lift(hop_delay, clock))
 

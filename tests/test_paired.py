@@ -132,6 +132,30 @@ def test_the_barrier_approximation_is_close_to_the_reference_and_never_below_it(
         assert 0.99 < ratio < bound, (c, ratio)
 
 
+def test_the_reference_takes_step_k_from_entry_k_mod_their_number():
+    """full_steps runs its steps side by side: with constant hops each step's latency is
+    known by hand, so a step given another step's entry (compute or per-pair bytes) or a
+    rank's clock leaking from one step into the next shows. Recursive doubling on 4 ranks:
+    every rank finishes 2 hops after the last rank is ready; the pairwise all-to-all on 2
+    ranks: one exchange of the entry's per-pair bytes."""
+    law = HopLaw("lognormal", 3 * US, sigma=0.0)
+    net = PairedNetwork("x", PairedTier(1e9, law), PairedTier(1e9, law), 1)
+    rd = pattern_sim.compile_algorithm("recursive_doubling", "all_reduce", 4)
+    call = SiteCall(rd, ("recursive_doubling", "all_reduce"), 1000.0)
+    own = [(call, np.array([1.0, 2.0, 3.0, 4.0]) * US), (call, np.array([5.0, 0, 0, 0]) * US)]
+    sites = (Site(0.0, 1000),)
+    lat = full_steps(sites, lambda j: SiteCalls(own=own, group=("g",), pool=own, varies=True),
+                     [net], np.random.default_rng(0), 5)
+    hop = 3 * US + 1000 / 1e9
+    assert np.allclose(lat[0], [4 * US + 2 * hop, 5 * US + 2 * hop] * 2 + [4 * US + 2 * hop])
+    pw = pattern_sim.compile_algorithm("pairwise", "all_to_all", 2)
+    entries = [(SiteCall(pw, ("pairwise", "all_to_all"), 0.0, np.full((2, 2), b)),
+                np.zeros(2)) for b in (1000.0, 5000.0, 2000.0)]
+    lat = full_steps(sites, lambda j: SiteCalls(own=entries, group=("a",), pool=entries,
+                                                varies=True),
+                     [net], np.random.default_rng(0), 4)
+    assert np.allclose(lat[0], [3 * US + b / 1e9 for b in (1000.0, 5000.0, 2000.0, 1000.0)])
+
 def test_overlap_hides_the_collectives_behind_the_compute():
     nets = _nets()
     plain = steps(*_sites_calls(16, 8, 1 << 20, 200 * US, False), nets,
