@@ -10,8 +10,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -21,7 +19,6 @@ import pytest
 from collectives.clocks import aligned
 from collectives.timing import read_rank_file, write_rank_file
 
-JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 STEPS, WARMUP, N_SITES = 6, 1, 4  # the tiny model: 2 layers, 2 all-reduces each
 SPEC = f"""\
 name = "trace"
@@ -54,13 +51,14 @@ DEPTH = {"step": 0, "site": 1, "compute": 2, "delay": 2, "detour": 2, "wait": 2,
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """The sweep, run for real once for this module (about 10 s)."""
+def run_dir(tmp_path_factory, jitterlab) -> Path:
+    """The sweep, run for real once for this module (``jitterlab``: the command in this
+    process, conftest.py; its ranks are real processes)."""
     root = tmp_path_factory.mktemp("trace")
     (root / "spec.toml").write_text(SPEC)
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    res = subprocess.run([JITTERLAB, "run", str(root / "spec.toml"), "--out", str(root / "run")],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    res = jitterlab("run", str(root / "spec.toml"), "--out", str(root / "run"), env=env,
+                    cwd=root)
     assert res.returncode == 0, res.stderr
     return root / "run"
 

@@ -33,8 +33,6 @@ idle; its messages give the measured site compute beside the roofline's to show 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +44,6 @@ from experiments.spec import load_spec
 from jitter_models.network import Network, Tier
 from jitter_models.simulate import simulate
 
-BIN = Path(sys.executable).parent
-JITTERLAB = str(BIN / "jitterlab")
 VALIDATE = os.environ.get("JITTERLAB_TIMING_VALIDATION") == "1"
 # p99: the 5th largest of 400 steps; without the timing validation (CI) the exact checks
 # need only a few steps
@@ -80,15 +76,15 @@ def _env() -> dict[str, str]:
             "PYTHONWARNINGS": "ignore"}
 
 
-def _run(tmp: Path, overlap: bool) -> tuple[object, dict[int, list[dict]]]:
-    """The spec and, per world size, each rank's records of its one point."""
+def _run(jitterlab, tmp: Path, overlap: bool) -> tuple[object, dict[int, list[dict]]]:
+    """The spec and, per world size, each rank's records of its one point (``jitterlab``:
+    the command in this process, conftest.py)."""
     tag = "on" if overlap else "off"
     path = tmp / f"dp_{tag}.toml"
     path.write_text(SPEC.format(tag=tag, overlap=str(overlap).lower(), steps=STEPS,
                                 warmup=WARMUP, seed=SEED))
     out = tmp / f"out_{tag}"
-    res = subprocess.run([JITTERLAB, "run", str(path), "--out", str(out)],
-                         capture_output=True, text=True, cwd=tmp, env=_env(), timeout=120)
+    res = jitterlab("run", str(path), "--out", str(out), cwd=tmp, env=_env())
     assert res.returncode == 0, res.stderr[-3000:]
     points: dict[int, list[dict]] = {}
     for folder in (out / "points").iterdir():
@@ -98,9 +94,9 @@ def _run(tmp: Path, overlap: bool) -> tuple[object, dict[int, list[dict]]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, jitterlab):
     tmp = tmp_path_factory.mktemp("dp")
-    return {overlap: _run(tmp, overlap) for overlap in (False, True)}
+    return {overlap: _run(jitterlab, tmp, overlap) for overlap in (False, True)}
 
 
 def _steps_s(ranks: list) -> np.ndarray:

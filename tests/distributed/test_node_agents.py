@@ -345,11 +345,11 @@ def test_bad_node_flags_fail_before_anything_starts(tmp_path, args, message, cap
     assert not (tmp_path / "o").exists()
 
 
-def test_print_commands_gives_each_node_its_line(tmp_path):
+def test_print_commands_gives_each_node_its_line(tmp_path, jitterlab):
     spec = write_spec(tmp_path)
-    res = subprocess.run([JITTERLAB, "run", str(spec), "--out", "o", "--nnodes", "2",
-                          "--master", "head:29400", "--print-commands"], capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path, env=ENV)
+    # in this process (``jitterlab``, conftest.py): nothing starts, only the lines print
+    res = jitterlab("run", str(spec), "--out", "o", "--nnodes", "2", "--master", "head:29400",
+                    "--print-commands", cwd=tmp_path, env=ENV)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("# 2 nodes")

@@ -20,19 +20,14 @@ JITTERLAB = str(Path(sys.executable).with_name("jitterlab"))
 JITTER = (("exp", "exponential(20us)"),)
 
 
-def jl(*args: str, cwd: Path, umask: int | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([JITTERLAB, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300,
-                          preexec_fn=None if umask is None else lambda: os.umask(umask))
-
-
 @pytest.fixture(scope="module")
-def made(tmp_path_factory) -> Path:
+def made(tmp_path_factory, jitterlab) -> Path:
     """One real sweep, run once under umask 000 (``test_a_runs_files_have_one_mode_...``
-    reads its modes); each other test works on a copy."""
+    reads its modes); each other test works on a copy. (``jitterlab``: the command in this
+    process, conftest.py.)"""
     where = tmp_path_factory.mktemp("sweep")
     sweep_specs.write_spec(where / "spec.toml", jitter=JITTER)
-    res = jl("run", "spec.toml", "--out", "out", cwd=where, umask=0)
+    res = jitterlab("run", "spec.toml", "--out", "out", cwd=where, umask=0)
     assert res.returncode == 0, res.stderr
     return where
 
@@ -147,7 +142,7 @@ class Rerun:
 
 
 @pytest.fixture(scope="module")
-def rerun(made, tmp_path_factory) -> Rerun:
+def rerun(made, tmp_path_factory, jitterlab) -> Rerun:
     """A copy of the sweep with a bit flipped in its N = 2 point, run again once; two tests
     read it (the point moved aside and run again; the manifest's two runs)."""
     sweep = tmp_path_factory.mktemp("rerun") / "w"
@@ -155,7 +150,7 @@ def rerun(made, tmp_path_factory) -> Rerun:
     first = json.loads((sweep / "out" / "manifest.json").read_text())
     bad = point_of(sweep, 2)
     flip_a_bit(bad / "rank-00001.parquet")
-    return Rerun(sweep, bad, first, jl("run", "spec.toml", "--out", "out", cwd=sweep))
+    return Rerun(sweep, bad, first, jitterlab("run", "spec.toml", "--out", "out", cwd=sweep))
 
 
 def test_run_moves_a_bad_point_aside_and_runs_it_again(rerun, capsys, monkeypatch):
@@ -173,7 +168,7 @@ def test_run_moves_a_bad_point_aside_and_runs_it_again(rerun, capsys, monkeypatc
     assert main(["report", "out"]) == 0, capsys.readouterr().err  # the new point reads back
 
 
-def test_a_leftover_where_a_point_should_be_is_moved_aside(sweep):
+def test_a_leftover_where_a_point_should_be_is_moved_aside(sweep, jitterlab):
     """Both kinds at once, one run: a file where the N = 1 point's folder should be, and
     the N = 2 point's folder without its summary (half a rank file)."""
     as_file, half = point_of(sweep, 1), point_of(sweep, 2)
@@ -182,7 +177,7 @@ def test_a_leftover_where_a_point_should_be_is_moved_aside(sweep):
     as_file.write_text("not a point\n")
     half.mkdir()
     (half / "rank-00000.parquet").write_bytes(b"half")
-    res = jl("run", "spec.toml", "--out", "out", cwd=sweep)
+    res = jitterlab("run", "spec.toml", "--out", "out", cwd=sweep)
     assert res.returncode == 0, res.stderr
     assert "2 points run, 0 already complete" in res.stdout
     assert (as_file / "summary.json").exists() and (half / "summary.json").exists()
@@ -192,12 +187,12 @@ def test_a_leftover_where_a_point_should_be_is_moved_aside(sweep):
 
 
 @pytest.mark.parametrize("damage", ["garbled", "runs not a list"])
-def test_a_damaged_manifest_is_moved_aside_and_the_sweep_goes_on(sweep, damage):
+def test_a_damaged_manifest_is_moved_aside_and_the_sweep_goes_on(sweep, damage, jitterlab):
     out = sweep / "out"
     old = json.loads((out / "manifest.json").read_text())
     text = '{"spec": ' if damage == "garbled" else json.dumps({**old, "runs": 5})
     (out / "manifest.json").write_text(text)
-    res = jl("run", "spec.toml", "--out", "out", cwd=sweep)
+    res = jitterlab("run", "spec.toml", "--out", "out", cwd=sweep)
     assert res.returncode == 0, res.stderr
     (warning,) = [ln for ln in res.stderr.splitlines() if "warning" in ln]
     assert str(out / "manifest.json") in warning and "moved to" in warning
@@ -261,12 +256,12 @@ def test_a_summary_from_before_checksums_is_checked_by_reading_its_ranks_back(sw
         capsys.readouterr().err
 
 
-def test_a_failed_points_log_is_kept_beside_its_record(tmp_path):
+def test_a_failed_points_log_is_kept_beside_its_record(tmp_path, jitterlab):
     """The mpi backend under torchrun fails at bootstrap: the launcher's log survives the
     temporary folder, and the record cites it where it now is."""
     sweep_specs.write_spec(tmp_path / "spec.toml", launcher="torchrun", world_sizes=[2],
                            jitter=(("none", "constant(0s)"),))
-    res = jl("run", "spec.toml", "--out", "out", cwd=tmp_path)
+    res = jitterlab("run", "spec.toml", "--out", "out", cwd=tmp_path)
     assert res.returncode == 1
     (record,) = (tmp_path / "out" / "failed").glob("*.json")
     info = json.loads(record.read_text())

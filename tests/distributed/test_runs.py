@@ -60,6 +60,28 @@ def assert_consistent(p: Plan, nproc: int) -> None:
         assert np.median(late_us) <= (200 if sleep_only else 50), np.median(late_us)
 
 
+# Two-rank runs whose clock offsets also come from ping-pong (clock_pingpong): one launch
+# serves test_every_collective_... and test_ping_pong_...; the other runs keep the default.
+PINGPONG = {("mpirun", "mpi", 2), ("torchrun", "gloo", 2)}
+
+
+@pytest.fixture(scope="module")
+def every_collective(tmp_path_factory):
+    """(plan, result) of the every-collective bench of a (launcher, backend, nproc), run on
+    first use and kept for the module: several tests read the same launch."""
+    done: dict[tuple[str, str, int], tuple[Plan, dict]] = {}
+
+    def get(launcher: str, backend: str, nproc: int) -> tuple[Plan, dict]:
+        key = (launcher, backend, nproc)
+        if key not in done:
+            p = plan(tmp_path_factory.mktemp(f"{launcher}-{backend}-{nproc}"),
+                     backend=backend, clock_pingpong=key in PINGPONG)
+            done[key] = p, run_bench(p, launcher=launcher, nproc=nproc)
+        return done[key]
+
+    return get
+
+
 @pytest.mark.parametrize("launcher,backend,nproc", [
     ("torchrun", "gloo", 2),
     ("mpirun", "mpi", 2),
@@ -68,9 +90,8 @@ def assert_consistent(p: Plan, nproc: int) -> None:
     ("local", "mpi", 1),
     ("local", "gloo", 1),
 ])
-def test_every_collective_is_correct_and_recorded(tmp_path, launcher, backend, nproc):
-    p = plan(tmp_path, backend=backend)
-    result = run_bench(p, launcher=launcher, nproc=nproc)
+def test_every_collective_is_correct_and_recorded(every_collective, launcher, backend, nproc):
+    p, result = every_collective(launcher, backend, nproc)
     rows = result["rows"]
     assert [(r["coll"], r["size_bytes"]) for r in rows] == [
         (c, s) for c in ALL for s in (64, 4096)]
@@ -89,13 +110,14 @@ def test_bfloat16_is_exact_over_gloo(tmp_path):
     assert [r["wrong"] for r in rows] == [0, 0, 0, 0]
 
 
-def test_the_same_delays_reach_a_rank_at_every_world_size(tmp_path):
-    # Paired comparisons: rank 0 is asked for the same delays at N = 1 and N = 2.
+def test_the_same_delays_reach_a_rank_at_every_world_size(every_collective):
+    # Paired comparisons: rank 0 is asked for the same delays at N = 1 and N = 2 (the
+    # every-collective runs: the same plan but for the ranks, every site asks for delays).
     asked = []
     for nproc, launcher in ((1, "local"), (2, "mpirun")):
-        p = plan(tmp_path / str(nproc), backend="mpi", colls=("all_reduce",), check=False)
-        run_bench(p, launcher=launcher, nproc=nproc)
+        p, _ = every_collective(launcher, "mpi", nproc)
         asked.append(read_rank_file(p.rank_file(0))[0]["delay_req_ns"])
+    assert asked[0].size == len(ALL) * 2 * 8 and asked[0].max() > 0
     assert np.array_equal(asked[0], asked[1])
 
 
@@ -113,13 +135,14 @@ def test_a_rank_that_dies_or_hangs_is_named_within_the_timeout(tmp_path, launche
     assert time.monotonic() - t0 < 30
 
 
-def test_cli_bench_writes_json_and_csv_with_the_nccl_tests_keys(tmp_path):
+def test_cli_bench_writes_json_and_csv_with_the_nccl_tests_keys(tmp_path, jitterlab):
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
-    res = subprocess.run(
-        [JITTERLAB, "bench", "--launcher", "mpirun", "--nproc", "2", "--backend", "mpi",
-         "-b", "1K", "-e", "4K", "-f", "4", "-n", "5", "-w", "1", "-c", "--jitter",
-         "constant(10us)", "--out", str(tmp_path / "run"), "--json", str(out_json),
-         "--csv", str(out_csv)], capture_output=True, text=True, timeout=120)
+    # in this process (``jitterlab``, conftest.py); the next test runs the console script
+    res = jitterlab(
+        "bench", "--launcher", "mpirun", "--nproc", "2", "--backend", "mpi",
+        "-b", "1K", "-e", "4K", "-f", "4", "-n", "5", "-w", "1", "-c", "--jitter",
+        "constant(10us)", "--out", str(tmp_path / "run"), "--json", str(out_json),
+        "--csv", str(out_csv))
     assert res.returncode == 0, res.stderr
     doc = json.loads(out_json.read_text())
     keys = {"size_bytes", "min_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
@@ -146,21 +169,19 @@ def test_cli_rejects_bad_input_before_starting_any_process(tmp_path):
 
 
 @pytest.mark.parametrize("launcher,backend", [("mpirun", "mpi"), ("torchrun", "gloo")])
-def test_ping_pong_offsets_on_one_host_bracket_zero(tmp_path, launcher, backend):
+def test_ping_pong_offsets_on_one_host_bracket_zero(every_collective, launcher, backend):
     # On one host the true offset is 0: the estimate must contain it.
-    p = plan(tmp_path, backend=backend, colls=("all_reduce",), sizes=(64,), iters=3,
-             check=False, clock_pingpong=True)
-    result = run_bench(p, launcher=launcher, nproc=2)
+    assert (launcher, backend, 2) in PINGPONG
+    p, result = every_collective(launcher, backend, 2)
+    assert p.clock_pingpong
     rank1 = result["clock_offsets"][1]
     assert rank1["uncertainty_ns"] is not None and 0 < rank1["uncertainty_ns"] < 5_000_000
     assert abs(rank1["offset_ns"]) <= rank1["uncertainty_ns"]
     assert result["rows"][0]["skew_us"] is not None
 
 
-def test_a_directory_that_holds_a_run_is_refused(tmp_path):
-    p = plan(tmp_path, backend="mpi", colls=("all_reduce",), sizes=(64,), iters=2,
-             check=False)
-    run_bench(p, launcher="local", nproc=1)
+def test_a_directory_that_holds_a_run_is_refused(every_collective):
+    p, _ = every_collective("local", "mpi", 1)  # a finished run's folder
     before = sorted(x.name for x in Path(p.out_dir).iterdir())
     with pytest.raises(ValueError, match=r"already holds a run; choose another directory"):
         run_bench(p, launcher="local", nproc=1)

@@ -236,14 +236,17 @@ def test_jitterlab_run_in_an_allocation_starts_one_agent_per_node(cluster):
 
 def test_a_batch_script_runs_the_sweep_and_a_rerun_resumes(cluster):
     """The usual way in: sbatch a two-line script (the batch step is no srun step, so
-    jitterlab starts the agents itself), then the same again: nothing left to run."""
+    jitterlab starts the agents itself), then the same again: nothing left to run. One
+    point, on both nodes (the salloc test above runs the N = 1 points and several
+    schedules)."""
     spec = sweep_specs.write_spec(cluster.dir / "batch.toml", name="batch", backend="gloo",
-                                  ranks_per_node=1, timeout_s=60)
+                                  ranks_per_node=1, timeout_s=60, world_sizes=[2],
+                                  jitter=(("exp", "exponential(20us)"),))
     out = cluster.dir / "batch-out"
     script = cluster.dir / "job.sh"
     script.write_text(f"#!/bin/bash\n#SBATCH --nodes=2\n{JITTERLAB} run {spec} --out {out}\n")
-    for attempt, expected in ((1, "4 points run, 0 already complete, 0 failed"),
-                              (2, "0 points run, 4 already complete, 0 failed")):
+    for attempt, expected in ((1, "1 points run, 0 already complete, 0 failed"),
+                              (2, "0 points run, 1 already complete, 0 failed")):
         log = cluster.dir / f"job-{attempt}.log"
         res = subprocess.run(cluster.on("nodea", "sbatch", "--parsable", f"--output={log}",
                                         str(script)),
@@ -264,3 +267,6 @@ def test_a_batch_script_runs_the_sweep_and_a_rerun_resumes(cluster):
     assert len(runs) == 2, runs
     for run_entry in runs:
         assert [h["host"] for h in run_entry["nodes"]] == ["nodea", "nodeb"], run_entry
+    (point,) = (out / "points").iterdir()  # its ranks ran one on each node
+    metas = [read_rank_file(point / f"rank-{r:05d}.parquet")[1] for r in (0, 1)]
+    assert [(m["hostname"], m["node"]) for m in metas] == [("nodea", 0), ("nodeb", 1)]

@@ -27,14 +27,9 @@ def write_spec(tmp_path: Path, steps: int = 5, launcher: str = "auto",
                                   jitter=jitter)
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([JITTERLAB, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
-
-
-def test_a_sweep_runs_reports_and_resumes(tmp_path):
+def test_a_sweep_runs_reports_and_resumes(tmp_path, jitterlab):
     spec = write_spec(tmp_path)
-    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    res = jitterlab("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out"
     points = sorted(p.name for p in (out / "points").iterdir())
@@ -68,15 +63,15 @@ def test_a_sweep_runs_reports_and_resumes(tmp_path):
     stack = run_entry["stack"]  # what doctor sees: torch build, GPUs, NCCL, the MPI library
     assert stack["torch"]["available"] and stack["mpi"]["available"]
     assert stack["mpi"]["detail"].startswith(("Open MPI", "MPICH")) and "cuda" in stack
-    again = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    again = jitterlab("run", str(spec), "--out", "out", cwd=tmp_path)
     assert again.returncode == 0 and "0 points run, 4 already complete" in again.stdout
-    shown = run("show", "out", cwd=tmp_path)
+    shown = jitterlab("show", "out", cwd=tmp_path)
     assert shown.returncode == 0 and len(shown.stdout.strip().splitlines()) == 1 + 4
 
 
-def test_failed_points_are_recorded_and_the_sweep_goes_on(tmp_path):
+def test_failed_points_are_recorded_and_the_sweep_goes_on(tmp_path, jitterlab):
     spec = write_spec(tmp_path, launcher="srun")  # no SLURM here: every point fails
-    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    res = jitterlab("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 1
     failed = sorted((tmp_path / "out" / "failed").glob("*.json"))
     assert len(failed) == 4
@@ -86,7 +81,7 @@ def test_failed_points_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert not any((tmp_path / "out" / "points").iterdir())
 
 
-def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
+def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path, jitterlab):
     spec = write_spec(tmp_path, steps=400, jitter=ONE)  # killed in the second of 2 points
     proc = subprocess.Popen([JITTERLAB, "run", str(spec), "--out", "out"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -108,7 +103,7 @@ def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
             break
         time.sleep(0.1)
     assert str(tmp_path) not in ps
-    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    res = jitterlab("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "1 points run, 1 already complete" in res.stdout
     names = sorted(p.name for p in points.iterdir())
@@ -120,7 +115,7 @@ def test_a_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     assert os.path.exists(tmp_path / "out" / "report.html")
 
 
-def test_sigterm_stops_a_sweep_cleanly_and_a_rerun_resumes(tmp_path):
+def test_sigterm_stops_a_sweep_cleanly_and_a_rerun_resumes(tmp_path, jitterlab):
     """scancel, a SLURM time limit or kill: the runner unwinds as for Ctrl-C (ranks
     stopped, lock released, the partial point removed) and says so."""
     spec = write_spec(tmp_path, steps=400, jitter=ONE)
@@ -138,24 +133,28 @@ def test_sigterm_stops_a_sweep_cleanly_and_a_rerun_resumes(tmp_path):
     assert not (tmp_path / "out" / ".lock").exists() and not list(points.glob(".tmp-*"))
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps
-    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    res = jitterlab("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert len([p for p in points.iterdir() if not p.name.startswith(".")]) == 2
 
 
-def test_batch_lists_a_single_world_size_and_a_changed_spec_are_reported(tmp_path):
+def test_batch_lists_a_single_world_size_and_a_changed_spec_are_reported(tmp_path, jitterlab):
     # Regressions: a batch list collided in the scaling table; no N = 1 point broke the
     # plots; a rerun with a changed spec mixed the old points into the new report.
     spec = sweep_specs.write_spec(tmp_path / "spec.toml", steps=3, world_sizes=[2],
                                   batch=[1, 2], jitter=ONE)
-    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    res = jitterlab("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert "exp (batch 1)" in report and "exp (batch 2)" in report
     assert "2 of 2 points complete" in report
-    spec.write_text(spec.read_text().replace("steps = 3", "steps = 4"))
-    res = run("run", str(spec), "--out", "out", cwd=tmp_path)
+    # The changed spec keeps the batch-1 point and replaces batch 2 with batch 3 (one
+    # point to run, not two): the report must hold only the new spec's two points.
+    spec.write_text(spec.read_text().replace("batch = [1, 2]", "batch = [1, 3]"))
+    res = jitterlab("run", str(spec), "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "1 points run, 1 already complete" in res.stdout
     report = (tmp_path / "out" / "report.md").read_text()
     assert "2 of 2 points complete" in report  # only the new spec's points
-    assert len(list((tmp_path / "out" / "points").iterdir())) == 4  # old ones kept on disk
+    assert "exp (batch 3)" in report and "exp (batch 2)" not in report
+    assert len(list((tmp_path / "out" / "points").iterdir())) == 3  # the old one kept on disk

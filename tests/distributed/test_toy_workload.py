@@ -44,11 +44,16 @@ dist = "constant({DELAY_MS:g}ms)"
 """
 
 
-def _jitterlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+def _pythonpath() -> dict[str, str]:
+    """The environment that lets a fresh process (the console script, a rank) import the
+    toy."""
+    return {"PYTHONPATH": os.pathsep.join(
         [str(WORKLOADS), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def _jitterlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([JITTERLAB, *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+                          env={**os.environ, **_pythonpath()}, timeout=300)
 
 
 @pytest.fixture
@@ -118,17 +123,20 @@ def test_a_workload_that_cannot_be_imported_is_bad_input(tmp_path, cli):
     assert res.returncode == 2 and "sites: must be an integer in [1, 64], got 0" in res.stderr
 
 
-def test_an_outside_workload_gets_explicit_algorithms_link_jitter_and_hop_rows(tmp_path):
+def test_an_outside_workload_gets_explicit_algorithms_link_jitter_and_hop_rows(
+        tmp_path, jitterlab, monkeypatch):
     # The same toy through a ring with per-hop delays: the extension point hands it the
     # algorithm, the link-scoped schedule and the hop log; the point's summary covers
-    # (checksums) the hop files.
+    # (checksums) the hop files. ``run`` in this process this time (the test above runs
+    # the console script): the toy on sys.path here, on PYTHONPATH for the ranks.
     spec = tmp_path / "toy.toml"
     text = SPEC.replace("world_sizes = [1, 2]", 'world_sizes = [2]\nalgorithm = "ring"\n'
                         "record_hops = true")
     text = text[:text.index("[[jitter]]")] + '[[jitter]]\nname = "hop"\n' \
         'dist = "constant(1ms)"\nscope = "link"\n'
     spec.write_text(text)
-    res = _jitterlab("run", str(spec), "--out", "out", cwd=tmp_path)
+    monkeypatch.syspath_prepend(str(WORKLOADS))
+    res = jitterlab("run", str(spec), "--out", "out", cwd=tmp_path, env=_pythonpath())
     assert res.returncode == 0, res.stderr
     (folder,) = (tmp_path / "out" / "points").iterdir()
     summary = json.loads((folder / "summary.json").read_text())
