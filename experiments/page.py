@@ -226,6 +226,7 @@ caption{text-align:left;font-weight:600;padding:.2rem 0}
 th,td{padding:.25rem .55rem;border-bottom:1px solid #e3e3e3;white-space:nowrap}
 th{background:#f2f2f2;text-align:left;vertical-align:bottom}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.wrap{white-space:normal;min-width:12rem;max-width:26rem}
 details{margin:.8rem 0}summary{cursor:pointer;font-weight:600}
 figure{margin:1.2rem 0}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(22rem,1fr));gap:.8rem}
@@ -302,16 +303,24 @@ def _html_block(b: Block, level: int) -> str:
     return _html_table(b)
 
 
+WRAP_AT = 40  # characters: a text cell longer than this wraps
+
+
 def _html_table(t: Table) -> str:
     num = [t.numeric(c) for c in t.columns]
+    rows = t.cells()
+    # a text column with long cells (a law's description) wraps, so that the columns after
+    # it stay on a 1280 px screen; numbers and short text keep to one line
+    wrap = [not num[i] and any(len(str(r[i])) > WRAP_AT for r in rows)
+            for i in range(len(t.columns))]
 
     def cls(i: int) -> str:
-        return ' class="num"' if num[i] else ""
+        return ' class="num"' if num[i] else ' class="wrap"' if wrap[i] else ""
 
     head = "".join(f'<th scope="col"{cls(i)}>{_h(c.title)}</th>'
                    for i, c in enumerate(t.columns))
     body = "".join("<tr>" + "".join(f"<td{cls(i)}>{_h(v)}</td>" for i, v in enumerate(row))
-                   + "</tr>" for row in t.cells())
+                   + "</tr>" for row in rows)
     caption = "" if t.collapsible else f"<caption>{_h(t.title)}</caption>"
     table = (f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead>'
              f"<tbody>{body}</tbody></table></div>")
