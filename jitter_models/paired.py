@@ -176,18 +176,44 @@ def full_steps(sites: Sequence[Any], calls: Calls, nets: Sequence[PairedNetwork]
     t = np.zeros((n, len(nets), n_steps))  # every rank's clock, per network and step
     r = t.copy()
     for site, site_entries in zip(sites, entries):
-        picked = [site_entries[k % len(site_entries)] for k in range(len(site_entries))]
+        which = ks % len(site_entries)  # each step's entry
         computes = np.stack([np.broadcast_to(np.asarray(c, dtype=float), (n,))
-                             for _, c in picked])[ks % len(picked)]  # (n_steps, n)
+                             for _, c in site_entries])[which]  # (n_steps, n)
         begin = r if site.overlap else t
         r = begin + computes.T[:, None, :]
         t = np.maximum(r, t) if site.overlap else r.copy()  # (advanced in place)
-        call = picked[0][0]
-        pair = (None if call.pair_bytes is None
-                else np.stack([e.pair_bytes for e, _ in picked])[ks % len(picked)])
-        for s in (call.compiled.steps if n > 1 else ()):
-            z, v = rng.standard_normal((s.src.size, n_steps)), rng.random((s.src.size, n_steps))
-            b = call.nbytes * s.frac if pair is None else pair[:, s.src, s.dst].T
-            t = pattern_sim.advance(t, s, _hops(s, nets, np.asarray(b, float), z, v),
-                                    inplace=True)
+        if n > 1:
+            t = _calls_side_by_side(t, [e for e, _ in site_entries], which, nets, rng)
     return np.maximum(t.max(axis=0), r.max(axis=0))
+
+
+def _calls_side_by_side(t: np.ndarray, calls: list[SiteCall], which: np.ndarray,
+                        nets: Sequence[PairedNetwork], rng: np.random.Generator
+                        ) -> np.ndarray:
+    """The clocks ``t`` (ranks, networks, steps) after each step's call (step k: entry
+    ``which[k]``). Entries with the same pattern and bytes (per-pair bytes or not) run
+    together, their steps side by side; others apart."""
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(calls):
+        groups.setdefault((id(c.compiled), c.nbytes, c.pair_bytes is None), []).append(i)
+    for members in groups.values():
+        mask = np.isin(which, members)
+        if mask.all():
+            t = _run_call(t, calls, which, nets, rng)
+        elif mask.any():
+            t[:, :, mask] = _run_call(t[:, :, mask], calls, which[mask], nets, rng)
+    return t
+
+
+def _run_call(t: np.ndarray, calls: list[SiteCall], which: np.ndarray,
+              nets: Sequence[PairedNetwork], rng: np.random.Generator) -> np.ndarray:
+    call = calls[int(which[0])]
+    m = which.size
+    pair = (None if call.pair_bytes is None
+            else np.stack([calls[int(i)].pair_bytes for i in which]))
+    for s in call.compiled.steps:
+        z, v = rng.standard_normal((s.src.size, m)), rng.random((s.src.size, m))
+        b = call.nbytes * s.frac if pair is None else pair[:, s.src, s.dst].T
+        t = pattern_sim.advance(t, s, _hops(s, nets, np.asarray(b, float), z, v),
+                                inplace=True)
+    return t

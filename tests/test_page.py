@@ -124,7 +124,6 @@ def test_a_collapsible_table_folds_under_its_title_and_numbers_align_right():
     assert "| a\\|b | 1.5 | n/a |" in md  # a pipe in a cell does not split it
 
 
-
 def test_a_text_column_with_long_cells_wraps_and_short_ones_do_not():
     """A law's description (over 40 characters) wraps so the columns after it stay on a
     1280 px screen (the study's network table); short text and numbers keep to a line."""
@@ -135,6 +134,7 @@ def test_a_text_column_with_long_cells_wraps_and_short_ones_do_not():
     assert f'<td class="wrap">{law}</td>' in text and "<td>inter</td>" in text
     assert '<td class="num">13.6</td>' in text
     assert re.search(r"td\.wrap\{white-space:normal", text)
+
 
 def test_headers_spell_out_the_unit_of_a_key():
     assert [header(k) for k in ("p99_us", "mean_ms", "busbw_gbps", "size_bytes",

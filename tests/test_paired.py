@@ -155,6 +155,18 @@ def test_the_reference_takes_step_k_from_entry_k_mod_their_number():
                                                 varies=True),
                      [net], np.random.default_rng(0), 4)
     assert np.allclose(lat[0], [3 * US + b / 1e9 for b in (1000.0, 5000.0, 2000.0, 1000.0)])
+    # entries of different calls (bytes, pattern, per-pair bytes or not) run apart
+    ring = pattern_sim.compile_algorithm("ring", "all_reduce", 2)
+    mixed = [(SiteCall(pw, ("pairwise", "all_to_all"), 0.0, np.full((2, 2), 4000.0)),
+              np.zeros(2)), (SiteCall(ring, ("ring", "all_reduce"), 9000.0), np.zeros(2)),
+             (SiteCall(pw, ("pairwise", "all_to_all"), 0.0, np.full((2, 2), 1000.0)),
+              np.zeros(2))]
+    lat = full_steps(sites, lambda j: SiteCalls(own=mixed, group=("m",), pool=mixed,
+                                                varies=True),
+                     [net], np.random.default_rng(0), 3)
+    ring_s = 2 * (3 * US + 4500 / 1e9)  # N = 2: one reduce-scatter and one all-gather hop
+    assert np.allclose(lat[0], [3 * US + 4e-6, ring_s, 3 * US + 1e-6]), lat[0]
+
 
 def test_overlap_hides_the_collectives_behind_the_compute():
     nets = _nets()
