@@ -1,0 +1,113 @@
+"""``jitterlab noise``: the host's own noise, measured the way sysjitter and the FTQ/FWQ
+benchmarks do: one spinner pinned to each chosen core, all at once, reading the clock in
+a tight loop; a gap between two reads longer than the threshold is an interruption (the
+core ran something else: an interrupt, a kernel thread, another process).
+
+A spinner is a Python loop around ``time.perf_counter_ns`` (CLOCK_MONOTONIC): its own
+granularity is the loop's time per read, measured and reported with every run (about
+0.1-0.3 µs here). The default threshold of 1 µs is several times that, so the loop's own
+reads are not counted; a ``--threshold`` under 3 times the read time (measured by a 50 ms
+spin before the run) is refused: its detours would be the loop's. Each interruption's
+duration is the whole gap, one loop read included.
+
+Per core: interruptions per second, the duration's p50, p90, p99, p99.9, p99.99 and max,
+and the fraction of the time lost. The detours are written as a trace
+(``start_ns<TAB>duration_ns``, from the start of the measurement) that
+``detours = "trace('FILE', period=...)"`` replays on real ranks and in the simulator.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jitter_models.percentiles import nearest_rank
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9, "p9999": 99.99}
+GRANULARITY_FACTOR = 3
+"""The threshold must be at least this many times the loop's own time per read."""
+
+
+def spin(seconds: float, threshold_ns: int, start_at_ns: int | None = None
+         ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Spin for ``seconds`` from ``start_at_ns`` (a perf_counter_ns time; default now):
+    (starts from the beginning, durations, reads, elapsed), int64 ns. Records every gap
+    between two clock reads longer than ``threshold_ns``."""
+    clock = time.perf_counter_ns
+    if start_at_ns is not None:
+        while clock() < start_at_ns:  # every spinner starts at once
+            pass
+    starts, durations = array("q"), array("q")
+    t0 = clock()
+    end = t0 + int(seconds * 1e9)
+    last, reads = t0, 0
+    while last < end:
+        now = clock()
+        if now - last > threshold_ns:
+            starts.append(last - t0)
+            durations.append(now - last)
+        last = now
+        reads += 1
+    return (np.frombuffer(starts, np.int64).copy(), np.frombuffer(durations, np.int64).copy(),
+            reads, last - t0)
+
+
+def _pinned(args: tuple) -> tuple[int, np.ndarray, np.ndarray, int, int]:
+    core, seconds, threshold_ns, start_at = args
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    return (core, *spin(seconds, threshold_ns, start_at))
+
+
+@dataclass
+class CoreNoise:
+    core: int
+    starts_ns: np.ndarray
+    durations_ns: np.ndarray
+    reads: int
+    elapsed_ns: int
+
+    @property
+    def read_ns(self) -> float:
+        """The loop's time per clock read (its granularity)."""
+        return self.elapsed_ns / max(self.reads, 1)
+
+    def row(self) -> dict[str, Any]:
+        d = self.durations_ns
+        seconds = self.elapsed_ns / 1e9
+        row: dict[str, Any] = {"core": self.core, "seconds": seconds,
+                               "interruptions": int(d.size),
+                               "per_second": d.size / seconds if seconds > 0 else None}
+        for key, p in PERCENTILES.items():
+            # a percentile needs about 4 / (1 - p) interruptions
+            enough = d.size >= math.ceil(4 / (1 - p / 100) - 1e-9)
+            row[f"{key}_us"] = nearest_rank(d, p) / 1e3 if enough else None
+        row["max_us"] = float(d.max()) / 1e3 if d.size else None
+        row["lost_fraction"] = float(d.sum()) / self.elapsed_ns if self.elapsed_ns else None
+        row["read_ns"] = self.read_ns
+        return row
+
+
+def measure(cores: list[int], seconds: float, threshold_ns: int) -> list[CoreNoise]:
+    """One pinned spinner per core, started together (0.2 s after the processes are up)."""
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(len(cores)) as pool:
+        start_at = time.perf_counter_ns() + int(0.5e9)  # after the pool's processes start
+        out = pool.map(_pinned, [(c, seconds, threshold_ns, start_at) for c in cores],
+                       chunksize=1)
+    return [CoreNoise(*o) for o in out]
+
+
+def trace_text(noise: CoreNoise) -> str:
+    """The core's detours as a trace ``detours = "trace(...)"`` replays."""
+    lines = [f"# jitterlab noise: core {noise.core}, {noise.elapsed_ns / 1e9:.3f} s, "
+             f"{noise.durations_ns.size} interruptions; start_ns<TAB>duration_ns"]
+    lines += [f"{s}\t{d}" for s, d in zip(noise.starts_ns.tolist(), noise.durations_ns.tolist())]
+    return "\n".join(lines) + "\n"
