@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import cli_fit, cli_noise, cli_simulate, cli_sweeps, cli_tools
+from . import cli_fit, cli_noise, cli_simulate, cli_sweeps, cli_tools, cli_whatif
 
 EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
                            parser_class=_Parser)
     for add in (_add_maxtable, _add_bench, _add_tools, _add_sweeps, cli_simulate.add_parser,
-                _add_trace, cli_fit.add_parser, cli_noise.add_parser):
+                _add_trace, cli_fit.add_parser, cli_noise.add_parser, cli_whatif.add_parser):
         add(sub)
     return p
 
@@ -256,7 +256,8 @@ _COMMANDS = {"maxtable": cli_tools.cmd_maxtable, "describe": cli_tools.cmd_descr
              "validate": cli_sweeps.cmd_validate, "run": cli_sweeps.cmd_run,
              "report": cli_sweeps.cmd_report, "show": cli_sweeps.cmd_show,
              "simulate": cli_simulate.cmd_simulate, "trace": _cmd_trace,
-             "fit": cli_fit.cmd_fit, "noise": cli_noise.cmd_noise}
+             "fit": cli_fit.cmd_fit, "noise": cli_noise.cmd_noise,
+             "whatif": cli_whatif.cmd_whatif}
 
 
 def _silence_stdout() -> None:
