@@ -27,7 +27,10 @@ How a point is simulated (``method`` in the results):
   site ends at ``end(t, compute + max delay)``, which keeps the time axis exactly. Random
   phase: one rank's lag at a site (end - start) has a law that does not depend on t (its
   position is uniform); its survival function is computed from the delay law's own sf
-  on a grid of phases (``_lag_max``), so the max of N keeps the delay law's exact tail.
+  on a grid of phases (``_lag_max``), so the max of N keeps the delay law's exact tail;
+  with a constant delay the lag's law is exact whatever the number of detours
+  (``Detours.lag_survival``: a measured trace has thousands a period, which the grid
+  cannot resolve; a random delay with more than PHASES / 16 detours a period is refused).
   What is lost is the dependence between a rank's successive sites (a rank inside a long
   detour at one site is likely inside it at the next). Its error at the cutoff against
   the rank-by-rank result is measured in tests/test_simulate.py. Node- or global-scoped
@@ -55,6 +58,7 @@ MAX_RING_WORLD_SIZE = 1 << 16
 MAX_RANK_DRAWS = 1 << 25  # per-rank delay draws held at once (256 MiB of float64)
 DEFAULT_CUTOFF = 16384
 PHASES = 2048  # phase grid of the random-phase detour lag law (past the cutoff)
+DENSE_PHASES = 16  # the grid needs this many phases a detour (else refused, or exact)
 LAG_GRID = 2048
 _SIM_STREAM = 1_000_003  # the simulator's own bulk draws, apart from every rank's stream
 
@@ -141,7 +145,23 @@ def simulate(schedule: Schedule | None, world_size: int, sites: tuple[Site, ...]
                          f"{schedule.scope!r} past the rank-by-rank cutoff ({cutoff} ranks, "
                          f"{MAX_RANK_DRAWS} delay draws) have no approximation here (shared "
                          "delays, per-rank phases); raise the cutoff or use scope = 'rank'")
+    if (detours is not None and detours.phase == "random" and not _fixed_delays(schedule)
+            and detours._starts.size > PHASES // DENSE_PHASES):
+        raise ValueError(f"jitter {schedule.name!r}: {detours._starts.size} random-phase "
+                         f"detours a period with a random delay past the rank-by-rank cutoff "
+                         f"({cutoff} ranks): the approximation's grid of {PHASES} phases "
+                         f"resolves at most {PHASES // DENSE_PHASES} detours a period (its "
+                         "lag law is exact only for a constant delay); raise the cutoff, or "
+                         "use a constant delay with these detours")
     return _marginal(schedule, n, sites, network, steps, seed, rng)
+
+
+def _fixed_delays(schedule: Schedule) -> bool:
+    """Every rank's delay is one constant (a law of one value), stragglers' too."""
+    laws = [schedule.temporal.marginal(schedule.dist)]
+    if schedule.stragglers is not None:
+        laws.append(schedule.temporal.marginal(schedule.stragglers.dist))
+    return all(d.support()[0] == d.support()[1] for d in laws)
 
 
 def _constant(schedule: Schedule) -> bool:
@@ -296,6 +316,26 @@ def _marginal(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Netw
                        "marginal (random-phase detours)")
 
 
+
+def _lag_max_fixed(detours: Any, groups: list, compute_s: float, rng: np.random.Generator,
+                   size: int) -> np.ndarray:
+    """``_lag_max`` where every group's delay is a constant: each group's lag law is exact
+    (``Detours.lag_survival`` of its fixed work), whatever the number of detours in the
+    period (a measured trace's thousands, which a grid of phases cannot resolve); the max
+    of N is drawn by inverting sum_g n_g log(1 - P_g(lag > l)) = log U between the laws'
+    own breakpoints."""
+    laws = [detours.lag_survival(compute_s + float(d.support()[0])) for d, _ in groups]
+    grid = np.unique(np.concatenate([g for g, _ in laws]))
+    log_all = np.zeros(grid.size)
+    for (g, sf), (_, count) in zip(laws, groups):
+        at = np.interp(grid, g, sf, left=1.0, right=0.0)
+        with np.errstate(divide="ignore"):
+            log_all += count * np.log1p(-np.minimum(at, 1.0))
+    h = np.clip(-log_all, 1e-300, 1e300)  # -log P(max <= l), non-increasing in l
+    target = -np.log(rng.random(size))
+    order = np.argsort(h, kind="stable")
+    return np.interp(np.log(target), np.log(h[order]), grid[order])
+
 def _lag_max(schedule: Schedule, n: int, seed: int, compute_s: float,
              rng: np.random.Generator, size: int) -> np.ndarray:
     """``size`` draws of the max over ``n`` ranks of one rank's lag (end - start) at a site
@@ -315,6 +355,8 @@ def _lag_max(schedule: Schedule, n: int, seed: int, compute_s: float,
     if chosen:
         groups.append((schedule.temporal.marginal(schedule.stragglers.dist), chosen))
     groups = [(d, c) for d, c in groups if c > 0]
+    if all(d.support()[0] == d.support()[1] for d, _ in groups):
+        return _lag_max_fixed(detours, groups, compute_s, rng, size)
     phase = ((np.arange(PHASES) + 0.5) / PHASES * detours.period_s)[:, None]
     tiny = 1e-12 / n
     top = max(float(d.isf(tiny)) for d, _ in groups)
