@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
     f.add_argument("--size", type=int, metavar="BYTES",
                    help="from records of several sizes: the collective size to take")
     f.add_argument("--bootstrap", type=int, default=None, metavar="B",
-                   help="parametric-bootstrap replicates per candidate (default 99: "
-                        "p-values to 0.01)")
+                   help="parametric-bootstrap replicates per candidate (default 199: "
+                        "p-values to 0.005; 40,000 samples take about 15 s here)")
     f.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
     f.add_argument("--jobs", type=int, default=None, metavar="J",
                    help="processes (default: the cores)")
@@ -54,6 +54,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.size is not None and args.size < 0:
         raise bad(f"--size: must be >= 0 bytes, got {args.size}")
     x, source = load(args.samples, args.what, args.size)
+    if args.json:
+        from .atomic import check_writable
+
+        check_writable(args.json, "--json")
     name = Path(args.samples.rstrip("/")).stem or "samples"
     out = Path(args.out) if args.out else Path("runs") / "fit" / name
     print(f"fit: {source}; {boot} bootstrap replicates per candidate (seed {args.seed})",

@@ -69,6 +69,10 @@ def cmd_noise(args: argparse.Namespace) -> int:
     if not 0 < threshold_s <= 1e-3:
         raise bad(f"--threshold: must be in (0, 1ms], got {args.threshold!r}")
     threshold_ns = int(round(threshold_s * 1e9))
+    if args.json:
+        from .atomic import check_writable
+
+        check_writable(args.json, "--json")
     probe = noise.CoreNoise(-1, *noise.spin(0.05, threshold_ns))  # the loop's read time
     floor = noise.GRANULARITY_FACTOR * probe.read_ns
     if threshold_ns < floor:

@@ -4,6 +4,7 @@ run) to a scaling table and plots in one command (experiments/whatif.py)."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 
     from jitter_models.units import parse_duration
 
-    from .atomic import write_text_atomic
+    from .atomic import check_writable, write_text_atomic
     from .cli_util import strict
     from .simulation import run_simulation, stderr_progress
     from .simulation_report import write_simulation
@@ -91,12 +92,19 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         print(f"whatif: left out: {reason}", file=sys.stderr)
     name = Path(args.source.rstrip("/")).stem or "source"
     out = Path(args.out) if args.out else Path("runs") / "whatif" / f"{name}-{args.workload}"
-    # every input is checked before anything is written
+    if args.json:
+        check_writable(args.json, "--json")
+    if out.exists() and any(out.iterdir()):
+        raise bad(f"--out: {str(out)!r} is not empty; choose another folder")
     src = read_source(args.source, args.core, out)
-    jitter = scenarios(src, out / "inputs")
-    spec = parse_spec(spec_doc(args.workload, ok, jitter, steps=args.steps,
-                               alpha=args.alpha, bandwidth_gbps=args.bandwidth_gbps,
-                               seed=args.seed), max_world=MAX_SIMULATED_WORLD)
+    try:  # the derived inputs are written, then checked: on bad input nothing is left
+        jitter = scenarios(src, out / "inputs")
+        spec = parse_spec(spec_doc(args.workload, ok, jitter, steps=args.steps,
+                                   alpha=args.alpha, bandwidth_gbps=args.bandwidth_gbps,
+                                   seed=args.seed), max_world=MAX_SIMULATED_WORLD)
+    except ValueError:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     print(f"whatif: {src['source']}; {args.workload} at N = {', '.join(map(str, ok))}",
           file=sys.stderr)
     data = run_simulation(spec, progress=stderr_progress)

@@ -44,6 +44,10 @@ def spin(seconds: float, threshold_ns: int, start_at_ns: int | None = None
     if start_at_ns is not None:
         while clock() < start_at_ns:  # every spinner starts at once
             pass
+    else:
+        warm = clock() + 10_000_000  # 10 ms: the loop's first reads are its own warm-up
+        while clock() < warm:
+            pass
     starts, durations = array("q"), array("q")
     t0 = clock()
     end = t0 + int(seconds * 1e9)
@@ -51,12 +55,14 @@ def spin(seconds: float, threshold_ns: int, start_at_ns: int | None = None
     while last < end:
         now = clock()
         if now - last > threshold_ns:
-            starts.append(last - t0)
-            durations.append(now - last)
+            stop = min(now, end)  # an interruption over the end counts up to the end
+            if stop - last > threshold_ns:
+                starts.append(last - t0)
+                durations.append(stop - last)
         last = now
         reads += 1
     return (np.frombuffer(starts, np.int64).copy(), np.frombuffer(durations, np.int64).copy(),
-            reads, last - t0)
+            reads, end - t0)
 
 
 def _pinned(args: tuple) -> tuple[int, np.ndarray, np.ndarray, int, int]:
@@ -96,7 +102,7 @@ class CoreNoise:
 
 
 def measure(cores: list[int], seconds: float, threshold_ns: int) -> list[CoreNoise]:
-    """One pinned spinner per core, started together (0.2 s after the processes are up)."""
+    """One pinned spinner per core, started together (0.5 s after the pool starts)."""
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(len(cores)) as pool:
         start_at = time.perf_counter_ns() + int(0.5e9)  # after the pool's processes start
@@ -110,4 +116,6 @@ def trace_text(noise: CoreNoise) -> str:
     lines = [f"# jitterlab noise: core {noise.core}, {noise.elapsed_ns / 1e9:.3f} s, "
              f"{noise.durations_ns.size} interruptions; start_ns<TAB>duration_ns"]
     lines += [f"{s}\t{d}" for s, d in zip(noise.starts_ns.tolist(), noise.durations_ns.tolist())]
+    if not noise.durations_ns.size:  # a quiet core: one empty detour keeps it replayable
+        lines.append("0\t0")
     return "\n".join(lines) + "\n"

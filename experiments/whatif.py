@@ -19,8 +19,8 @@ The scenarios, each a ``[[jitter]]`` schedule of one simulate spec:
 - ``tail halved``: every delay or detour above the noise's p99 keeps its p99 and half of
   its excess (a delay law: 1,000,000 seeded draws so transformed, replayed as an
   ``empirical`` file; a trace: its detours so transformed);
-- ``spikes removed``: a mixture fit without its spike component; any other law clipped
-  at its p99 (``clip``); a trace without its detours above the p99.
+- ``spikes removed``: a mixture fit without its spike component; any other law, and a
+  trace's detours, clipped at the p99 (nearest rank; ``clip`` for a law).
 
 The workload's spec comes from ``WORKLOADS`` (bsp: 10 sites of 100 µs compute and an 8-byte
 all-reduce a step, the FWQ shape; tp_decode: Llama-3-70B on the h100 roofline, emulated
@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from jitter_models.errors import BadInput
+from jitter_models.percentiles import nearest_rank
+from jitter_models.units import MAX_DELAY_S
 
 DEFAULT_N = tuple(2 ** k for k in range(3, 17))
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -60,8 +62,10 @@ def read_source(path: str, core: int | None, out: Path) -> dict[str, Any]:
     ``{"kind": "dist", "dist": text, "family", ...}``."""
     p = Path(path)
     if p.is_dir() and (p / "noise.json").is_file():
-        doc = json.loads((p / "noise.json").read_text())
+        doc = _json(p / "noise.json", ("rows", "seconds"))
         rows = doc["rows"]
+        if not rows:
+            raise BadInput(f"source: {str(p / 'noise.json')!r} has no rows")
         if core is None:
             row = max(rows, key=lambda r: r["lost_fraction"] or 0)
         else:
@@ -80,7 +84,7 @@ def read_source(path: str, core: int | None, out: Path) -> dict[str, Any]:
     fit_json = p / "fit.json" if p.is_dir() and (p / "fit.json").is_file() else (
         p if p.suffix == ".json" else None)
     if fit_json is not None:
-        doc = json.loads(fit_json.read_text())
+        doc = _json(fit_json, ("best",))
         best = doc["best"]
         return {"kind": "dist", "dist": best["dist"], "family": best["family"],
                 "params": best["params"],
@@ -95,6 +99,19 @@ def read_source(path: str, core: int | None, out: Path) -> dict[str, Any]:
             "params": best["params"], "source": f"the best fit ({best['family']}) of {said}"}
 
 
+def _json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A noise.json or fit.json with ``keys``, or one line of bad input."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BadInput(f"source: {str(path)!r} is not JSON that jitterlab wrote ({exc})"
+                       ) from None
+    if not isinstance(doc, dict) or any(k not in doc for k in keys):
+        raise BadInput(f"source: {str(path)!r} is neither a jitterlab fit.json (best, "
+                       "candidates) nor a noise folder's noise.json (rows)")
+    return doc
+
+
 def scenarios(src: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     """The four ``[[jitter]]`` tables (module docstring); derived files go under ``out``."""
     from experiments.atomic import write_text_atomic
@@ -105,7 +122,7 @@ def scenarios(src: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     none = {"name": "none", "dist": "constant(0s)"}
     if src["kind"] == "trace":
         starts, durations = read_trace(src["file"])
-        p99 = float(np.quantile(durations, 0.99)) if durations.size else 0.0
+        p99 = nearest_rank(durations, 99) if durations.size else 0.0
 
         def trace(name: str, d: np.ndarray, keep: np.ndarray) -> str:
             f = out / f"detours-{name}.tsv"
@@ -116,7 +133,7 @@ def scenarios(src: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         period = f"{src['period_s']:g}s"
         half = trace("tail-halved", _tail_halved(durations.astype(float), p99).round(),
                      np.ones(durations.size, bool))
-        cut = trace("spikes-removed", durations, durations <= p99)
+        cut = trace("spikes-removed", np.minimum(durations, p99), np.ones(durations.size, bool))
         return [none,
                 {"name": "measured", "dist": "constant(0s)",
                  "detours": f"trace('{src['file']}', period={period})"},
@@ -127,6 +144,7 @@ def scenarios(src: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     dist = parse(src["dist"])
     p99 = float(dist.ppf(0.99))
     x = _tail_halved(np.asarray(dist.sample(np.random.default_rng(0), TAIL_DRAWS)), p99)
+    x = np.minimum(x, MAX_DELAY_S)  # the longest delay a schedule takes
     f = out / "tail-halved.txt"
     write_text_atomic(f, "latency_ns\n" + "\n".join(f"{v:.1f}" for v in x * 1e9) + "\n")
     if src["family"] == "mixture":

@@ -36,11 +36,12 @@ import numpy as np
 
 from .fitters import FITTERS, Fitter, Params
 from .percentiles import nearest_rank, quantile_interval
+from .units import MAX_DELAY_S
 
 MIN_SAMPLES = 400
 """The fewest samples ``fit`` takes: 4 / (1 - 0.99), for the p99's tail check."""
 TAILS = {"p99": 99.0, "p999": 99.9}
-DEFAULT_BOOTSTRAP = 99
+DEFAULT_BOOTSTRAP = 199
 """Parametric-bootstrap replicates per candidate: a p-value's resolution is 1/(B+1)."""
 _EPS = 1e-300
 
@@ -63,6 +64,11 @@ def check_samples(x: Any, where: str = "samples", positions: Any = None,
         raise BadInput(f"{where}: {int(bad.sum())} of {x.size} samples are not finite and "
                        f"> 0 (a positive family needs positive latencies), the first at "
                        f"{unit}{'s' if bad.sum() > 1 else ''} {first}")
+    big = x > MAX_DELAY_S
+    if big.any():
+        at = np.arange(1, x.size + 1) if positions is None else np.asarray(positions)
+        raise BadInput(f"{where}: {int(big.sum())} sample(s) over one hour (the longest "
+                       f"delay a schedule takes), the first at {unit} {int(at[big][0])}")
     if x.size < MIN_SAMPLES:
         raise BadInput(f"{where}: {x.size} samples, too few: the p99's tail check needs "
                        f"at least {MIN_SAMPLES} (4 / (1 - 0.99))")
@@ -138,6 +144,8 @@ def fit_one(f: Fitter, x: np.ndarray, seed: Any, bootstrap: int) -> Candidate:
     p_value = ((1 + sum(s >= a2 for s in stats)) / (bootstrap + 1)) if bootstrap else None
     intervals = {name: basic_interval(est[name], [r[name] for r in refits], name)
                  for name in f.names} if len(refits) >= 2 else {}
+    if "shift" in intervals:  # a floor is below the smallest sample, whatever the refits
+        intervals["shift"][1] = min(intervals["shift"][1], float(xs[0]))
     text = f.text(est)
     dist = parse(text)
     tail = {}

@@ -153,6 +153,8 @@ def test_a_fitted_schedule_reads_back_as_the_law_it_was_fitted_to(tmp_path, cli)
     ("latency_us\n" + "5\n" * 450 + "0\n-1\nnan\n", "3 of 453 samples are not finite and > 0"
      " (a positive family needs positive latencies), the first at lines 452, 453, 454"),
     ("latency_ns\n" + "5000\n" * 100, "100 samples, too few"),
+    ("latency_us\n" + "5\n" * 450 + "4000000000\n", "1 sample(s) over one hour (the "
+     "longest delay a schedule takes), the first at line 452"),
 ])
 def test_bad_samples_are_one_line_exit_2_and_nothing_is_written(tmp_path, cli, content,
                                                                  message):
