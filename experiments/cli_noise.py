@@ -93,7 +93,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     print(f"noise: {out / 'noise.json'}, traces {out}/detours-core<K>.tsv, report "
           f"{out / 'report.html'}")
     first = out / f"detours-core{cores[0]}.tsv"
-    print(f'replay: detours = "trace(\'{first}\', period={args.seconds:g}s)"')
+    print(f'replay: detours = "trace(\'{first}\', period={args.seconds:.9g}s)"')
     return 0
 
 

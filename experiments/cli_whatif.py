@@ -97,13 +97,16 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise bad(f"--out: {str(out)!r} is not empty; choose another folder")
     src = read_source(args.source, args.core, out)
+    made = out / "inputs"  # what this command makes: inputs/, and out with its new parents
+    while not made.parent.exists():
+        made = made.parent
     try:  # the derived inputs are written, then checked: on bad input nothing is left
         jitter = scenarios(src, out / "inputs")
         spec = parse_spec(spec_doc(args.workload, ok, jitter, steps=args.steps,
                                    alpha=args.alpha, bandwidth_gbps=args.bandwidth_gbps,
                                    seed=args.seed), max_world=MAX_SIMULATED_WORLD)
-    except ValueError:
-        shutil.rmtree(out, ignore_errors=True)
+    except (ValueError, OSError):
+        shutil.rmtree(made, ignore_errors=True)
         raise
     print(f"whatif: {src['source']}; {args.workload} at N = {', '.join(map(str, ok))}",
           file=sys.stderr)

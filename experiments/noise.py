@@ -31,23 +31,25 @@ import numpy as np
 from jitter_models.percentiles import nearest_rank
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9, "p9999": 99.99}
+WARMUP_NS = 10_000_000
+"""A spinner spins this long before it records (its first reads are its own warm-up)."""
 GRANULARITY_FACTOR = 3
 """The threshold must be at least this many times the loop's own time per read."""
 
 
 def spin(seconds: float, threshold_ns: int, start_at_ns: int | None = None
          ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Spin for ``seconds`` from ``start_at_ns`` (a perf_counter_ns time; default now):
+    """Spin for ``seconds`` from ``start_at_ns`` (a perf_counter_ns time; default now)
+    and a warm-up of ``WARMUP_NS``:
     (starts from the beginning, durations, reads, elapsed), int64 ns. Records every gap
     between two clock reads longer than ``threshold_ns``."""
     clock = time.perf_counter_ns
     if start_at_ns is not None:
         while clock() < start_at_ns:  # every spinner starts at once
             pass
-    else:
-        warm = clock() + 10_000_000  # 10 ms: the loop's first reads are its own warm-up
-        while clock() < warm:
-            pass
+    warm = max(clock(), start_at_ns or 0) + WARMUP_NS  # the loop's first reads: warm-up
+    while clock() < warm:
+        pass
     starts, durations = array("q"), array("q")
     t0 = clock()
     end = t0 + int(seconds * 1e9)

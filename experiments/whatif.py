@@ -130,7 +130,7 @@ def scenarios(src: dict[str, Any], out: Path) -> list[dict[str, Any]]:
                                          zip(starts[keep].tolist(), d[keep].tolist())))
             return str(f.resolve())
 
-        period = f"{src['period_s']:g}s"
+        period = f"{src['period_s']:.9g}s"
         half = trace("tail-halved", _tail_halved(durations.astype(float), p99).round(),
                      np.ones(durations.size, bool))
         cut = trace("spikes-removed", np.minimum(durations, p99), np.ones(durations.size, bool))

@@ -148,8 +148,9 @@ def simulate(schedule: Schedule | None, world_size: int, sites: tuple[Site, ...]
     if (detours is not None and detours.phase == "random" and not _fixed_delays(schedule)
             and detours._starts.size > PHASES // DENSE_PHASES):
         raise ValueError(f"jitter {schedule.name!r}: {detours._starts.size} random-phase "
-                         f"detours a period with a random delay past the rank-by-rank cutoff "
-                         f"({cutoff} ranks): the approximation's grid of {PHASES} phases "
+                         f"detours a period with a random delay past the rank-by-rank limits "
+                         f"({cutoff} ranks, {MAX_RANK_DRAWS} delay draws): the "
+                         f"approximation's grid of {PHASES} phases "
                          f"resolves at most {PHASES // DENSE_PHASES} detours a period (its "
                          "lag law is exact only for a constant delay); raise the cutoff, or "
                          "use a constant delay with these detours")
@@ -316,25 +317,37 @@ def _marginal(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Netw
                        "marginal (random-phase detours)")
 
 
-
 def _lag_max_fixed(detours: Any, groups: list, compute_s: float, rng: np.random.Generator,
                    size: int) -> np.ndarray:
     """``_lag_max`` where every group's delay is a constant: each group's lag law is exact
     (``Detours.lag_survival`` of its fixed work), whatever the number of detours in the
-    period (a measured trace's thousands, which a grid of phases cannot resolve); the max
-    of N is drawn by inverting sum_g n_g log(1 - P_g(lag > l)) = log U between the laws'
-    own breakpoints."""
+    period (a measured trace's thousands, which a grid of phases cannot resolve). The max
+    of N solves h(l) = -log U with h(l) = -sum_g n_g log(1 - P_g(lag > l)): the interval of
+    the laws' own breakpoints it lies in, then bisection in it, where every P_g is linear
+    (exact up to float rounding; h itself is not linear there)."""
     laws = [detours.lag_survival(compute_s + float(d.support()[0])) for d, _ in groups]
+    counts = [c for _, c in groups]
+
+    def h_at(l: np.ndarray) -> np.ndarray:
+        total = np.zeros(np.shape(l))
+        for (g, sf), count in zip(laws, counts):
+            p = np.minimum(np.interp(l, g, sf, left=1.0, right=0.0), 1.0)
+            with np.errstate(divide="ignore"):  # p = 1 below the smallest lag: h = inf
+                total -= count * np.log1p(-p)
+        return total
+
     grid = np.unique(np.concatenate([g for g, _ in laws]))
-    log_all = np.zeros(grid.size)
-    for (g, sf), (_, count) in zip(laws, groups):
-        at = np.interp(grid, g, sf, left=1.0, right=0.0)
-        with np.errstate(divide="ignore"):
-            log_all += count * np.log1p(-np.minimum(at, 1.0))
-    h = np.clip(-log_all, 1e-300, 1e300)  # -log P(max <= l), non-increasing in l
+    hg = h_at(grid)  # non-increasing in l
     target = -np.log(rng.random(size))
-    order = np.argsort(h, kind="stable")
-    return np.interp(np.log(target), np.log(h[order]), grid[order])
+    i = np.clip(np.searchsorted(-hg, -target, side="left"), 0, grid.size - 1)
+    lo, hi = grid[np.maximum(i - 1, 0)], grid[i].copy()  # h(lo) > target >= h(hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        done = h_at(mid) <= target
+        hi = np.where(done, mid, hi)
+        lo = np.where(done, lo, mid)
+    return hi
+
 
 def _lag_max(schedule: Schedule, n: int, seed: int, compute_s: float,
              rng: np.random.Generator, size: int) -> np.ndarray:

@@ -251,3 +251,38 @@ def test_past_the_cutoff_a_measured_like_trace_keeps_its_cost(tmp_path):
     assert approx.latency_s.mean() == pytest.approx(exact.latency_s.mean(), rel=0.05)
     assert np.quantile(approx.latency_s, 0.99) == pytest.approx(
         np.quantile(exact.latency_s, 0.99), rel=0.10)
+
+
+@pytest.mark.parametrize("compute_s, n", [(0.0, 4), (10e-6, 4), (10e-6, 32), (0.0, 1000)])
+def test_past_the_cutoff_the_max_of_n_lags_is_drawn_from_its_law(compute_s, n):
+    """Periodic detours (1 ms period, 50 us), no delay, one site: the marginal path's step
+    (its max over N of one rank's lag at an independent uniform position) against that
+    max by brute force (``Detours.end`` at N uniform positions, 20,000 times): means
+    within 6 combined SEs plus 0.1 us, p90 within 2 us (false-failure rate under 1e-8 for
+    the means)."""
+    sched = parse_schedule("constant(0s); detours=periodic(period=1ms, duration=50us)")
+    sites = (Site(compute_s=compute_s, message_bytes=0),)
+    approx = simulate(sched, n, sites, network=FREE, steps=20_000, seed=3, cutoff=n - 1)
+    assert approx.method == "marginal (random-phase detours)"
+    rng = np.random.default_rng(9)
+    brute = np.concatenate([
+        (sched.detours.end(x, compute_s, 0.0) - x).max(axis=1)
+        for x in (rng.random((1000, n)) * 1e-3 for _ in range(20))])
+    a = approx.latency_s
+    se = np.sqrt(brute.var() / brute.size + a.var() / a.size)
+    assert abs(a.mean() - brute.mean()) <= 6 * se + 0.1e-6, (a.mean(), brute.mean(), se)
+    assert abs(np.quantile(a, 0.9) - np.quantile(brute, 0.9)) <= 2e-6
+
+
+def test_past_the_cutoff_sparse_periodic_detours_at_large_n_agree_with_rank_by_rank():
+    """At N = 1024 nearly every step waits for some rank in its detour, and the
+    independent-positions law (the approximation) and rank-by-rank (every rank's phase
+    carried through time) agree: means within 2% on 1000 steps (measured: 0.3%). At small
+    N they do not (N = 4, 10 us sites: 16.8 against 12.1 us; a rank meets its detour once
+    a period in time, not at an independent position each site), which is why the
+    simulator uses rank-by-rank up to its cutoff."""
+    sched = parse_schedule("constant(0s); detours=periodic(period=1ms, duration=50us)")
+    sites = (Site(compute_s=0.0, message_bytes=0),)
+    exact = simulate(sched, 1024, sites, network=FREE, steps=1000, seed=3, cutoff=1024)
+    approx = simulate(sched, 1024, sites, network=FREE, steps=1000, seed=3, cutoff=1023)
+    assert approx.latency_s.mean() == pytest.approx(exact.latency_s.mean(), rel=0.02)

@@ -115,6 +115,25 @@ def test_a_noise_folder_of_a_quiet_core_still_replays(tmp_path):
     assert sched.detours.busy_fraction == 0
 
 
+def test_bad_input_after_the_inputs_are_written_removes_them_but_not_the_users_folder(
+        tmp_path, cli, noise_dir):
+    """A noise folder whose trace does not read back: the derived inputs were written
+    first, then the spec refused; the empty --out folder the user made stays."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(noise_dir, bad)
+    for f in bad.glob("detours-core*.tsv"):
+        f.write_text("not a detour\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    res = cli("whatif", str(bad), "--out", str(mine), "--n", "8")
+    assert res.returncode == 2 and "detours" in res.stderr, res.stderr
+    assert mine.is_dir() and not any(mine.iterdir())
+    res = cli("whatif", str(bad), "--out", str(tmp_path / "new" / "deep"), "--n", "8")
+    assert res.returncode == 2 and not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["/nonexistent"], "source: '/nonexistent' does not exist"),
     (["SRC", "--n", "x"], "--n: expected comma-separated integers"),
