@@ -1,7 +1,7 @@
 """How often ``jitterlab fit``'s 95% intervals cover the truth, and how often BIC picks the
 true family, over repeated seeded trials (jitter_models/fit.py).
 
-    .venv/bin/python benchmarks/fit_coverage.py [--trials 100] [--n 2000] [--bootstrap 99]
+    .venv/bin/python benchmarks/fit_coverage.py [--trials 200] [--n 2000] [--bootstrap 199]
 
 For each law the issue names (a lognormal, a gamma, a shifted exponential and a 2% spike
 mixture), ``trials`` samples of size ``n`` are drawn (seed = the trial), fitted with every
@@ -49,9 +49,9 @@ def _trial(args: tuple) -> tuple[str, dict[str, bool], str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--bootstrap", type=int, default=99)
+    ap.add_argument("--bootstrap", type=int, default=199)
     args = ap.parse_args()
     work = [(fam, t, args.n, args.bootstrap) for fam in LAWS for t in range(args.trials)]
     t0 = time.perf_counter()
