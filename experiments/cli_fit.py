@@ -70,6 +70,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                  "min": float(x.min()), "median": float(np.median(x)),
                  "max": float(x.max())})
     write_fit(out, x, data, args.json)
+    for w in data["warnings"]:
+        print(f"jitterlab: warning: {w}", file=sys.stderr)
     print(table_text(data))
     print(f"best (BIC): {data['best']['dist']}")
     print(f"fit: {out / 'fit.json'}, {out / 'fits.toml'}, report {out / 'report.html'}")

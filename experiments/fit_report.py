@@ -163,6 +163,7 @@ def _page(data: dict[str, Any], png: bytes) -> pg.Page:
                 if c["p_value"] is not None and c["p_value"] >= 0.05]
     heads.append("Not rejected at 5% by the bootstrap AD test: "
                  + (", ".join(worst_ok) if worst_ok else "none of the candidates") + ".")
+    heads += [f"Warning: {w}." for w in data.get("warnings", [])]
     table = pg.Table.of("Every candidate, best (lowest BIC) first", rows(data), (
         "family", pg.Column("params", "parameters [95% interval]"),
         pg.Column("loglik", "log-likelihood"), pg.Column("aic", "AIC"), pg.Column("bic", "BIC"),

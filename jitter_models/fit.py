@@ -222,4 +222,28 @@ def fit_all(x: Any, *, seed: int = 0, bootstrap: int = DEFAULT_BOOTSTRAP,
     done.sort(key=lambda c: (not math.isfinite(c.bic), c.bic))
     rows = [c.as_dict() for c in done]
     return {"n": int(x.size), "bootstrap": bootstrap, "seed": seed, "best": rows[0],
-            "candidates": rows}
+            "candidates": rows, "warnings": sample_warnings(x)}
+
+
+TIES_AT_MIN = 0.01
+"""A share of samples equal to the smallest above which ``fit`` warns."""
+FEW_VALUES = 50
+
+
+def sample_warnings(x: np.ndarray) -> list[str]:
+    """What in the samples can mislead a continuous fit: heavy ties (a clock's resolution,
+    rounding). Ties at the minimum act as a point mass that Pareto (its scale is the
+    minimum) and the shifted fits (their floor just below it) exploit, so BIC can prefer
+    them for that alone."""
+    out = []
+    distinct = np.unique(x)
+    at_min = float(np.mean(x == distinct[0]))
+    if distinct.size < FEW_VALUES:
+        out.append(f"the {x.size} samples take only {distinct.size} distinct values "
+                   "(quantized: a clock's resolution or rounding): a continuous fit's "
+                   "likelihood, and the BIC ranking, mean little at that resolution")
+    if at_min > TIES_AT_MIN:
+        out.append(f"{at_min:.1%} of the samples equal the smallest "
+                   f"({distinct[0] * 1e6:.6g} us): Pareto and the shifted fits put a floor "
+                   "there and may win on BIC for that alone")
+    return out

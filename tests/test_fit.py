@@ -96,6 +96,19 @@ def test_fewer_samples_leave_out_the_p999_and_too_few_are_refused():
                       positions=np.arange(3, 1003), unit="line")
 
 
+
+def test_heavy_ties_are_warned_about_and_continuous_samples_are_not():
+    """Quantized samples (10, 11, 12 us with probabilities 0.6, 0.3, 0.1): the ties at the
+    minimum would let Pareto win on BIC; fit says so. Continuous samples: no warning."""
+    rng = np.random.default_rng(0)
+    x = rng.choice([10e-6, 11e-6, 12e-6], size=2000, p=[0.6, 0.3, 0.1])
+    out = fit_all(x, bootstrap=0, jobs=1)
+    assert any("take only 3 distinct values" in w for w in out["warnings"])
+    share = f"{np.mean(x == 10e-6):.1%} of the samples equal the smallest (10 us)"
+    assert any(w.startswith(share) for w in out["warnings"]), out["warnings"]
+    smooth = fit_all(rng.lognormal(np.log(50e-6), 0.5, 2000), bootstrap=0, jobs=1)
+    assert smooth["warnings"] == []
+
 def _samples_file(path, values_us, header="latency_us"):
     path.write_text(header + "\n" + "\n".join(f"{v:.6f}" for v in values_us) + "\n")
     return path
