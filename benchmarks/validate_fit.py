@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import rank_validation as rv
 
-from collectives.timing import STEP_SITE, read_rank_file
+from collectives.timing import read_rank_file
+from experiments import fit_input
 from jitter_models.distributions import parse
 from jitter_models.network import Network, Tier
 from jitter_models.schedule import Schedule
@@ -55,13 +56,9 @@ def main() -> int:
     if res.returncode != 0:
         raise SystemExit(f"fit failed:\n{res.stderr[-3000:]}")
     fit = json.loads((out / "fit" / "fit.json").read_text())
-    ranks = [read_rank_file(f)[0] for f in sorted(run.glob("rank-*.parquet"))]
-    rows = [c["site"] != STEP_SITE for c in ranks]
-    order = [np.argsort(c["step"][m]) for c, m in zip(ranks, rows)]
-    per_iter = np.max([(c["t_done_ns"][m] - c["t_start_ns"][m])[o]
-                       for c, m, o in zip(ranks, rows, order)], axis=0) * 1e-9
-    call = float(np.median(np.min([(c["t_done_ns"][m] - c["t_arrive_ns"][m])[o]
-                                   for c, m, o in zip(ranks, rows, order)], axis=0))) * 1e-9
+    per_iter, _ = fit_input.load(str(run), "iteration")  # what bench reports, as fit reads it
+    ranks = [read_rank_file(f) for f in sorted(run.glob("rank-*.parquet"))]
+    call = float(np.median(rv.call_minima_s(ranks, args.iters)))
     free = Tier(alpha_s=0.0, bandwidth_Bps=1e18)
     net = Network(inter=free, intra=free, ranks_per_node=8, call_s=call)
     best = fit["best"]
