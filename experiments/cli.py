@@ -9,20 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from . import cli_fit, cli_noise, cli_simulate, cli_sweeps, cli_tools, cli_whatif
+from .cli_util import int_list
 
 EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,7 +77,7 @@ def _add_maxtable(sub) -> None:
     src.add_argument("--jitter", action="append", metavar="SCHEDULE",
                      help="a one-line schedule, e.g. 'lognormal(median=50us, sigma=0.8)'; "
                           "repeatable")
-    m.add_argument("--n", type=_ints, default=None, metavar="N,N,...",
+    m.add_argument("--n", type=int_list, default=None, metavar="N,N,...",
                    help="world sizes (default: powers of 2 from 1 to 4096)")
     m.add_argument("--stat", default="mean", choices=list(STATS),
                    help="statistic of the max (default: mean)")
@@ -100,7 +90,7 @@ def _add_maxtable(sub) -> None:
                        description="Mean, std and quantiles of one delay, and the mean "
                                    "and p99 of the max of N of them, in µs.")
     d.add_argument("dist", help="e.g. 'lognormal(median=50us, sigma=0.8)'")
-    d.add_argument("--n", type=_ints, default=[8, 64, 1024], metavar="N,N,...")
+    d.add_argument("--n", type=int_list, default=[8, 64, 1024], metavar="N,N,...")
     d.add_argument("--json", metavar="FILE")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
@@ -29,3 +30,15 @@ def write_json(path: str | None, payload: object) -> None:
         from .atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(strict(payload), indent=2, allow_nan=False) + "\n")
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers >= 1 (world sizes)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values

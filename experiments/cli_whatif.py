@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .cli_util import bad
+from .cli_util import bad, int_list
 
 
 def add_parser(sub) -> None:
@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
                    help="bsp: 10 x (100 µs compute + 8-byte all-reduce) a step (default); "
                         "tp_decode: Llama-3-70B on the h100 roofline; moe_decode: "
                         "DeepSeek-V3; dp_step: Llama-3-8B")
-    w.add_argument("--n", default=",".join(map(str, DEFAULT_N)), metavar="N,N,...",
+    w.add_argument("--n", type=int_list, default=",".join(map(str, DEFAULT_N)),
+                   metavar="N,N,...",
                    help="world sizes (default: powers of 2 from 8 to 65536; those the "
                         "workload does not allow are left out, with the reason)")
     w.add_argument("--core", type=int, help="a noise folder: the core whose trace to use "
@@ -42,16 +43,6 @@ def add_parser(sub) -> None:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--out", metavar="DIR", help="where to write (default runs/whatif/<name>)")
     w.add_argument("--json", metavar="FILE", help="also write whatif.json here")
-
-
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise bad(f"--n: expected comma-separated integers, got {text!r}") from None
-    if not sizes or sizes[0] < 1 or sizes[-1] > 1 << 20:
-        raise bad(f"--n: world sizes in [1, 1048576], got {text!r}")
-    return sizes
 
 
 def table_text(rows: list[dict]) -> str:
@@ -74,7 +65,9 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     from .spec import MAX_SIMULATED_WORLD, parse_spec
     from .whatif import allowed_sizes, read_source, scenarios, spec_doc, summary
 
-    sizes = _sizes(args.n)
+    sizes = sorted(set(args.n))
+    if sizes[-1] > 1 << 20:
+        raise bad(f"--n: world sizes up to 1048576, got {sizes[-1]}")
     if not 1 <= args.steps <= 100_000:
         raise bad(f"--steps: must be in [1, 100000], got {args.steps}")
     try:
@@ -87,7 +80,8 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         raise bad(f"source: {args.source!r} does not exist")
     ok, why = allowed_sizes(args.workload, sizes)
     if not ok:
-        raise bad(f"--n: {args.workload} allows none of {args.n}: {why[0]}")
+        raise bad(f"--n: {args.workload} allows none of "
+                  f"{', '.join(map(str, sizes))}: {why[0]}")
     for reason in sorted(set(why)):
         print(f"whatif: left out: {reason}", file=sys.stderr)
     name = Path(args.source.rstrip("/")).stem or "source"
