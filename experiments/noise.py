@@ -38,22 +38,30 @@ GRANULARITY_FACTOR = 3
 
 
 def spin(seconds: float, threshold_ns: int, start_at_ns: int | None = None
-         ) -> tuple[np.ndarray, np.ndarray, int, int]:
+         ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Spin for ``seconds`` from ``start_at_ns`` (a perf_counter_ns time; default now)
-    and a warm-up of ``WARMUP_NS``:
-    (starts from the beginning, durations, reads, elapsed), int64 ns. Records every gap
-    between two clock reads longer than ``threshold_ns``."""
+    after a warm-up of ``WARMUP_NS``: (starts from the beginning, durations, the loop's
+    ns per clock read, elapsed), ns. Records every gap between two clock reads longer than
+    ``threshold_ns``. The read time is the warm-up's (the same loop, counting its reads:
+    an upper bound), so the measuring loop holds nothing between its reads but the
+    comparison."""
     clock = time.perf_counter_ns
     if start_at_ns is not None:
         while clock() < start_at_ns:  # every spinner starts at once
             pass
-    warm = max(clock(), start_at_ns or 0) + WARMUP_NS  # the loop's first reads: warm-up
-    while clock() < warm:
-        pass
+    begin = clock()
+    warm, last, reads = begin + WARMUP_NS, begin, 0
+    while last < warm:
+        now = clock()
+        if now - last > threshold_ns:
+            pass
+        last = now
+        reads += 1
+    read_ns = (last - begin) / max(reads, 1)
     starts, durations = array("q"), array("q")
     t0 = clock()
     end = t0 + int(seconds * 1e9)
-    last, reads = t0, 0
+    last = t0
     while last < end:
         now = clock()
         if now - last > threshold_ns:
@@ -62,12 +70,11 @@ def spin(seconds: float, threshold_ns: int, start_at_ns: int | None = None
                 starts.append(last - t0)
                 durations.append(stop - last)
         last = now
-        reads += 1
     return (np.frombuffer(starts, np.int64).copy(), np.frombuffer(durations, np.int64).copy(),
-            reads, end - t0)
+            read_ns, end - t0)
 
 
-def _pinned(args: tuple) -> tuple[int, np.ndarray, np.ndarray, int, int]:
+def _pinned(args: tuple) -> tuple[int, np.ndarray, np.ndarray, float, int]:
     core, seconds, threshold_ns, start_at = args
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
@@ -79,13 +86,9 @@ class CoreNoise:
     core: int
     starts_ns: np.ndarray
     durations_ns: np.ndarray
-    reads: int
+    read_ns: float
+    """The loop's time per clock read (its granularity, measured in its warm-up)."""
     elapsed_ns: int
-
-    @property
-    def read_ns(self) -> float:
-        """The loop's time per clock read (its granularity)."""
-        return self.elapsed_ns / max(self.reads, 1)
 
     def row(self) -> dict[str, Any]:
         d = self.durations_ns

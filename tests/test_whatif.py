@@ -107,7 +107,8 @@ def test_a_noise_folder_of_a_quiet_core_still_replays(tmp_path):
     from experiments import noise
     from jitter_models.schedule_parse import parse_schedule
 
-    quiet = noise.CoreNoise(0, np.zeros(0, np.int64), np.zeros(0, np.int64), 10, 1_000_000)
+    quiet = noise.CoreNoise(0, np.zeros(0, np.int64), np.zeros(0, np.int64), 100.0,
+                            1_000_000)
     f = tmp_path / "t.tsv"
     f.write_text(noise.trace_text(quiet))
     sched = parse_schedule({"name": "q", "dist": "constant(0s)",
