@@ -175,59 +175,17 @@ class Detours(ABC):
                                 + np.asarray(length_s, dtype=np.float64)) \
             - self._work_clock(np.asarray(pos_s, dtype=np.float64))
 
+    @property
+    def count(self) -> int:
+        """Detours in one period."""
+        return int(self._starts.size)
+
     def lag_survival(self, work_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """The exact law of one rank's lag (``end(x, work) - x``) at a uniform position x
-        of the pattern, for a fixed amount of work: (l, P(lag > l)) on a sorted grid of
-        l, P linear between consecutive grid points (a jump is a pair of points).
+        """The exact law of one rank's lag at a uniform position for a fixed amount of
+        work (``detour_lag.lag_survival``)."""
+        from .detour_lag import lag_survival
 
-        lag(x) is piecewise linear in x: constant while x and the work's end are both
-        outside detours and no detour start is crossed (the detours in between are the
-        same), slope -1 while x is inside a detour (the work waits for its end). The
-        pieces' bounds are the detours' starts and ends and the positions from which the
-        work ends exactly at a detour's start. Each constant piece is an atom of the lag's
-        law (its length / period), each sloped piece a uniform stretch: exact whatever the
-        number of detours (a measured trace has thousands a period)."""
-        period, w = self.period_s, float(work_s)
-        if self._starts.size == 0:
-            return np.array([np.nextafter(w, -np.inf), w]), np.array([1.0, 0.0])
-        per_period = period - self._busy[-1]
-        v = np.mod(self._work_at_start - w, per_period)  # work clock w before each start
-        k = np.searchsorted(self._work_at_start, v, side="left")
-        crossing = np.mod(v + self._busy[k], period)
-        cuts = np.unique(np.concatenate([[0.0, period], self._starts, self._ends,
-                                         crossing]))
-        a, b = cuts[:-1], cuts[1:]
-        keep = b > a
-        a, b = a[keep], b[keep]
-        mid = (a + b) / 2
-        ends = self.end(mid, w, 0.0)
-        i = np.maximum(np.searchsorted(self._starts, mid, side="right") - 1, 0)
-        inside = (mid >= self._starts[i]) & (mid < self._ends[i])
-        mass = (b - a) / period
-        atoms, atom_mass = (ends - mid)[~inside], mass[~inside]
-        lo, hi, seg_mass = (ends - b)[inside], (ends - a)[inside], mass[inside]
-        # atoms: P(lag > l) steps down by each atom's mass at its value
-        order = np.argsort(atoms)
-        atoms, atom_mass = atoms[order], atom_mass[order]
-        tail = np.concatenate([np.cumsum(atom_mass[::-1])[::-1], [0.0]])  # mass >= atom i
-        # uniform stretches: P(lag > l) from them is piecewise linear, its slope changing
-        # at each stretch's ends
-        pts = np.concatenate([lo, hi])
-        slope = np.concatenate([-seg_mass / (hi - lo), seg_mass / (hi - lo)])
-        o = np.argsort(pts, kind="stable")
-        pts, slope = pts[o], np.cumsum(slope[o])
-        seg_at = np.concatenate([[seg_mass.sum()], seg_mass.sum() + np.cumsum(
-            slope[:-1] * np.diff(pts))]) if pts.size else np.zeros(0)
-        grid = np.unique(np.concatenate([atoms, np.nextafter(atoms, -np.inf), pts]))
-
-        def seg_sf(l: np.ndarray) -> np.ndarray:
-            if pts.size == 0:
-                return np.zeros(l.shape)
-            return np.clip(np.interp(l, pts, seg_at, left=seg_mass.sum(), right=0.0), 0, 1)
-
-        atom_sf = tail[np.searchsorted(atoms, grid, side="right")]
-        sf = np.clip(atom_sf + seg_sf(grid), 0.0, 1.0)
-        return grid, sf
+        return lag_survival(self, work_s)
 
     def _work_clock(self, y: np.ndarray) -> np.ndarray:
         """Time outside detours in [0, y) on the pattern's axis."""

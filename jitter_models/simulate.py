@@ -39,6 +39,7 @@ How a point is simulated (``method`` in the results):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,8 +147,8 @@ def simulate(schedule: Schedule | None, world_size: int, sites: tuple[Site, ...]
                          f"{MAX_RANK_DRAWS} delay draws) have no approximation here (shared "
                          "delays, per-rank phases); raise the cutoff or use scope = 'rank'")
     if (detours is not None and detours.phase == "random" and not _fixed_delays(schedule)
-            and detours._starts.size > PHASES // DENSE_PHASES):
-        raise ValueError(f"jitter {schedule.name!r}: {detours._starts.size} random-phase "
+            and detours.count > PHASES // DENSE_PHASES):
+        raise ValueError(f"jitter {schedule.name!r}: {detours.count} random-phase "
                          f"detours a period with a random delay past the rank-by-rank limits "
                          f"({cutoff} ranks, {MAX_RANK_DRAWS} delay draws): the "
                          f"approximation's grid of {PHASES} phases "
@@ -162,7 +163,13 @@ def _fixed_delays(schedule: Schedule) -> bool:
     laws = [schedule.temporal.marginal(schedule.dist)]
     if schedule.stragglers is not None:
         laws.append(schedule.temporal.marginal(schedule.stragglers.dist))
-    return all(d.support()[0] == d.support()[1] for d in laws)
+    return all(_is_point(d) for d in laws)
+
+
+def _is_point(d: Any) -> bool:
+    """A law of one value (a constant, however it is written)."""
+    lo, hi = d.support()
+    return lo == hi
 
 
 def _constant(schedule: Schedule) -> bool:
@@ -317,6 +324,13 @@ def _marginal(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Netw
                        "marginal (random-phase detours)")
 
 
+@functools.lru_cache(maxsize=64)
+def _lag_law(detours: Any, work_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """``detours.lag_survival(work_s)``, once per (detours, work): a step's sites of equal
+    compute share it."""
+    return detours.lag_survival(work_s)
+
+
 def _lag_max_fixed(detours: Any, groups: list, compute_s: float, rng: np.random.Generator,
                    size: int) -> np.ndarray:
     """``_lag_max`` where every group's delay is a constant: each group's lag law is exact
@@ -325,7 +339,7 @@ def _lag_max_fixed(detours: Any, groups: list, compute_s: float, rng: np.random.
     of N solves h(l) = -log U with h(l) = -sum_g n_g log(1 - P_g(lag > l)): the interval of
     the laws' own breakpoints it lies in, then bisection in it, where every P_g is linear
     (exact up to float rounding; h itself is not linear there)."""
-    laws = [detours.lag_survival(compute_s + float(d.support()[0])) for d, _ in groups]
+    laws = [_lag_law(detours, compute_s + float(d.support()[0])) for d, _ in groups]
     counts = [c for _, c in groups]
 
     def h_at(l: np.ndarray) -> np.ndarray:
@@ -368,7 +382,7 @@ def _lag_max(schedule: Schedule, n: int, seed: int, compute_s: float,
     if chosen:
         groups.append((schedule.temporal.marginal(schedule.stragglers.dist), chosen))
     groups = [(d, c) for d, c in groups if c > 0]
-    if all(d.support()[0] == d.support()[1] for d, _ in groups):
+    if all(_is_point(d) for d, _ in groups):
         return _lag_max_fixed(detours, groups, compute_s, rng, size)
     phase = ((np.arange(PHASES) + 0.5) / PHASES * detours.period_s)[:, None]
     tiny = 1e-12 / n
