@@ -1,6 +1,6 @@
 """The exact law of one rank's lag under detours for a fixed amount of work
 (``Detours.lag_survival``), which the simulator's approximation past its rank-by-rank
-cutoff draws the max of N from (``simulate._lag_max_fixed``).
+cutoff draws the max of N from (``max_of_lags``).
 
 lag(x) = ``end(x, work) - x`` at a uniform position x of the pattern is piecewise linear
 in x: constant while x and the work's end are both outside detours and no detour start is
@@ -13,6 +13,7 @@ whatever the number of detours (a measured trace has thousands a period).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -62,3 +63,40 @@ def lag_survival(d: Any, work_s: float) -> tuple[np.ndarray, np.ndarray]:
     atom_sf = tail[np.searchsorted(atoms, grid, side="right")]
     sf = np.clip(atom_sf + seg_sf(grid), 0.0, 1.0)
     return grid, sf
+
+
+@functools.lru_cache(maxsize=64)
+def _law(d: Any, work_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """``lag_survival``, once per (detours, work): a step's sites of equal compute share it."""
+    return lag_survival(d, work_s)
+
+
+def max_of_lags(d: Any, groups: list[tuple[float, int]], rng: np.random.Generator,
+                size: int) -> np.ndarray:
+    """``size`` draws of the max over ranks of their lags, ``groups`` of (work, ranks):
+    each rank's lag from the exact law of its group's fixed work, independent positions.
+    The max solves h(l) = -log U with h(l) = -sum_g n_g log(1 - P_g(lag > l)): the interval
+    of the laws' own breakpoints it lies in, then bisection in it, where every P_g is
+    linear (exact up to float rounding; h itself is not linear there)."""
+    laws = [_law(d, float(w)) for w, _ in groups]
+    counts = [c for _, c in groups]
+
+    def h_at(l: np.ndarray) -> np.ndarray:
+        total = np.zeros(np.shape(l))
+        for (g, sf), count in zip(laws, counts):
+            p = np.minimum(np.interp(l, g, sf, left=1.0, right=0.0), 1.0)
+            with np.errstate(divide="ignore"):  # p = 1 below the smallest lag: h = inf
+                total -= count * np.log1p(-p)
+        return total
+
+    grid = np.unique(np.concatenate([g for g, _ in laws]))
+    hg = h_at(grid)  # non-increasing in l
+    target = -np.log(rng.random(size))
+    i = np.clip(np.searchsorted(-hg, -target, side="left"), 0, grid.size - 1)
+    lo, hi = grid[np.maximum(i - 1, 0)], grid[i].copy()  # h(lo) > target >= h(hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        done = h_at(mid) <= target
+        hi = np.where(done, mid, hi)
+        lo = np.where(done, lo, mid)
+    return hi

@@ -39,13 +39,13 @@ How a point is simulated (``method`` in the results):
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .algorithm_builders import LINEAR_DEPTH, has_pattern
+from .detour_lag import max_of_lags
 from .detours import Detours
 from .layout import node_of
 from .network import Network
@@ -324,45 +324,6 @@ def _marginal(schedule: Schedule, n: int, sites: tuple[Site, ...], network: Netw
                        "marginal (random-phase detours)")
 
 
-@functools.lru_cache(maxsize=64)
-def _lag_law(detours: Any, work_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """``detours.lag_survival(work_s)``, once per (detours, work): a step's sites of equal
-    compute share it."""
-    return detours.lag_survival(work_s)
-
-
-def _lag_max_fixed(detours: Any, groups: list, compute_s: float, rng: np.random.Generator,
-                   size: int) -> np.ndarray:
-    """``_lag_max`` where every group's delay is a constant: each group's lag law is exact
-    (``Detours.lag_survival`` of its fixed work), whatever the number of detours in the
-    period (a measured trace's thousands, which a grid of phases cannot resolve). The max
-    of N solves h(l) = -log U with h(l) = -sum_g n_g log(1 - P_g(lag > l)): the interval of
-    the laws' own breakpoints it lies in, then bisection in it, where every P_g is linear
-    (exact up to float rounding; h itself is not linear there)."""
-    laws = [_lag_law(detours, compute_s + float(d.support()[0])) for d, _ in groups]
-    counts = [c for _, c in groups]
-
-    def h_at(l: np.ndarray) -> np.ndarray:
-        total = np.zeros(np.shape(l))
-        for (g, sf), count in zip(laws, counts):
-            p = np.minimum(np.interp(l, g, sf, left=1.0, right=0.0), 1.0)
-            with np.errstate(divide="ignore"):  # p = 1 below the smallest lag: h = inf
-                total -= count * np.log1p(-p)
-        return total
-
-    grid = np.unique(np.concatenate([g for g, _ in laws]))
-    hg = h_at(grid)  # non-increasing in l
-    target = -np.log(rng.random(size))
-    i = np.clip(np.searchsorted(-hg, -target, side="left"), 0, grid.size - 1)
-    lo, hi = grid[np.maximum(i - 1, 0)], grid[i].copy()  # h(lo) > target >= h(hi)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        done = h_at(mid) <= target
-        hi = np.where(done, mid, hi)
-        lo = np.where(done, lo, mid)
-    return hi
-
-
 def _lag_max(schedule: Schedule, n: int, seed: int, compute_s: float,
              rng: np.random.Generator, size: int) -> np.ndarray:
     """``size`` draws of the max over ``n`` ranks of one rank's lag (end - start) at a site
@@ -383,7 +344,8 @@ def _lag_max(schedule: Schedule, n: int, seed: int, compute_s: float,
         groups.append((schedule.temporal.marginal(schedule.stragglers.dist), chosen))
     groups = [(d, c) for d, c in groups if c > 0]
     if all(_is_point(d) for d, _ in groups):
-        return _lag_max_fixed(detours, groups, compute_s, rng, size)
+        return max_of_lags(detours, [(compute_s + float(d.support()[0]), c)
+                                     for d, c in groups], rng, size)
     phase = ((np.arange(PHASES) + 0.5) / PHASES * detours.period_s)[:, None]
     tiny = 1e-12 / n
     top = max(float(d.isf(tiny)) for d, _ in groups)
