@@ -39,7 +39,7 @@ import numpy as np
 
 from jitter_models.errors import BadInput
 from jitter_models.percentiles import nearest_rank
-from jitter_models.units import MAX_DELAY_S
+from jitter_models.units import MAX_DELAY_S, format_duration
 
 DEFAULT_N = tuple(2 ** k for k in range(3, 17))
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -124,16 +124,15 @@ def scenarios(src: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         starts, durations = read_trace(src["file"])
         p99 = nearest_rank(durations, 99) if durations.size else 0.0
 
-        def trace(name: str, d: np.ndarray, keep: np.ndarray) -> str:
+        def trace(name: str, d: np.ndarray) -> str:  # the same starts, other durations
             f = out / f"detours-{name}.tsv"
             write_text_atomic(f, "".join(f"{s}\t{int(v)}\n" for s, v in
-                                         zip(starts[keep].tolist(), d[keep].tolist())))
+                                         zip(starts.tolist(), d.tolist())))
             return str(f.resolve())
 
         period = f"{src['period_s']:.9g}s"
-        half = trace("tail-halved", _tail_halved(durations.astype(float), p99).round(),
-                     np.ones(durations.size, bool))
-        cut = trace("spikes-removed", np.minimum(durations, p99), np.ones(durations.size, bool))
+        half = trace("tail-halved", _tail_halved(durations.astype(float), p99).round())
+        cut = trace("spikes-removed", np.minimum(durations, p99))
         return [none,
                 {"name": "measured", "dist": "constant(0s)",
                  "detours": f"trace('{src['file']}', period={period})"},
@@ -153,7 +152,7 @@ def scenarios(src: dict[str, Any], out: Path) -> list[dict[str, Any]]:
 
         spikes_removed = LOGNORMAL.text({"median": p["median"], "sigma": p["sigma"]})
     else:
-        spikes_removed = f"clip(dist={src['dist']}, max={p99 * 1e6:.6g}us)"
+        spikes_removed = f"clip(dist={src['dist']}, max={format_duration(p99)})"
     return [none, {"name": "measured", "dist": src["dist"]},
             {"name": "tail halved", "dist": f"empirical('{f.resolve()}')"},
             {"name": "spikes removed", "dist": spikes_removed}]
